@@ -1,0 +1,8 @@
+//! Capstan core: the object model, the resource registry, selectors and quantities, the
+//! [`store::Store`] trait with its in-process backends, and typed object storage.
+//!
+//! Backends with heavy dependencies live in their own crates (`capstan-store-etcd`,
+//! `capstan-runtime-docker`, `capstan-net-iptables`); this crate builds and tests with no
+//! Docker, no etcd, no protoc and no root.
+
+pub mod store;

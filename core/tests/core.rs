@@ -1,0 +1,4 @@
+//! Integration tests of capstan-core: the store conformance kit against the in-process
+//! backends. One test binary for the crate keeps link time down.
+
+mod store_memory;
