@@ -1,4 +1,5 @@
 //! Integration tests of capstan-core: the store conformance kit against the in-process
 //! backends. One test binary for the crate keeps link time down.
 
+mod store_embedded;
 mod store_memory;

@@ -34,15 +34,15 @@ pub mod memory;
 mod revision_view;
 mod watch_hub;
 
-// pub mod embedded;
+pub mod embedded;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use embedded::{EmbeddedStore, EmbeddedStoreConfig};
 pub use error::StoreError;
 pub use event::{WatchEvent, WatchStream};
 pub use key::{validate_key, validate_value, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use memory::MemoryStore;
-// pub use embedded::{EmbeddedStore, EmbeddedStoreConfig};
 
 pub(crate) use lease_table::LeaseTable;
 pub(crate) use revision_view::{merge_page, state_before};

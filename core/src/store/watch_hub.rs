@@ -133,13 +133,6 @@ impl WatchHub {
         });
     }
 
-    /// Records that the store reached `revision` without events (e.g. a write under no watched
-    /// prefix is dispatched anyway; this is for revisions that produce no event at all).
-    pub(crate) fn advance(&self, revision: Revision) {
-        let mut state = self.lock();
-        state.last_revision = state.last_revision.max(revision);
-    }
-
     fn send_progress(&self, id: u64) {
         let mut state = self.lock();
         let last = state.last_revision;
