@@ -5,4 +5,6 @@
 //! `capstan-runtime-docker`, `capstan-net-iptables`); this crate builds and tests with no
 //! Docker, no etcd, no protoc and no root.
 
+#[cfg(feature = "testkit")]
+pub mod service_gate;
 pub mod store;

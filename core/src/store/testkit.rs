@@ -101,7 +101,8 @@ async fn crud(store: Arc<dyn Store>) {
         (a.create_revision, a.version, a.value.clone()),
         (a.mod_revision, 1, b("1"))
     );
-    assert_eq!(store.current_revision().await.unwrap(), a.mod_revision);
+    // Other writers may share the backend (etcd), so the revision may have moved on.
+    assert!(store.current_revision().await.unwrap() >= a.mod_revision);
     assert_eq!(store.get("/c/a").await.unwrap(), Some(a.clone()));
     assert!(store.get("/c/missing").await.unwrap().is_none());
     assert!(matches!(
@@ -266,7 +267,7 @@ async fn list_prefix_and_pages(store: Arc<dyn Store>) {
     let keys: Vec<_> = all.items.iter().map(|kv| kv.key.as_str()).collect();
     assert_eq!(keys, ["/l/a", "/l/b", "/l/c/d"]);
     assert!(!all.more);
-    assert_eq!(all.revision, store.current_revision().await.unwrap());
+    assert!(all.revision <= store.current_revision().await.unwrap());
     let everything = store.list("/", ListOptions::default()).await.unwrap();
     assert_eq!(everything.items.len(), 6);
 
@@ -648,7 +649,8 @@ pub enum ModelOp {
 const MODEL_KEYS: [&str; 5] = ["/m/a", "/m/b", "/m/c", "/m/c/d", "/n/a"];
 const MODEL_PREFIXES: [&str; 4] = ["/", "/m/", "/m/c", "/n/"];
 
-fn model_op() -> impl Strategy<Value = ModelOp> {
+/// The strategy generating one [`ModelOp`].
+pub fn model_op() -> impl Strategy<Value = ModelOp> {
     let key = 0..MODEL_KEYS.len();
     prop_oneof![
         (key.clone(), any::<u8>()).prop_map(|(k, v)| ModelOp::Create(k, v)),
