@@ -5,6 +5,9 @@
 //! `capstan-runtime-docker`, `capstan-net-iptables`); this crate builds and tests with no
 //! Docker, no etcd, no protoc and no root.
 
+pub mod quantity;
+pub mod selector;
 #[cfg(feature = "testkit")]
 pub mod service_gate;
 pub mod store;
+pub mod validation;
