@@ -6,8 +6,10 @@
 //! Docker, no etcd, no protoc and no root.
 
 pub mod quantity;
+pub mod registry;
 pub mod selector;
 #[cfg(feature = "testkit")]
 pub mod service_gate;
+pub mod storage;
 pub mod store;
 pub mod validation;

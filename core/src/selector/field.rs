@@ -152,7 +152,7 @@ impl FieldSelector {
     }
 
     /// Fails naming the first field not in `supported`.
-    pub fn check_fields<'a>(
+    pub fn check_fields(
         &self,
         kind: &str,
         supported: impl Fn(&str) -> bool,

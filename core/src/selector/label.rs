@@ -499,6 +499,13 @@ mod tests {
         }
 
         #[test]
+        fn keywords_are_names_outside_operator_position(word in prop_oneof![Just("in"), Just("notin")]) {
+            let s = LabelSelector::parse(&format!("{word}={word},!{word}x,x in ({word})")).unwrap();
+            prop_assert_eq!(s.requirements().len(), 3);
+            prop_assert_eq!(s.requirements()[0].values(), &[word.to_string()][..]);
+        }
+
+        #[test]
         fn parsing_arbitrary_input_never_panics(input in "\\PC{0,40}") {
             let _ = LabelSelector::parse(&input);
         }

@@ -54,9 +54,12 @@ pub(super) fn tokenize(input: &str) -> Result<Vec<Token>, SelectorError> {
                 while let Some((i, c)) = chars.next_if(|(_, c)| !is_special(*c)) {
                     end = i + c.len_utf8();
                 }
+                // `in` and `notin` are operators only right after a key; elsewhere (as keys or
+                // values) they are ordinary names.
+                let after_key = matches!(tokens.last(), Some(Token::Identifier(_)));
                 match &input[at..end] {
-                    "in" => Token::In,
-                    "notin" => Token::NotIn,
+                    "in" if after_key => Token::In,
+                    "notin" if after_key => Token::NotIn,
                     word => Token::Identifier(word.to_string()),
                 }
             }

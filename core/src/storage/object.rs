@@ -1,0 +1,171 @@
+//! Encoding objects for storage and maintaining the metadata storage owns.
+
+use super::StorageError;
+use crate::registry::ResourceKind;
+use crate::store::{KeyValue, Revision};
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+/// Reads a string field of `metadata`.
+pub(super) fn meta_str(object: &Value, field: &str) -> Option<String> {
+    object
+        .get("metadata")?
+        .get(field)?
+        .as_str()
+        .map(str::to_string)
+}
+
+fn metadata_mut(object: &mut Value) -> Result<&mut Map<String, Value>, StorageError> {
+    let map = object
+        .as_object_mut()
+        .ok_or_else(|| StorageError::invalid("", "an object must be a JSON object"))?;
+    let metadata = map
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if metadata.is_null() {
+        *metadata = Value::Object(Map::new());
+    }
+    metadata
+        .as_object_mut()
+        .ok_or_else(|| StorageError::invalid("metadata", "must be an object"))
+}
+
+/// Sets `metadata.resourceVersion`.
+pub(super) fn set_resource_version(object: &mut Value, revision: Revision) {
+    if let Ok(metadata) = metadata_mut(object) {
+        metadata.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
+    }
+}
+
+/// The bytes stored for an object: its JSON without `resourceVersion` (the revision is the
+/// store's own bookkeeping).
+pub(super) fn encode(object: &Value) -> Result<Bytes, StorageError> {
+    let mut object = object.clone();
+    metadata_mut(&mut object)?.remove("resourceVersion");
+    serde_json::to_vec(&object)
+        .map(Bytes::from)
+        .map_err(|e| StorageError::invalid("", &e.to_string()))
+}
+
+/// The object stored in a key-value, with its resourceVersion.
+pub(super) fn decode(kv: &KeyValue) -> Result<Value, StorageError> {
+    let corrupt = |reason: String| StorageError::Corrupt {
+        key: kv.key.clone(),
+        reason,
+    };
+    let mut object: Value =
+        serde_json::from_slice(&kv.value).map_err(|e| corrupt(e.to_string()))?;
+    if !object.is_object() {
+        return Err(corrupt("stored value is not a JSON object".into()));
+    }
+    set_resource_version(&mut object, kv.mod_revision);
+    Ok(object)
+}
+
+const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+fn random_suffix() -> String {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    bytes[..5]
+        .iter()
+        .map(|b| NAME_ALPHABET[*b as usize % NAME_ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Draws a new name from `generateName`; false if the object has none.
+pub(super) fn regenerate_name(object: &mut Value) -> bool {
+    let Some(base) = meta_str(object, "generateName").filter(|g| !g.is_empty()) else {
+        return false;
+    };
+    let base: String = base.chars().take(58).collect();
+    match metadata_mut(object) {
+        Ok(metadata) => {
+            metadata.insert(
+                "name".into(),
+                Value::String(format!("{base}{}", random_suffix())),
+            );
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// Fills what storage owns on a new object.
+pub(super) fn prepare_create(kind: &ResourceKind, object: &mut Value) -> Result<(), StorageError> {
+    let map = object
+        .as_object_mut()
+        .ok_or_else(|| StorageError::invalid("", "an object must be a JSON object"))?;
+    map.insert("apiVersion".into(), Value::String(kind.api_version()));
+    map.insert("kind".into(), Value::String(kind.kind.clone()));
+    if meta_str(object, "name").is_none_or(|n| n.is_empty()) && !regenerate_name(object) {
+        return Err(StorageError::invalid(
+            "metadata.name",
+            "name or generateName is required",
+        ));
+    }
+    let metadata = metadata_mut(object)?;
+    if !kind.namespaced {
+        metadata.remove("namespace");
+    }
+    metadata.insert(
+        "uid".into(),
+        Value::String(uuid::Uuid::new_v4().to_string()),
+    );
+    metadata.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
+    metadata.insert("generation".into(), Value::from(1));
+    metadata.remove("resourceVersion");
+    metadata.remove("deletionTimestamp");
+    Ok(())
+}
+
+/// Whether anything outside metadata and status differs.
+fn spec_changed(old: &Value, new: &Value) -> bool {
+    let strip = |v: &Value| -> Map<String, Value> {
+        let mut map = v.as_object().cloned().unwrap_or_default();
+        for field in ["metadata", "status", "apiVersion", "kind"] {
+            map.remove(field);
+        }
+        map
+    };
+    strip(old) != strip(new)
+}
+
+/// Carries the storage-owned fields from the stored object to its replacement.
+pub(super) fn prepare_update(
+    kind: &ResourceKind,
+    stored: &Value,
+    object: &mut Value,
+) -> Result<(), StorageError> {
+    let map = object
+        .as_object_mut()
+        .ok_or_else(|| StorageError::invalid("", "an object must be a JSON object"))?;
+    map.insert("apiVersion".into(), Value::String(kind.api_version()));
+    map.insert("kind".into(), Value::String(kind.kind.clone()));
+    let generation = stored
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let bumped = if spec_changed(stored, object) {
+        generation + 1
+    } else {
+        generation
+    };
+    let metadata = metadata_mut(object)?;
+    for field in ["uid", "creationTimestamp"] {
+        match stored.pointer(&format!("/metadata/{field}")) {
+            Some(value) => metadata.insert(field.into(), value.clone()),
+            None => metadata.remove(field),
+        };
+    }
+    metadata.insert("generation".into(), Value::from(bumped));
+    Ok(())
+}
