@@ -101,6 +101,14 @@ impl EtcdStore {
         })
     }
 
+    /// A KV client that accepts responses of any size: a large listing may exceed gRPC's 4 MiB
+    /// default (Kubernetes lifts the limit the same way).
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(i32::MAX as usize)
+    }
+
     /// The root prefix of this store's keys in etcd.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -155,7 +163,7 @@ impl EtcdStore {
 
     /// Fails with `Compacted` or `FutureRevision` unless a read at `revision` is possible.
     async fn check_readable(&self, revision: Revision) -> Result<Revision, StoreError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let options = GetOptions::new().with_count_only().with_revision(revision);
         let response =
             kv.get(self.prefix.clone(), Some(options))
@@ -180,8 +188,7 @@ impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         validate_key(key)?;
         let response = self
-            .client
-            .kv_client()
+            .kv()
             .get(self.full_key(key), None)
             .await
             .map_err(map_error)?;
@@ -216,8 +223,7 @@ impl Store for EtcdStore {
             get = get.with_revision(revision);
         }
         let response = self
-            .client
-            .kv_client()
+            .kv()
             .get(start, Some(get))
             .await
             .map_err(|e| match map_error(e) {
@@ -262,8 +268,7 @@ impl Store for EtcdStore {
             .and_then([TxnOp::put(full.clone(), value.to_vec(), put)])
             .or_else([TxnOp::get(full, None)]);
         let response = self
-            .client
-            .kv_client()
+            .kv()
             .txn(txn)
             .await
             .map_err(|e| sized(map_error(e), key, value.len()))?;
@@ -293,25 +298,24 @@ impl Store for EtcdStore {
         validate_key(key)?;
         validate_value(key, &value)?;
         let full = self.full_key(key);
-        let mut put = PutOptions::new().with_prev_key();
-        if let Some(lease) = lease {
-            put = put.with_lease(lease.0);
-        }
+        let put = lease.map(|l| PutOptions::new().with_lease(l.0));
+        // A keys-only read after the put returns the new metadata without the previous value.
         let txn = Txn::new()
             .when([Compare::mod_revision(
                 full.clone(),
                 CompareOp::Equal,
                 expected_revision,
             )])
-            .and_then([TxnOp::put(full.clone(), value.to_vec(), Some(put))])
+            .and_then([
+                TxnOp::put(full.clone(), value.to_vec(), put),
+                TxnOp::get(full.clone(), Some(GetOptions::new().with_keys_only())),
+            ])
             .or_else([TxnOp::get(full, None)]);
         let response = self
-            .client
-            .kv_client()
+            .kv()
             .txn(txn)
             .await
             .map_err(|e| sized(map_error(e), key, value.len()))?;
-        let revision = Self::header_revision(response.header())?;
         if !response.succeeded() {
             return match self.failure_value(response.op_responses())? {
                 Some(current) => Err(StoreError::Conflict {
@@ -323,18 +327,18 @@ impl Store for EtcdStore {
                 }),
             };
         }
-        let previous = response.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Put(put) => put.prev_key().cloned(),
+        let written = response.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(get) => get.kvs().first().cloned(),
             _ => None,
         });
-        let previous =
-            previous.ok_or_else(|| StoreError::backend("etcd put returned no previous value"))?;
+        let written = written
+            .ok_or_else(|| StoreError::backend("etcd returned no metadata for an update"))?;
         Ok(KeyValue {
             key: key.to_string(),
             value,
-            create_revision: previous.create_revision(),
-            mod_revision: revision,
-            version: previous.version() + 1,
+            create_revision: written.create_revision(),
+            mod_revision: written.mod_revision(),
+            version: written.version(),
             lease,
         })
     }
@@ -357,7 +361,7 @@ impl Store for EtcdStore {
                 Some(etcd_client::DeleteOptions::new().with_prev_key()),
             )])
             .or_else([TxnOp::get(full, None)]);
-        let response = self.client.kv_client().txn(txn).await.map_err(map_error)?;
+        let response = self.kv().txn(txn).await.map_err(map_error)?;
         if !response.succeeded() {
             return match self.failure_value(response.op_responses())? {
                 Some(current) => Err(StoreError::Conflict {
@@ -423,8 +427,7 @@ impl Store for EtcdStore {
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
         let response = self
-            .client
-            .kv_client()
+            .kv()
             .get(
                 self.prefix.clone(),
                 Some(GetOptions::new().with_count_only()),
@@ -435,13 +438,7 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        match self
-            .client
-            .kv_client()
-            .compact(revision, None)
-            .await
-            .map_err(map_error)
-        {
+        match self.kv().compact(revision, None).await.map_err(map_error) {
             Ok(_) | Err(StoreError::Compacted { .. }) => Ok(()),
             Err(StoreError::FutureRevision { .. }) => Err(StoreError::FutureRevision {
                 requested: revision,

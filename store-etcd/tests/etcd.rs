@@ -6,8 +6,9 @@ use capstan_core::service_gate::service_from_env;
 use capstan_core::store::testkit::{
     check_against_model, run_conformance, ConformanceConfig, ModelOp,
 };
-use capstan_core::store::Store;
+use capstan_core::store::{Store, WatchEvent};
 use capstan_store_etcd::{EtcdStore, EtcdStoreConfig};
+use futures::StreamExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,4 +79,155 @@ async fn etcd_store_keeps_keys_under_its_prefix() {
         "the key must live under the configured prefix in etcd"
     );
     store.delete(&key, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn etcd_store_lists_beyond_the_grpc_default_message_size() {
+    let Some(endpoints) = endpoints() else { return };
+    let store = fresh_store(&endpoints).await;
+    let big = bytes::Bytes::from(vec![b'x'; 1024 * 1024]);
+    for i in 0..6 {
+        store
+            .create(&format!("/big/{i}"), big.clone(), None)
+            .await
+            .unwrap();
+    }
+    let page = store.list("/big/", Default::default()).await.unwrap();
+    assert_eq!(
+        page.items.len(),
+        6,
+        "a 6 MiB listing must not hit gRPC's 4 MiB limit"
+    );
+}
+
+/// An etcd of this test's own, restartable on the same ports and data.
+struct OwnEtcd {
+    child: Option<std::process::Child>,
+    data: tempfile::TempDir,
+    client_port: u16,
+}
+
+impl OwnEtcd {
+    fn spawn(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.client_port + 1);
+        let child = std::process::Command::new("etcd")
+            .args(["--name", "restart", "--data-dir"])
+            .arg(self.data.path())
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("restart={peer}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn etcd");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnEtcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, capstan_core::store::StoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(err) if tokio::time::Instant::now() < deadline => {
+                assert!(
+                    err.is_retryable(),
+                    "{what}: a transport failure must be retryable, got {err}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("{what}: still failing after 30 s: {err}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_store_reconnects_across_an_etcd_restart() {
+    // Needs the etcd binary itself (the test restarts its own etcd), not just an endpoint.
+    if service_from_env("CAPSTAN_ETCD_ENDPOINTS", "etcd").is_none() {
+        return;
+    }
+    let client_port = 43000 + (std::process::id() % 500) as u16 * 2;
+    let mut etcd = OwnEtcd {
+        child: None,
+        data: tempfile::tempdir().unwrap(),
+        client_port,
+    };
+    etcd.spawn();
+    let endpoint = format!("http://127.0.0.1:{client_port}");
+    let config = EtcdStoreConfig {
+        progress_interval: Duration::from_millis(300),
+        ..EtcdStoreConfig::new([endpoint.clone()])
+    };
+    let store = eventually("connect", || EtcdStore::connect(config.clone())).await;
+    let first = eventually("first write", || store.create("/r/a", "1".into(), None)).await;
+    let mut watch = store.watch("/r/", first.mod_revision).await.unwrap();
+
+    etcd.kill();
+    // The open watch ends with a retryable error instead of hanging.
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match watch.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => return Some(err),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the watch must notice that etcd went away");
+    assert!(ended.as_ref().is_none_or(|e| e.is_retryable()), "{ended:?}");
+    assert!(store.get("/r/a").await.is_err(), "etcd is down");
+
+    etcd.spawn();
+    let second = eventually("write after restart", || {
+        store.create("/r/b", "2".into(), None)
+    })
+    .await;
+    assert!(second.mod_revision > first.mod_revision);
+    assert_eq!(
+        store.get("/r/a").await.unwrap().unwrap(),
+        first,
+        "data survives the restart"
+    );
+    let mut resumed = eventually("re-watch", || store.watch("/r/", first.mod_revision)).await;
+    let event = loop {
+        match resumed.next().await.unwrap().unwrap() {
+            WatchEvent::Progress(_) => continue,
+            event => break event,
+        }
+    };
+    assert_eq!(
+        event.key(),
+        Some("/r/b"),
+        "resuming from the last revision misses nothing"
+    );
 }

@@ -222,3 +222,59 @@ impl Drop for Cursor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::KeyValue;
+    use bytes::Bytes;
+
+    fn created(rev: Revision) -> WatchEvent {
+        WatchEvent::Created(KeyValue {
+            key: format!("/k/{rev}"),
+            value: Bytes::new(),
+            create_revision: rev,
+            mod_revision: rev,
+            version: 1,
+            lease: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_slow_watcher_is_closed_without_blocking_others() {
+        let hub = WatchHub::new(2, Duration::from_secs(60), 0);
+        let mut slow = hub.subscribe("/k/", 0, || Ok(Vec::new())).unwrap();
+        let mut other = hub.subscribe("/other/", 0, || Ok(Vec::new())).unwrap();
+        let events: Vec<_> = (1..=5).map(created).collect();
+        hub.dispatch(&events);
+        assert_eq!(
+            hub.watcher_count(),
+            1,
+            "the slow watcher is dropped, the idle one stays"
+        );
+        assert_eq!(slow.next().await.unwrap().unwrap().revision(), 1);
+        assert_eq!(slow.next().await.unwrap().unwrap().revision(), 2);
+        match slow.next().await {
+            Some(Err(StoreError::WatchLagged { revision: 2 })) => {}
+            other => panic!("expected WatchLagged after revision 2, got {other:?}"),
+        }
+        assert!(slow.next().await.is_none());
+        drop(other.next()); // still registered and unaffected
+        assert_eq!(hub.watcher_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn backlog_and_live_events_never_overlap() {
+        let hub = WatchHub::new(16, Duration::from_secs(60), 0);
+        // Revision 3 is both in the backlog and dispatched afterwards: delivered once.
+        let mut stream = hub
+            .subscribe("/k/", 1, || Ok(vec![created(2), created(3)]))
+            .unwrap();
+        hub.dispatch(&[created(3), created(4)]);
+        for expected in [2, 3, 4] {
+            assert_eq!(stream.next().await.unwrap().unwrap().revision(), expected);
+        }
+        let extra = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
+        assert!(extra.is_err(), "no duplicate of revision 3");
+    }
+}
