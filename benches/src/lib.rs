@@ -3,8 +3,8 @@
 //! figure beside a baseline measured in the same run where one applies. This library holds what
 //! the harnesses share: the figure format and the local etcd they can start for baselines.
 
-mod etcd_process;
+mod etcd_endpoints;
 mod figure;
 
-pub use etcd_process::{etcd_endpoints, LocalEtcd};
+pub use etcd_endpoints::etcd_endpoints;
 pub use figure::{Figure, Mode};

@@ -13,6 +13,14 @@
 //! headroom: run etcd with `--max-request-bytes=1638400` (1.5 MiB + 64 KiB).
 
 mod error_map;
+#[cfg(feature = "testkit")]
+mod local_etcd;
+
+/// Helpers for tests and benchmarks (feature `testkit`).
+#[cfg(feature = "testkit")]
+pub mod testkit {
+    pub use crate::local_etcd::LocalEtcd;
+}
 
 use async_trait::async_trait;
 use bytes::Bytes;

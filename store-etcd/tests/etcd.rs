@@ -7,6 +7,7 @@ use capstan_core::store::testkit::{
     check_against_model, run_conformance, ConformanceConfig, ModelOp,
 };
 use capstan_core::store::{Store, WatchEvent};
+use capstan_store_etcd::testkit::LocalEtcd;
 use capstan_store_etcd::{EtcdStore, EtcdStoreConfig};
 use futures::StreamExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -100,54 +101,6 @@ async fn etcd_store_lists_beyond_the_grpc_default_message_size() {
     );
 }
 
-/// An etcd of this test's own, restartable on the same ports and data.
-struct OwnEtcd {
-    child: Option<std::process::Child>,
-    data: tempfile::TempDir,
-    client_port: u16,
-}
-
-impl OwnEtcd {
-    fn spawn(&mut self) {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
-        let peer = format!("http://127.0.0.1:{}", self.client_port + 1);
-        let child = std::process::Command::new("etcd")
-            .args(["--name", "restart", "--data-dir"])
-            .arg(self.data.path())
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("restart={peer}")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn etcd");
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnEtcd {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> T
 where
     F: FnMut() -> Fut,
@@ -176,13 +129,10 @@ async fn etcd_store_reconnects_across_an_etcd_restart() {
         return;
     }
     let client_port = 43000 + (std::process::id() % 500) as u16 * 2;
-    let mut etcd = OwnEtcd {
-        child: None,
-        data: tempfile::tempdir().unwrap(),
-        client_port,
-    };
-    etcd.spawn();
-    let endpoint = format!("http://127.0.0.1:{client_port}");
+    let mut etcd = LocalEtcd::start(client_port)
+        .await
+        .expect("start a local etcd");
+    let endpoint = etcd.endpoint();
     let config = EtcdStoreConfig {
         progress_interval: Duration::from_millis(300),
         ..EtcdStoreConfig::new([endpoint.clone()])
@@ -191,7 +141,7 @@ async fn etcd_store_reconnects_across_an_etcd_restart() {
     let first = eventually("first write", || store.create("/r/a", "1".into(), None)).await;
     let mut watch = store.watch("/r/", first.mod_revision).await.unwrap();
 
-    etcd.kill();
+    etcd.stop();
     // The open watch ends with a retryable error instead of hanging.
     let ended = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
@@ -207,7 +157,7 @@ async fn etcd_store_reconnects_across_an_etcd_restart() {
     assert!(ended.as_ref().is_none_or(|e| e.is_retryable()), "{ended:?}");
     assert!(store.get("/r/a").await.is_err(), "etcd is down");
 
-    etcd.spawn();
+    etcd.restart().await.expect("restart etcd");
     let second = eventually("write after restart", || {
         store.create("/r/b", "2".into(), None)
     })
