@@ -44,9 +44,13 @@ impl LocalEtcd {
         self.stop();
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.client_port + 1);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join("etcd.log"))?;
         let child = Command::new("etcd")
             .args(["--name", "local", "--data-dir"])
-            .arg(self.data.path())
+            .arg(self.data.path().join("data"))
             .args([
                 "--listen-client-urls",
                 &client,
@@ -66,7 +70,7 @@ impl LocalEtcd {
                 "1638400",
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log))
             .spawn()?;
         self.child = Some(child);
         for _ in 0..150 {
