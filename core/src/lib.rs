@@ -5,6 +5,7 @@
 //! `capstan-runtime-docker`, `capstan-net-iptables`); this crate builds and tests with no
 //! Docker, no etcd, no protoc and no root.
 
+pub mod apiserver;
 pub mod quantity;
 pub mod registry;
 pub mod selector;

@@ -367,7 +367,9 @@ async fn object_storage_pages_watches_and_round_trips_unknown_kinds() {
             ObjectEvent::Deleted(o) => {
                 seen.push(format!("-{}", o["metadata"]["name"].as_str().unwrap()))
             }
-            ObjectEvent::Modified(o) => seen.push(format!("~{}", o["metadata"]["name"])),
+            ObjectEvent::Modified { current, .. } => {
+                seen.push(format!("~{}", current["metadata"]["name"]))
+            }
             ObjectEvent::Progress(_) => {}
         }
     }

@@ -41,7 +41,12 @@ pub enum ObjectEvent {
     /// Created.
     Added(Value),
     /// Changed.
-    Modified(Value),
+    Modified {
+        /// The new state.
+        current: Value,
+        /// The state before the change.
+        previous: Value,
+    },
     /// Deleted (the last state, with the deletion's resourceVersion).
     Deleted(Value),
     /// Everything up to this revision has been delivered.
@@ -244,7 +249,10 @@ impl ObjectStorage {
         Ok(stream.map(|item| {
             Ok(match item? {
                 WatchEvent::Created(kv) => ObjectEvent::Added(decode(&kv)?),
-                WatchEvent::Modified { current, .. } => ObjectEvent::Modified(decode(&current)?),
+                WatchEvent::Modified { current, previous } => ObjectEvent::Modified {
+                    current: decode(&current)?,
+                    previous: decode(&previous)?,
+                },
                 WatchEvent::Deleted { previous, revision } => {
                     let mut object = decode(&previous)?;
                     object::set_resource_version(&mut object, revision);

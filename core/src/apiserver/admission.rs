@@ -1,0 +1,266 @@
+//! The admission chain: mutating plugins, then validating plugins, run on every write after
+//! decoding and defaulting and before storage. Embedders add their own plugins; the built-ins
+//! are NamespaceLifecycle, PriorityClass and ServiceAccount.
+
+use super::{ApiError, UserInfo};
+use crate::registry::{Registry, ResourceKind};
+use crate::storage::{ObjectStorage, StorageError};
+use async_trait::async_trait;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// The kind of write being admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// A new object.
+    Create,
+    /// A replacement or patch.
+    Update,
+    /// A deletion.
+    Delete,
+}
+
+/// What a plugin sees of a request.
+pub struct AdmissionRequest<'a> {
+    /// The operation.
+    pub operation: Operation,
+    /// The kind.
+    pub kind: &'a ResourceKind,
+    /// The subresource written, if any.
+    pub subresource: Option<&'a str>,
+    /// The namespace, if namespaced.
+    pub namespace: Option<&'a str>,
+    /// The object's name.
+    pub name: &'a str,
+    /// The stored object (updates and deletes).
+    pub old: Option<&'a Value>,
+    /// Who asks.
+    pub user: &'a UserInfo,
+    /// Whether nothing will be persisted.
+    pub dry_run: bool,
+    /// Read access to stored objects.
+    pub storage: &'a ObjectStorage,
+    /// The served kinds.
+    pub registry: &'a Registry,
+}
+
+/// One admission plugin. Both hooks default to allowing the request unchanged.
+#[async_trait]
+pub trait AdmissionPlugin: Send + Sync {
+    /// The plugin's name, as in error messages.
+    fn name(&self) -> &str;
+
+    /// May change the object (creates and updates).
+    async fn mutate(
+        &self,
+        _request: &AdmissionRequest<'_>,
+        _object: &mut Value,
+    ) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    /// May reject the request (creates, updates, deletes; `object` is the old one on delete).
+    async fn validate(
+        &self,
+        _request: &AdmissionRequest<'_>,
+        _object: &Value,
+    ) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
+
+/// The built-in plugins in their order.
+pub fn builtin_plugins() -> Vec<Arc<dyn AdmissionPlugin>> {
+    vec![
+        Arc::new(NamespaceLifecycle),
+        Arc::new(ServiceAccountDefault),
+        Arc::new(PriorityClassResolution),
+    ]
+}
+
+/// Namespaces that can never be deleted.
+pub const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
+
+/// Refuses objects in namespaces that do not exist or are terminating, and deletion of the
+/// system namespaces.
+pub struct NamespaceLifecycle;
+
+#[async_trait]
+impl AdmissionPlugin for NamespaceLifecycle {
+    fn name(&self) -> &str {
+        "NamespaceLifecycle"
+    }
+
+    async fn validate(
+        &self,
+        request: &AdmissionRequest<'_>,
+        _object: &Value,
+    ) -> Result<(), ApiError> {
+        let is_namespace = request.kind.group.is_empty() && request.kind.plural == "namespaces";
+        if is_namespace
+            && request.operation == Operation::Delete
+            && IMMORTAL_NAMESPACES.contains(&request.name)
+        {
+            return Err(ApiError::forbidden(format!(
+                "namespaces {:?} is forbidden: this namespace may not be deleted",
+                request.name
+            )));
+        }
+        let Some(namespace) = request.namespace.filter(|_| request.kind.namespaced) else {
+            return Ok(());
+        };
+        if request.operation != Operation::Create {
+            return Ok(());
+        }
+        let namespaces = request
+            .registry
+            .get("", "v1", "namespaces")
+            .ok_or_else(|| ApiError::internal("namespaces are not served"))?;
+        match request.storage.get(namespaces, None, namespace).await {
+            Ok(ns) => {
+                let terminating = ns.pointer("/status/phase").and_then(Value::as_str)
+                    == Some("Terminating")
+                    || ns
+                        .pointer("/metadata/deletionTimestamp")
+                        .is_some_and(|v| !v.is_null());
+                if terminating {
+                    return Err(ApiError::forbidden(format!(
+                        "{} {:?} is forbidden: unable to create new content in namespace {namespace} because it is being terminated",
+                        request.kind.resource_name(),
+                        request.name
+                    )));
+                }
+                Ok(())
+            }
+            Err(StorageError::NotFound { .. }) => Err(ApiError::not_found("namespaces", namespace)),
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
+/// Sets a pod's service account to `default` when none is named.
+pub struct ServiceAccountDefault;
+
+#[async_trait]
+impl AdmissionPlugin for ServiceAccountDefault {
+    fn name(&self) -> &str {
+        "ServiceAccount"
+    }
+
+    async fn mutate(
+        &self,
+        request: &AdmissionRequest<'_>,
+        object: &mut Value,
+    ) -> Result<(), ApiError> {
+        if request.operation != Operation::Create
+            || !(request.kind.group.is_empty() && request.kind.plural == "pods")
+        {
+            return Ok(());
+        }
+        let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else {
+            return Ok(());
+        };
+        let name = spec
+            .get("serviceAccountName")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .or_else(|| {
+                spec.get("serviceAccount")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or("default")
+            .to_string();
+        spec.insert("serviceAccountName".into(), Value::String(name.clone()));
+        spec.insert("serviceAccount".into(), Value::String(name));
+        Ok(())
+    }
+}
+
+/// Resolves a pod's `priorityClassName` (or the global default class) into `spec.priority`.
+pub struct PriorityClassResolution;
+
+#[async_trait]
+impl AdmissionPlugin for PriorityClassResolution {
+    fn name(&self) -> &str {
+        "Priority"
+    }
+
+    async fn mutate(
+        &self,
+        request: &AdmissionRequest<'_>,
+        object: &mut Value,
+    ) -> Result<(), ApiError> {
+        if request.operation != Operation::Create
+            || !(request.kind.group.is_empty() && request.kind.plural == "pods")
+        {
+            return Ok(());
+        }
+        let Some(classes) = request
+            .registry
+            .get("scheduling.k8s.io", "v1", "priorityclasses")
+        else {
+            return Ok(());
+        };
+        let requested = object
+            .pointer("/spec/priorityClassName")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        let (name, value, policy) = match requested {
+            Some(name) => match request.storage.get(classes, None, &name).await {
+                Ok(class) => (
+                    Some(name),
+                    class["value"].as_i64().unwrap_or(0),
+                    class["preemptionPolicy"].clone(),
+                ),
+                Err(StorageError::NotFound { .. }) => {
+                    return Err(ApiError::forbidden(format!(
+                        "pods {:?} is forbidden: no PriorityClass with name {name} was found",
+                        request.name
+                    )))
+                }
+                Err(err) => return Err(err.into()),
+            },
+            None => {
+                let all = request
+                    .storage
+                    .list(classes, None, None, None, None)
+                    .await?;
+                match all
+                    .items
+                    .into_iter()
+                    .find(|c| c["globalDefault"].as_bool() == Some(true))
+                {
+                    Some(class) => (
+                        class
+                            .pointer("/metadata/name")
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
+                        class["value"].as_i64().unwrap_or(0),
+                        class["preemptionPolicy"].clone(),
+                    ),
+                    None => (None, 0, Value::Null),
+                }
+            }
+        };
+        if let Some(given) = object.pointer("/spec/priority").and_then(Value::as_i64) {
+            if given != value {
+                return Err(ApiError::forbidden(format!("pods {:?} is forbidden: the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name", request.name)));
+            }
+        }
+        if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+            if let Some(name) = name {
+                spec.insert("priorityClassName".into(), Value::String(name));
+            }
+            spec.insert("priority".into(), Value::from(value));
+            let policy = if policy.is_string() {
+                policy
+            } else {
+                Value::String("PreemptLowerPriority".into())
+            };
+            spec.insert("preemptionPolicy".into(), policy);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1092 @@
+//! Request dispatch: authentication, authorization, routing to discovery or to a verb on a
+//! resource, and the write pipeline (decode, default, admit, validate, store) that every
+//! create, update, patch and subresource write goes through.
+
+use super::admission::{AdmissionRequest, Operation};
+use super::body::{body_format, error_response, json_response, parse_body, BodyFormat};
+use super::request::{parse_path, Query, ResourcePath, Target};
+use super::strategy::{apply_defaults, split_status, validate_object, validate_update};
+use super::{discovery, list, watch, ApiError, ApiState, Cause, RequestAttributes, UserInfo};
+use crate::registry::{Registry, ResourceKind};
+use crate::storage::StorageError;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Everything a verb needs about one request.
+pub(crate) struct Ctx {
+    pub state: Arc<ApiState>,
+    pub registry: Arc<Registry>,
+    pub user: UserInfo,
+    pub query: Query,
+    pub headers: HeaderMap,
+    pub kind: Arc<ResourceKind>,
+    pub path: ResourcePath,
+    pub dry_run: bool,
+    pub warnings: Vec<String>,
+}
+
+/// The router's single entry point.
+pub(crate) async fn handle(
+    State(state): State<Arc<ApiState>>,
+    request: Request<Body>,
+) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_string();
+    let span = tracing::debug_span!("request", method = %parts.method, path = %path);
+    let _entered = span.enter();
+    let result = async {
+        if let Some(response) = special_path(&state, &parts.method, &path).await {
+            return Ok(response);
+        }
+        let user = state.authenticator.authenticate(&parts).await?;
+        let query = Query::parse(parts.uri.query())?;
+        let body = axum::body::to_bytes(body, state.config.max_body_bytes)
+            .await
+            .map_err(|_| ApiError::too_large(state.config.max_body_bytes))?;
+        let accept = parts
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let registry = state.registry();
+        match parse_path(&path)? {
+            Target::CoreVersions if discovery::wants_aggregated(&accept) => {
+                Ok(aggregated(discovery::aggregated(&registry, true)))
+            }
+            Target::Groups if discovery::wants_aggregated(&accept) => {
+                Ok(aggregated(discovery::aggregated(&registry, false)))
+            }
+            Target::CoreVersions => Ok(ok(discovery::core_versions(
+                &state.config.advertise_address,
+            ))),
+            Target::Groups => Ok(ok(discovery::group_list(&registry))),
+            Target::Group(group) => discovery::group(&registry, &group)
+                .map(ok)
+                .ok_or_else(ApiError::no_route),
+            Target::GroupVersion { group, version } => {
+                discovery::resource_list(&registry, &group, &version)
+                    .map(ok)
+                    .ok_or_else(ApiError::no_route)
+            }
+            Target::Resource(resource) => {
+                let kind = registry
+                    .get(&resource.group, &resource.version, &resource.plural)
+                    .cloned()
+                    .ok_or_else(ApiError::no_route)?;
+                if resource.namespace.is_some() && !kind.namespaced {
+                    return Err(ApiError::no_route());
+                }
+                let dry_run = match query.get("dryRun") {
+                    None | Some("") => false,
+                    Some("All") => true,
+                    Some(other) => {
+                        return Err(ApiError::bad_request(format!(
+                            "unsupported dryRun value {other:?}: supported values: \"All\""
+                        )))
+                    }
+                };
+                let ctx = Ctx {
+                    state: state.clone(),
+                    registry,
+                    user,
+                    query,
+                    headers: parts.headers.clone(),
+                    kind,
+                    path: resource,
+                    dry_run,
+                    warnings: Vec::new(),
+                };
+                resource_request(ctx, &parts.method, body).await
+            }
+        }
+    }
+    .await;
+    result.unwrap_or_else(|err| {
+        tracing::debug!(
+            code = err.code,
+            reason = err.reason,
+            "request failed: {}",
+            err.message
+        );
+        error_response(&err)
+    })
+}
+
+fn ok(value: Value) -> Response<Body> {
+    json_response(StatusCode::OK, &value, &[])
+}
+
+fn aggregated(value: Value) -> Response<Body> {
+    let mut response = ok(value);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(discovery::AGGREGATED_CONTENT_TYPE),
+    );
+    response
+}
+
+async fn special_path(state: &ApiState, method: &Method, path: &str) -> Option<Response<Body>> {
+    if method != Method::GET {
+        return None;
+    }
+    let text = |status: StatusCode, body: &'static str| {
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    };
+    match path.trim_end_matches('/') {
+        "/version" => Some(ok(json!({
+            "major": "1", "minor": "33", "gitVersion": format!("v1.33.0-capstan.{}", env!("CARGO_PKG_VERSION")),
+            "gitCommit": "", "gitTreeState": "clean", "buildDate": "1970-01-01T00:00:00Z",
+            "goVersion": "rust", "compiler": "rustc", "platform": format!("{}/{}", std::env::consts::OS, if cfg!(target_arch = "x86_64") { "amd64" } else { std::env::consts::ARCH }),
+        }))),
+        "/healthz" | "/livez" => Some(text(StatusCode::OK, "ok")),
+        "/readyz" => Some(match state.storage.store().current_revision().await {
+            Ok(_) => text(StatusCode::OK, "ok"),
+            Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+        }),
+        // An empty protobuf document: kubectl's client-side validation then skips unknown kinds.
+        "/openapi/v2" | "/swagger-2.0.0.pb-v1" => {
+            let mut response = Response::new(Body::empty());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            Some(response)
+        }
+        _ => None,
+    }
+}
+
+fn verb(method: &Method, path: &ResourcePath, query: &Query) -> Result<&'static str, ApiError> {
+    Ok(match (method.as_str(), path.name.is_some()) {
+        ("GET", true) => "get",
+        ("GET", false) if query.bool("watch")? => "watch",
+        ("GET", false) => "list",
+        ("POST", false) => "create",
+        ("POST", true) if path.subresource.is_some() => "create",
+        ("PUT", true) => "update",
+        ("PATCH", true) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => {
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({method} {})",
+                path.plural
+            )))
+        }
+    })
+}
+
+async fn resource_request(
+    mut ctx: Ctx,
+    method: &Method,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let verb = verb(method, &ctx.path, &ctx.query)?;
+    let attributes = RequestAttributes {
+        verb: verb.to_string(),
+        group: ctx.kind.group.clone(),
+        resource: ctx.kind.plural.clone(),
+        subresource: ctx.path.subresource.clone(),
+        namespace: ctx.path.namespace.clone(),
+        name: ctx.path.name.clone(),
+    };
+    ctx.state
+        .authorizer
+        .authorize(&ctx.user, &attributes)
+        .await?;
+    if let Some(sub) = ctx.path.subresource.as_deref() {
+        if ctx.kind.subresource(sub).is_none() {
+            return Err(ApiError::no_route());
+        }
+    }
+    if ctx.kind.group.is_empty() && ctx.kind.plural == "componentstatuses" {
+        return component_statuses(&ctx, verb).await;
+    }
+    let name = ctx.path.name.clone().unwrap_or_default();
+    let sub = ctx.path.subresource.clone();
+    let (status, value) = match (verb, sub.as_deref()) {
+        ("list", _) => (StatusCode::OK, list::list(&ctx).await?),
+        ("watch", _) => return watch::watch(ctx).await,
+        ("get", None | Some("status")) => (
+            StatusCode::OK,
+            table_or_object(&ctx, get(&ctx, &name).await?),
+        ),
+        ("get", Some("scale")) => (
+            StatusCode::OK,
+            scale_of(&ctx.kind, &get(&ctx, &name).await?),
+        ),
+        ("create", None) => (StatusCode::CREATED, {
+            let input = decode(&ctx, &body)?;
+            create(&mut ctx, input).await?
+        }),
+        ("create", Some("binding")) => (StatusCode::CREATED, {
+            let input = decode(&ctx, &body)?;
+            bind(&mut ctx, &name, input).await?
+        }),
+        ("update", None | Some("status")) => (StatusCode::OK, {
+            let input = decode(&ctx, &body)?;
+            replace(&mut ctx, &name, input).await?
+        }),
+        ("update", Some("scale")) => (StatusCode::OK, {
+            let input = decode(&ctx, &body)?;
+            write_scale(&mut ctx, &name, input, None).await?
+        }),
+        ("patch", Some("scale")) => {
+            let format = body_format(&ctx.headers)?;
+            (
+                StatusCode::OK,
+                write_scale(&mut ctx, &name, parse_patch(format, &body)?, Some(format)).await?,
+            )
+        }
+        ("patch", None | Some("status")) => (StatusCode::OK, patch(&mut ctx, &name, &body).await?),
+        ("delete", None) => delete(&mut ctx, &name, &body).await?,
+        ("deletecollection", None) => (StatusCode::OK, delete_collection(&mut ctx, &body).await?),
+        _ => {
+            return Err(ApiError::method_not_allowed(format!(
+                "{verb} is not supported on {}/{}",
+                ctx.kind.plural,
+                sub.unwrap_or_default()
+            )))
+        }
+    };
+    Ok(json_response(status, &value, &ctx.warnings))
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"))
+}
+
+fn table_or_object(ctx: &Ctx, object: Value) -> Value {
+    if wants_table(&ctx.headers) {
+        let rv = object
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        super::table::table(&ctx.kind, &[object], &rv, None, true)
+    } else {
+        object
+    }
+}
+
+pub(crate) fn table_wanted(ctx: &Ctx) -> bool {
+    wants_table(&ctx.headers)
+}
+
+fn decode(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
+    let format = body_format(&ctx.headers)?;
+    if !matches!(format, BodyFormat::Json | BodyFormat::Yaml) {
+        return Err(ApiError::unsupported_media_type(
+            ctx.headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        ));
+    }
+    let value = parse_body(body, format)?
+        .ok_or_else(|| ApiError::bad_request("the request body is empty"))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+fn namespace_of(ctx: &Ctx) -> Option<&str> {
+    ctx.path
+        .namespace
+        .as_deref()
+        .filter(|_| ctx.kind.namespaced)
+}
+
+async fn get(ctx: &Ctx, name: &str) -> Result<Value, ApiError> {
+    if ctx.kind.namespaced && ctx.path.namespace.is_none() {
+        return Err(ApiError::no_route());
+    }
+    Ok(ctx
+        .state
+        .storage
+        .get(&ctx.kind, namespace_of(ctx), name)
+        .await?)
+}
+
+fn check_type(ctx: &Ctx, object: &Value) -> Result<(), ApiError> {
+    let api_version = object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
+    if (!api_version.is_empty() && api_version != ctx.kind.api_version())
+        || (!kind.is_empty() && kind != ctx.kind.kind)
+    {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({api_version}) does not match the expected API version ({}) or kind ({kind}) does not match {}",
+            ctx.kind.api_version(),
+            ctx.kind.kind
+        )));
+    }
+    Ok(())
+}
+
+fn set_namespace(ctx: &Ctx, object: &mut Value) -> Result<(), ApiError> {
+    let path_ns = ctx.path.namespace.clone();
+    let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return Err(ApiError::invalid(
+            &ctx.kind.kind,
+            "",
+            vec![Cause::required("metadata")],
+        ));
+    };
+    if !ctx.kind.namespaced {
+        meta.remove("namespace");
+        return Ok(());
+    }
+    let body_ns = meta
+        .get("namespace")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    match (path_ns, body_ns) {
+        (Some(path), Some(body)) if path != body => Err(ApiError::bad_request(format!(
+            "the namespace of the provided object ({body}) does not match the namespace sent on the request ({path})"
+        ))),
+        (Some(path), _) => {
+            meta.insert("namespace".into(), Value::String(path));
+            Ok(())
+        }
+        (None, _) => Err(ApiError::method_not_allowed(format!("{} must be created in a namespace", ctx.kind.plural))),
+    }
+}
+
+fn admission_request<'a>(
+    ctx: &'a Ctx,
+    operation: Operation,
+    name: &'a str,
+    old: Option<&'a Value>,
+) -> AdmissionRequest<'a> {
+    AdmissionRequest {
+        operation,
+        kind: &ctx.kind,
+        subresource: ctx.path.subresource.as_deref(),
+        namespace: namespace_of(ctx),
+        name,
+        old,
+        user: &ctx.user,
+        dry_run: ctx.dry_run,
+        storage: &ctx.state.storage,
+        registry: &ctx.registry,
+    }
+}
+
+fn object_name(object: &Value) -> String {
+    object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+fn is_kind(kind: &ResourceKind, group: &str, name: &str) -> bool {
+    kind.group == group && kind.kind == name
+}
+
+async fn create(ctx: &mut Ctx, mut object: Value) -> Result<Value, ApiError> {
+    check_type(ctx, &object)?;
+    set_namespace(ctx, &mut object)?;
+    let meta = object["metadata"]
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+    for owned in [
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "selfLink",
+    ] {
+        meta.remove(owned);
+    }
+    // generateName: validate as if the name were the prefix plus a suffix.
+    let generated = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+        && meta
+            .get("generateName")
+            .and_then(Value::as_str)
+            .is_some_and(|g| !g.is_empty());
+    if generated {
+        let prefix = meta["generateName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        meta.insert("name".into(), Value::String(format!("{prefix}xxxxx")));
+    }
+    apply_defaults(&ctx.kind, &mut object);
+    let name = object_name(&object);
+    for plugin in &ctx.state.admission.clone() {
+        plugin
+            .mutate(
+                &admission_request(ctx, Operation::Create, &name, None),
+                &mut object,
+            )
+            .await?;
+    }
+    let causes = validate_object(&ctx.kind, &object);
+    if !causes.is_empty() {
+        let shown = if generated { "" } else { name.as_str() };
+        return Err(ApiError::invalid(&ctx.kind.kind, shown, causes).about(
+            &ctx.kind.group,
+            &ctx.kind.kind,
+            shown,
+        ));
+    }
+    for plugin in &ctx.state.admission.clone() {
+        plugin
+            .validate(
+                &admission_request(ctx, Operation::Create, &name, None),
+                &object,
+            )
+            .await?;
+    }
+    if generated {
+        if let Some(meta) = object["metadata"].as_object_mut() {
+            meta.remove("name");
+        }
+    }
+    let is_service = is_kind(&ctx.kind, "", "Service");
+    if ctx.dry_run {
+        return Ok(object);
+    }
+    if is_service {
+        ctx.state.services.allocate_for(&mut object).await?;
+    }
+    match ctx.state.storage.create(&ctx.kind, object.clone()).await {
+        Ok(created) => {
+            after_create(ctx, &created).await;
+            Ok(created)
+        }
+        Err(err) => {
+            if is_service {
+                let _ = ctx.state.services.release_for(&object).await;
+            }
+            Err(err.into())
+        }
+    }
+}
+
+/// What a cluster does right after some creates: every namespace gets a `default` service
+/// account.
+async fn after_create(ctx: &Ctx, created: &Value) {
+    if is_kind(&ctx.kind, "", "Namespace") {
+        if let Some(accounts) = ctx.registry.get("", "v1", "serviceaccounts") {
+            let sa = json!({"metadata": {"name": "default", "namespace": object_name(created)}});
+            if let Err(err) = ctx.state.storage.create(accounts, sa).await {
+                if !matches!(err, StorageError::AlreadyExists { .. }) {
+                    tracing::warn!(error = %err, "could not create the default service account");
+                }
+            }
+        }
+    }
+}
+
+async fn replace(ctx: &mut Ctx, name: &str, object: Value) -> Result<Value, ApiError> {
+    check_type(ctx, &object)?;
+    let old = get(ctx, name).await?;
+    write_update(ctx, name, object, old).await
+}
+
+/// The shared update pipeline: name and namespace checks, status/spec split, defaulting,
+/// admission, validation, optimistic concurrency, and completion of finalized deletions.
+pub(crate) async fn write_update(
+    ctx: &mut Ctx,
+    name: &str,
+    mut object: Value,
+    old: Value,
+) -> Result<Value, ApiError> {
+    let body_name = object_name(&object);
+    if !body_name.is_empty() && body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    if object.get("metadata").is_none_or(Value::is_null) {
+        object["metadata"] = json!({});
+    }
+    object["metadata"]["name"] = Value::String(name.to_string());
+    set_namespace(ctx, &mut object)?;
+    let status_write = ctx.path.subresource.as_deref() == Some("status");
+    split_status(&ctx.kind, &old, &mut object, status_write);
+    // Fields only the server sets.
+    for field in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
+        match old.pointer(&format!("/metadata/{field}")) {
+            Some(v) => object["metadata"][field] = v.clone(),
+            None => {
+                if let Some(meta) = object["metadata"].as_object_mut() {
+                    meta.remove(field);
+                }
+            }
+        }
+    }
+    if object
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        object["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+    }
+    if !status_write {
+        apply_defaults(&ctx.kind, &mut object);
+    }
+    for plugin in &ctx.state.admission.clone() {
+        plugin
+            .mutate(
+                &admission_request(ctx, Operation::Update, name, Some(&old)),
+                &mut object,
+            )
+            .await?;
+    }
+    let mut causes = validate_object(&ctx.kind, &object);
+    causes.extend(validate_update(&ctx.kind, &old, &object));
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(&ctx.kind.kind, name, causes).about(
+            &ctx.kind.group,
+            &ctx.kind.kind,
+            name,
+        ));
+    }
+    for plugin in &ctx.state.admission.clone() {
+        plugin
+            .validate(
+                &admission_request(ctx, Operation::Update, name, Some(&old)),
+                &object,
+            )
+            .await?;
+    }
+    if ctx.dry_run {
+        return Ok(object);
+    }
+    let updated = ctx.state.storage.update(&ctx.kind, object).await?;
+    let finalized = updated
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+        && updated
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+        && !is_graceful_pod(&ctx.kind, &updated);
+    if finalized {
+        return remove_now(ctx, name, &updated).await;
+    }
+    Ok(updated)
+}
+
+fn is_graceful_pod(kind: &ResourceKind, pod: &Value) -> bool {
+    is_kind(kind, "", "Pod")
+        && pod
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .is_some_and(|g| g > 0)
+}
+
+fn parse_patch(format: BodyFormat, body: &[u8]) -> Result<Value, ApiError> {
+    match format {
+        BodyFormat::MergePatch | BodyFormat::JsonPatch => parse_body(body, format)?.ok_or_else(|| ApiError::bad_request("the patch is empty")),
+        BodyFormat::StrategicMergePatch | BodyFormat::ApplyPatch => Err(ApiError::unsupported_media_type(
+            "strategic merge patch and server-side apply are not served yet; use application/merge-patch+json or application/json-patch+json",
+        )),
+        BodyFormat::Json | BodyFormat::Yaml => Err(ApiError::unsupported_media_type("a patch needs a patch Content-Type")),
+    }
+}
+
+fn apply_patch(format: BodyFormat, target: &mut Value, patch: &Value) -> Result<(), ApiError> {
+    match format {
+        BodyFormat::MergePatch => {
+            if !patch.is_object() {
+                return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+            }
+            json_patch::merge(target, patch);
+            Ok(())
+        }
+        BodyFormat::JsonPatch => {
+            let operations: json_patch::Patch = serde_json::from_value(patch.clone())
+                .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+            json_patch::patch(target, &operations).map_err(|e| {
+                let mut err = ApiError::invalid("", "", vec![]);
+                err.message =
+                    format!("the server rejected our request due to an error in our request: {e}");
+                err
+            })
+        }
+        _ => Err(ApiError::unsupported_media_type("unsupported patch type")),
+    }
+}
+
+async fn patch(ctx: &mut Ctx, name: &str, body: &[u8]) -> Result<Value, ApiError> {
+    let format = body_format(&ctx.headers)?;
+    let patch = parse_patch(format, body)?;
+    let explicit_rv = patch
+        .pointer("/metadata/resourceVersion")
+        .is_some_and(|v| !v.is_null());
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let old = get(ctx, name).await?;
+        let mut target = old.clone();
+        apply_patch(format, &mut target, &patch)?;
+        if !target.is_object() {
+            return Err(ApiError::bad_request(
+                "the patched object is not a JSON object",
+            ));
+        }
+        if !explicit_rv {
+            target["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+        }
+        match write_update(ctx, name, target, old).await {
+            Err(err) if err.reason == "Conflict" && !explicit_rv && attempts < 5 => continue,
+            other => return other,
+        }
+    }
+}
+
+fn scale_of(kind: &ResourceKind, object: &Value) -> Value {
+    let selector = object
+        .pointer("/spec/selector")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let selector_text = serde_json::from_value::<
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    >(selector)
+    .ok()
+    .and_then(|ls| crate::selector::LabelSelector::try_from(&ls).ok())
+    .map(|s| s.to_string())
+    .unwrap_or_default();
+    let meta = &object["metadata"];
+    json!({
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"], "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"]},
+        "spec": {"replicas": object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(if kind.kind == "Deployment" { 1 } else { 1 })},
+        "status": {"replicas": object.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0), "selector": selector_text},
+    })
+}
+
+async fn write_scale(
+    ctx: &mut Ctx,
+    name: &str,
+    input: Value,
+    patch_format: Option<BodyFormat>,
+) -> Result<Value, ApiError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let old = get(ctx, name).await?;
+        let mut scale = scale_of(&ctx.kind, &old);
+        match patch_format {
+            Some(format) => apply_patch(format, &mut scale, &input)?,
+            None => scale = input.clone(),
+        }
+        let replicas = match scale.pointer("/spec/replicas") {
+            Some(Value::Number(n))
+                if n.as_i64()
+                    .is_some_and(|r| r >= 0 && r <= i64::from(i32::MAX)) =>
+            {
+                n.as_i64().unwrap_or(0)
+            }
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "Scale",
+                    name,
+                    vec![Cause::invalid(
+                        "spec.replicas",
+                        other,
+                        "must be greater than or equal to 0",
+                    )],
+                ))
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    "Scale",
+                    name,
+                    vec![Cause::required("spec.replicas")],
+                ))
+            }
+        };
+        let precondition = scale
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        let current_rv = old
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if patch_format.is_none() && precondition.as_deref().is_some_and(|rv| rv != current_rv) {
+            return Err(ApiError::conflict(&ctx.kind.resource_name(), name, "the object has been modified; please apply your changes to the latest version and try again"));
+        }
+        let mut target = old.clone();
+        target["spec"]["replicas"] = json!(replicas);
+        let saved_sub = ctx.path.subresource.take();
+        let result = write_update(ctx, name, target, old).await;
+        ctx.path.subresource = saved_sub;
+        match result {
+            Ok(updated) => return Ok(scale_of(&ctx.kind, &updated)),
+            Err(err) if err.reason == "Conflict" && attempts < 5 => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+async fn bind(ctx: &mut Ctx, name: &str, binding: Value) -> Result<Value, ApiError> {
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    let Some(node) = node else {
+        return Err(ApiError::invalid(
+            "Binding",
+            name,
+            vec![Cause::required("target.name")],
+        ));
+    };
+    let old = get(ctx, name).await?;
+    if let Some(current) = old
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
+        return Err(ApiError::conflict(
+            "pods/binding",
+            name,
+            &format!("pod {name} is already assigned to node {current:?}"),
+        ));
+    }
+    if old
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+    {
+        return Err(ApiError::conflict(
+            "pods/binding",
+            name,
+            "pod is being deleted, cannot be assigned to a host",
+        ));
+    }
+    let mut target = old.clone();
+    target["spec"]["nodeName"] = json!(node);
+    let saved_sub = ctx.path.subresource.take();
+    let result = write_update(ctx, name, target, old).await;
+    ctx.path.subresource = saved_sub;
+    result?;
+    Ok(
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    )
+}
+
+/// DeleteOptions gathered from the body and the query.
+struct DeleteOptions {
+    grace: Option<i64>,
+    propagation: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+}
+
+fn delete_options(ctx: &Ctx, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+    let parsed = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        parse_body(body, BodyFormat::Json)?
+    };
+    let options = parsed.unwrap_or(Value::Null);
+    let grace = match ctx.query.get("gracePeriodSeconds") {
+        Some(v) => Some(
+            v.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {v:?}")))?,
+        ),
+        None => options.get("gracePeriodSeconds").and_then(Value::as_i64),
+    };
+    let mut propagation = ctx
+        .query
+        .get("propagationPolicy")
+        .map(str::to_string)
+        .or_else(|| {
+            options
+                .get("propagationPolicy")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+    if options.get("orphanDependents").and_then(Value::as_bool) == Some(true)
+        || ctx.query.bool("orphanDependents").unwrap_or(false)
+    {
+        propagation = Some("Orphan".into());
+    }
+    if let Some(p) = &propagation {
+        if !matches!(p.as_str(), "Orphan" | "Background" | "Foreground") {
+            return Err(ApiError::bad_request(format!(
+                "invalid propagationPolicy {p:?}: must be Orphan, Background or Foreground"
+            )));
+        }
+    }
+    Ok(DeleteOptions {
+        grace,
+        propagation,
+        uid: options
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        resource_version: options
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    })
+}
+
+async fn delete(ctx: &mut Ctx, name: &str, body: &[u8]) -> Result<(StatusCode, Value), ApiError> {
+    let options = delete_options(ctx, body)?;
+    let object = get(ctx, name).await?;
+    Ok((
+        StatusCode::OK,
+        delete_object(ctx, name, object, &options).await?,
+    ))
+}
+
+async fn delete_object(
+    ctx: &mut Ctx,
+    name: &str,
+    object: Value,
+    options: &DeleteOptions,
+) -> Result<Value, ApiError> {
+    let resource = ctx.kind.resource_name();
+    if let Some(uid) = &options.uid {
+        let actual = object
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if uid != actual {
+            return Err(ApiError::conflict(
+                &resource,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
+                ),
+            ));
+        }
+    }
+    if let Some(rv) = &options.resource_version {
+        let actual = object
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if rv != actual {
+            return Err(ApiError::conflict(&resource, name, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {actual}")));
+        }
+    }
+    for plugin in &ctx.state.admission.clone() {
+        plugin
+            .validate(
+                &admission_request(ctx, Operation::Delete, name, Some(&object)),
+                &object,
+            )
+            .await?;
+    }
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let stamp = |seconds: i64| {
+        (now + k8s_openapi::jiff::SignedDuration::from_secs(seconds))
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    let already_deleting = object
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null());
+
+    if is_kind(&ctx.kind, "", "Namespace") {
+        if already_deleting {
+            return Ok(object);
+        }
+        let mut terminating = object.clone();
+        terminating["metadata"]["deletionTimestamp"] = json!(stamp(0));
+        terminating["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        terminating["status"]["phase"] = json!("Terminating");
+        if ctx.dry_run {
+            return Ok(terminating);
+        }
+        let updated = ctx.state.storage.update(&ctx.kind, terminating).await?;
+        finalize_namespace(ctx.state.clone(), ctx.registry.clone(), name.to_string());
+        return Ok(updated);
+    }
+
+    let mut finalizers: Vec<Value> = object
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let extra = match options.propagation.as_deref() {
+        Some("Foreground") => Some("foregroundDeletion"),
+        Some("Orphan") => Some("orphan"),
+        _ => None,
+    };
+    if let Some(extra) = extra {
+        if !finalizers.iter().any(|f| f == extra) {
+            finalizers.push(json!(extra));
+        }
+    }
+    let pod_grace = if is_kind(&ctx.kind, "", "Pod") {
+        let scheduled = object
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        let terminal = matches!(
+            object.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        );
+        let grace = options
+            .grace
+            .or_else(|| {
+                object
+                    .pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
+            .unwrap_or(30);
+        (scheduled && !terminal && grace > 0).then_some(grace)
+    } else {
+        None
+    };
+    if !finalizers.is_empty() || pod_grace.is_some() {
+        let mut marked = object.clone();
+        let grace = pod_grace.unwrap_or(0);
+        if !already_deleting
+            || pod_grace.is_some_and(|g| {
+                object
+                    .pointer("/metadata/deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .is_none_or(|old| g < old)
+            })
+        {
+            marked["metadata"]["deletionTimestamp"] = json!(stamp(grace));
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+        }
+        marked["metadata"]["finalizers"] = Value::Array(finalizers);
+        if ctx.dry_run {
+            return Ok(marked);
+        }
+        return Ok(ctx.state.storage.update(&ctx.kind, marked).await?);
+    }
+    if ctx.dry_run {
+        return Ok(object);
+    }
+    remove_now(ctx, name, &object).await
+}
+
+async fn remove_now(ctx: &Ctx, name: &str, object: &Value) -> Result<Value, ApiError> {
+    let expected = object
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|rv| rv.parse().ok());
+    let deleted = ctx
+        .state
+        .storage
+        .delete(&ctx.kind, namespace_of(ctx), name, expected)
+        .await?;
+    if is_kind(&ctx.kind, "", "Service") {
+        if let Err(err) = ctx.state.services.release_for(&deleted).await {
+            tracing::warn!(error = %err, service = name, "could not release the service's addresses");
+        }
+    }
+    Ok(deleted)
+}
+
+async fn delete_collection(ctx: &mut Ctx, body: &[u8]) -> Result<Value, ApiError> {
+    let options = delete_options(ctx, body)?;
+    let listed = list::select_all(ctx).await?;
+    let mut deleted = Vec::new();
+    for object in listed {
+        let name = object_name(&object);
+        match delete_object(ctx, &name, object, &options).await {
+            Ok(gone) => deleted.push(gone),
+            Err(err) if err.code == 404 => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(
+        json!({"kind": format!("{}List", ctx.kind.kind), "apiVersion": ctx.kind.api_version(), "metadata": {}, "items": deleted}),
+    )
+}
+
+/// Empties a terminating namespace, then removes it. Runs in the background; every step is an
+/// ordinary deletion, so it is safe to repeat after a restart.
+fn finalize_namespace(state: Arc<ApiState>, registry: Arc<Registry>, namespace: String) {
+    tokio::spawn(async move {
+        for kind in registry.kinds().filter(|k| k.namespaced) {
+            let Ok(listed) = state
+                .storage
+                .list(kind, Some(&namespace), None, None, None)
+                .await
+            else {
+                continue;
+            };
+            for object in listed.items {
+                let name = object_name(&object);
+                if is_kind(kind, "", "Service") {
+                    let _ = state.services.release_for(&object).await;
+                }
+                if let Err(err) = state
+                    .storage
+                    .delete(kind, Some(&namespace), &name, None)
+                    .await
+                {
+                    if !matches!(err, StorageError::NotFound { .. }) {
+                        tracing::warn!(error = %err, namespace = %namespace, "could not delete namespace content");
+                    }
+                }
+            }
+        }
+        if let Some(namespaces) = registry.get("", "v1", "namespaces") {
+            if let Err(err) = state
+                .storage
+                .delete(namespaces, None, &namespace, None)
+                .await
+            {
+                tracing::warn!(error = %err, namespace = %namespace, "could not remove the namespace");
+            }
+        }
+    });
+}
+
+async fn component_statuses(ctx: &Ctx, verb: &str) -> Result<Response<Body>, ApiError> {
+    let healthy = ctx.state.storage.store().current_revision().await.is_ok();
+    let item = json!({
+        "kind": "ComponentStatus", "apiVersion": "v1", "metadata": {"name": "store-0"},
+        "conditions": [{"type": "Healthy", "status": if healthy { "True" } else { "False" }, "message": if healthy { "ok" } else { "" }, "error": if healthy { "" } else { "store unavailable" }}],
+    });
+    let value = match (verb, ctx.path.name.as_deref()) {
+        ("list", _) if wants_table(&ctx.headers) => {
+            super::table::table(&ctx.kind, &[item], "", None, true)
+        }
+        ("list", _) => {
+            json!({"kind": "ComponentStatusList", "apiVersion": "v1", "metadata": {}, "items": [item]})
+        }
+        ("get", Some("store-0")) => table_or_object(ctx, item),
+        ("get", Some(other)) => return Err(ApiError::not_found("componentstatuses", other)),
+        _ => {
+            return Err(ApiError::method_not_allowed(
+                "componentstatuses are read-only",
+            ))
+        }
+    };
+    Ok(json_response(StatusCode::OK, &value, &[]))
+}

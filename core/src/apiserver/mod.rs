@@ -1,0 +1,237 @@
+//! The API server: the Kubernetes REST API over any [`Store`](crate::store::Store), as an axum
+//! router that is served over HTTP or called in-process as a `tower::Service`.
+//!
+//! Every request passes authentication and authorization, then is decoded, defaulted, admitted
+//! (mutating then validating plugins), validated per kind and written through
+//! [`ObjectStorage`]. The API server is the only component that touches the store; everything
+//! else — scheduler, controllers, node agents, kubectl — goes through this API.
+
+mod admission;
+mod auth;
+mod body;
+mod discovery;
+mod error;
+mod handler;
+mod list;
+mod request;
+mod service_ips;
+mod strategy;
+mod table;
+mod watch;
+
+pub use admission::{builtin_plugins, AdmissionPlugin, AdmissionRequest, Operation};
+pub use auth::{AllowAll, Authenticator, Authorizer, RequestAttributes, UserInfo};
+pub use error::{ApiError, Cause};
+pub use request::{parse_path, Query, ResourcePath, Target};
+pub use service_ips::{Ipv4Cidr, ServiceAllocator};
+
+use crate::registry::Registry;
+use crate::storage::{ObjectStorage, StorageError};
+use crate::store::Store;
+use serde_json::{json, Value};
+use std::sync::{Arc, RwLock};
+
+/// Settings of an [`ApiServer`].
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Range Service cluster IPs are allocated from.
+    pub service_cidr: String,
+    /// Inclusive range of Service node ports.
+    pub node_port_range: (u16, u16),
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// `host:port` advertised in discovery.
+    pub advertise_address: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            service_cidr: "10.96.0.0/12".into(),
+            node_port_range: (30000, 32767),
+            max_body_bytes: 3 * 1024 * 1024,
+            advertise_address: "127.0.0.1:6443".into(),
+        }
+    }
+}
+
+/// Shared state behind the router.
+pub(crate) struct ApiState {
+    registry: RwLock<Arc<Registry>>,
+    storage: ObjectStorage,
+    admission: Vec<Arc<dyn AdmissionPlugin>>,
+    authenticator: Arc<dyn Authenticator>,
+    authorizer: Arc<dyn Authorizer>,
+    services: ServiceAllocator,
+    config: ApiConfig,
+}
+
+impl ApiState {
+    /// A snapshot of the served kinds.
+    pub(crate) fn registry(&self) -> Arc<Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Builds an [`ApiServer`].
+pub struct ApiServerBuilder {
+    store: Arc<dyn Store>,
+    registry: Registry,
+    config: ApiConfig,
+    admission: Vec<Arc<dyn AdmissionPlugin>>,
+    authenticator: Arc<dyn Authenticator>,
+    authorizer: Arc<dyn Authorizer>,
+}
+
+impl ApiServerBuilder {
+    /// Replaces the settings.
+    pub fn config(mut self, config: ApiConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Replaces the served kinds (default: the built-ins).
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Appends an admission plugin after the built-ins.
+    pub fn admission_plugin(mut self, plugin: Arc<dyn AdmissionPlugin>) -> Self {
+        self.admission.push(plugin);
+        self
+    }
+
+    /// Replaces the authenticator (default: [`AllowAll`]).
+    pub fn authenticator(mut self, authenticator: Arc<dyn Authenticator>) -> Self {
+        self.authenticator = authenticator;
+        self
+    }
+
+    /// Replaces the authorizer (default: [`AllowAll`]).
+    pub fn authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> Self {
+        self.authorizer = authorizer;
+        self
+    }
+
+    /// Builds the server and bootstraps what a cluster starts with: the `default`,
+    /// `kube-system`, `kube-public` and `kube-node-lease` namespaces and the `kubernetes`
+    /// Service.
+    pub async fn build(self) -> Result<ApiServer, ApiError> {
+        let cidr = Ipv4Cidr::parse(&self.config.service_cidr).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid service CIDR {:?}",
+                self.config.service_cidr
+            ))
+        })?;
+        let services = ServiceAllocator::new(self.store.clone(), cidr, self.config.node_port_range);
+        let state = ApiState {
+            registry: RwLock::new(Arc::new(self.registry)),
+            storage: ObjectStorage::new(self.store),
+            admission: self.admission,
+            authenticator: self.authenticator,
+            authorizer: self.authorizer,
+            services,
+            config: self.config,
+        };
+        let server = ApiServer {
+            state: Arc::new(state),
+        };
+        server.bootstrap().await?;
+        Ok(server)
+    }
+}
+
+/// The API server. Cloning shares it.
+#[derive(Clone)]
+pub struct ApiServer {
+    state: Arc<ApiState>,
+}
+
+impl ApiServer {
+    /// A builder over `store` with the built-in kinds, admission plugins and allow-all auth.
+    pub fn builder(store: Arc<dyn Store>) -> ApiServerBuilder {
+        ApiServerBuilder {
+            store,
+            registry: Registry::with_builtins(),
+            config: ApiConfig::default(),
+            admission: builtin_plugins(),
+            authenticator: Arc::new(AllowAll),
+            authorizer: Arc::new(AllowAll),
+        }
+    }
+
+    /// The axum router serving the whole API.
+    pub fn router(&self) -> axum::Router {
+        axum::Router::new()
+            .fallback(handler::handle)
+            .with_state(self.state.clone())
+    }
+
+    /// The typed storage behind the API (for embedders' tests and tools; components should use
+    /// the API).
+    pub fn storage(&self) -> &ObjectStorage {
+        &self.state.storage
+    }
+
+    /// A snapshot of the served kinds.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.state.registry()
+    }
+
+    async fn ensure(&self, plural: &str, group: &str, object: Value) -> Result<(), ApiError> {
+        let registry = self.state.registry();
+        let version = if group.is_empty() { "v1" } else { "v1" };
+        let kind = registry
+            .get(group, version, plural)
+            .ok_or_else(|| ApiError::internal(format!("{plural} are not served")))?;
+        let mut object = object;
+        strategy::apply_defaults(kind, &mut object);
+        match self.state.storage.create(kind, object).await {
+            Ok(_) | Err(StorageError::AlreadyExists { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn bootstrap(&self) -> Result<(), ApiError> {
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            self.ensure("namespaces", "", json!({"metadata": {"name": ns}}))
+                .await?;
+            self.ensure(
+                "serviceaccounts",
+                "",
+                json!({"metadata": {"name": "default", "namespace": ns}}),
+            )
+            .await?;
+        }
+        let registry = self.state.registry();
+        if let Some(services) = registry.get("", "v1", "services") {
+            if let Err(StorageError::NotFound { .. }) = self
+                .state
+                .storage
+                .get(services, Some("default"), "kubernetes")
+                .await
+            {
+                let first = self.state.services.cidr().first().to_string();
+                let mut service = json!({
+                    "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                    "spec": {"clusterIP": first, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+                });
+                strategy::apply_defaults(services, &mut service);
+                match self.state.services.allocate_for(&mut service).await {
+                    Ok(()) => match self.state.storage.create(services, service).await {
+                        Ok(_) | Err(StorageError::AlreadyExists { .. }) => {}
+                        Err(err) => return Err(err.into()),
+                    },
+                    // Another API server holds the address and is creating the service.
+                    Err(err) if err.code == 422 => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,174 @@
+//! `capstan`: the reference orchestrator.
+//!
+//! `capstan up [--data-dir DIR] [--listen ADDR] [--store embedded|memory|etcd]
+//! [--etcd-endpoints URL,…]` runs the API server on the embedded durable store (default
+//! `./.capstan/store.redb`), writes `DIR/kubeconfig`, prints the kubectl command to use, and
+//! stops cleanly on SIGINT or SIGTERM.
+
+use capstan_core::apiserver::{ApiConfig, ApiServer};
+use capstan_core::store::{EmbeddedStore, EmbeddedStoreConfig, MemoryStore, Store};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+const USAGE: &str = "usage: capstan up [--data-dir DIR] [--listen ADDR] [--store embedded|memory|etcd] [--etcd-endpoints URL,...]";
+
+struct UpOptions {
+    data_dir: PathBuf,
+    listen: String,
+    store: String,
+    etcd_endpoints: Vec<String>,
+}
+
+fn parse_up(args: &[String]) -> Result<UpOptions, String> {
+    let mut options = UpOptions {
+        data_dir: PathBuf::from(".capstan"),
+        listen: "127.0.0.1:6443".into(),
+        store: "embedded".into(),
+        etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+    };
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (flag.as_str(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| rest.next().cloned())
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+        };
+        match name {
+            "--data-dir" => options.data_dir = PathBuf::from(value()?),
+            "--listen" => options.listen = value()?,
+            "--store" => options.store = value()?,
+            "--etcd-endpoints" => {
+                options.etcd_endpoints = value()?.split(',').map(str::to_string).collect()
+            }
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown flag {other}\n{USAGE}")),
+        }
+    }
+    Ok(options)
+}
+
+async fn open_store(options: &UpOptions) -> Result<Arc<dyn Store>, String> {
+    match options.store.as_str() {
+        "embedded" => {
+            let path = options.data_dir.join("store.redb");
+            let store = EmbeddedStore::open(&path, EmbeddedStoreConfig::default())
+                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+        "memory" => {
+            eprintln!("warning: the memory store keeps nothing after exit");
+            Ok(Arc::new(MemoryStore::new()))
+        }
+        #[cfg(feature = "etcd")]
+        "etcd" => {
+            let config =
+                capstan_store_etcd::EtcdStoreConfig::new(options.etcd_endpoints.iter().cloned());
+            let store = capstan_store_etcd::EtcdStore::connect(config)
+                .await
+                .map_err(|e| format!("cannot connect to etcd: {e}"))?;
+            Ok(Arc::new(store))
+        }
+        #[cfg(not(feature = "etcd"))]
+        "etcd" => {
+            let _ = &options.etcd_endpoints;
+            Err(
+                "this capstan was built without etcd support: rebuild with `--features etcd`"
+                    .into(),
+            )
+        }
+        other => Err(format!(
+            "unknown store {other:?}: choose embedded, memory or etcd"
+        )),
+    }
+}
+
+fn kubeconfig(server: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: capstan\n  cluster:\n    server: {server}\ncontexts:\n- name: capstan\n  context:\n    cluster: capstan\n    user: capstan\n    namespace: default\ncurrent-context: capstan\nusers:\n- name: capstan\n  user: {{}}\n"
+    )
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
+
+async fn up(options: UpOptions) -> Result<(), String> {
+    std::fs::create_dir_all(&options.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", options.data_dir.display()))?;
+    let store = open_store(&options).await?;
+    let listener = tokio::net::TcpListener::bind(&options.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let config = ApiConfig {
+        advertise_address: address.to_string(),
+        ..ApiConfig::default()
+    };
+    let server = ApiServer::builder(store)
+        .config(config)
+        .build()
+        .await
+        .map_err(|e| format!("cannot start the API server: {e}"))?;
+    let kubeconfig_path = options.data_dir.join("kubeconfig");
+    std::fs::write(&kubeconfig_path, kubeconfig(&format!("http://{address}")))
+        .map_err(|e| format!("cannot write {}: {e}", kubeconfig_path.display()))?;
+    let absolute = std::fs::canonicalize(&kubeconfig_path).unwrap_or(kubeconfig_path);
+    println!(
+        "capstan: API server listening on http://{address} (store: {})",
+        options.store
+    );
+    println!(
+        "capstan: use it with\n  kubectl --kubeconfig {} get namespaces",
+        absolute.display()
+    );
+    axum::serve(listener, server.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    println!("capstan: stopped");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("up") => match parse_up(&args[1..]) {
+            Ok(options) => up(options).await,
+            Err(message) => Err(message),
+        },
+        _ => Err(USAGE.to_string()),
+    };
+    if let Err(message) = result {
+        eprintln!("capstan: {message}");
+        std::process::exit(2);
+    }
+}
