@@ -82,7 +82,7 @@ pub fn json_response(status: StatusCode, value: &Value, warnings: &[String]) -> 
 pub fn error_response(err: &ApiError) -> Response<Body> {
     let status = StatusCode::from_u16(err.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = json_response(status, &err.status(), &[]);
-    if let Some(seconds) = err.retry_after {
+    if let Some(seconds) = err.details.retry_after {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));

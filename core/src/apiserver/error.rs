@@ -82,6 +82,13 @@ pub struct ApiError {
     pub reason: &'static str,
     /// Human-readable message.
     pub message: String,
+    /// The `details` of the Status.
+    pub details: Box<ErrorDetails>,
+}
+
+/// The `details` of a `Status`: what object, which fields, when to retry.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ErrorDetails {
     /// Name of the object concerned.
     pub name: Option<String>,
     /// Group of the object concerned.
@@ -100,19 +107,15 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
-            name: None,
-            group: None,
-            kind: None,
-            causes: Vec::new(),
-            retry_after: None,
+            details: Box::default(),
         }
     }
 
     /// Names the object concerned.
     pub fn about(mut self, group: &str, kind: &str, name: &str) -> Self {
-        self.group = (!group.is_empty()).then(|| group.to_string());
-        self.kind = Some(kind.to_string());
-        self.name = (!name.is_empty()).then(|| name.to_string());
+        self.details.group = (!group.is_empty()).then(|| group.to_string());
+        self.details.kind = Some(kind.to_string());
+        self.details.name = (!name.is_empty()).then(|| name.to_string());
         self
     }
 
@@ -169,7 +172,7 @@ impl ApiError {
             format!("{kind} {name:?} is invalid: {summary}"),
         )
         .about("", kind, name);
-        err.causes = causes;
+        err.details.causes = causes;
         err
     }
 
@@ -209,7 +212,7 @@ impl ApiError {
             "TooManyRequests",
             "too many requests, please try again later",
         );
-        err.retry_after = Some(retry_after);
+        err.details.retry_after = Some(retry_after);
         err
     }
 
@@ -225,31 +228,32 @@ impl ApiError {
     /// 503 ServiceUnavailable.
     pub fn unavailable(message: impl Into<String>) -> Self {
         let mut err = ApiError::new(503, "ServiceUnavailable", message);
-        err.retry_after = Some(1);
+        err.details.retry_after = Some(1);
         err
     }
 
     /// The `Status` object.
     pub fn status(&self) -> Value {
         let mut details = serde_json::Map::new();
-        if let Some(name) = &self.name {
+        let d = &self.details;
+        if let Some(name) = &d.name {
             details.insert("name".into(), json!(name));
         }
-        if let Some(group) = &self.group {
+        if let Some(group) = &d.group {
             details.insert("group".into(), json!(group));
         }
-        if let Some(kind) = &self.kind {
+        if let Some(kind) = &d.kind {
             details.insert("kind".into(), json!(kind));
         }
-        if !self.causes.is_empty() {
-            let causes: Vec<Value> = self
+        if !d.causes.is_empty() {
+            let causes: Vec<Value> = d
                 .causes
                 .iter()
                 .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
                 .collect();
             details.insert("causes".into(), Value::Array(causes));
         }
-        if let Some(seconds) = self.retry_after {
+        if let Some(seconds) = d.retry_after {
             details.insert("retryAfterSeconds".into(), json!(seconds));
         }
         let mut status = json!({
@@ -280,7 +284,7 @@ impl From<StorageError> for ApiError {
             ),
             StorageError::Invalid { field, message } => {
                 let mut err = ApiError::new(422, "Invalid", format!("{field}: {message}"));
-                err.causes = vec![Cause { reason: "FieldValueInvalid", message, field }];
+                err.details.causes = vec![Cause { reason: "FieldValueInvalid", message, field }];
                 err
             }
             StorageError::Corrupt { key, reason } => ApiError::internal(format!("corrupt object at {key}: {reason}")),
@@ -301,7 +305,7 @@ impl From<StoreError> for ApiError {
                     "Timeout",
                     format!("Too large resource version: {requested}"),
                 );
-                e.retry_after = Some(1);
+                e.details.retry_after = Some(1);
                 e
             }
             StoreError::ValueTooLarge { .. } => {

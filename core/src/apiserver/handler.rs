@@ -664,7 +664,7 @@ async fn patch(ctx: &mut Ctx, name: &str, body: &[u8]) -> Result<Value, ApiError
     }
 }
 
-fn scale_of(kind: &ResourceKind, object: &Value) -> Value {
+fn scale_of(_kind: &ResourceKind, object: &Value) -> Value {
     let selector = object
         .pointer("/spec/selector")
         .cloned()
@@ -680,7 +680,7 @@ fn scale_of(kind: &ResourceKind, object: &Value) -> Value {
     json!({
         "kind": "Scale", "apiVersion": "autoscaling/v1",
         "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"], "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"]},
-        "spec": {"replicas": object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(if kind.kind == "Deployment" { 1 } else { 1 })},
+        "spec": {"replicas": object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)},
         "status": {"replicas": object.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0), "selector": selector_text},
     })
 }

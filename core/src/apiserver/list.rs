@@ -58,7 +58,7 @@ fn encode_token(revision: Revision, start: &str) -> String {
 
 fn decode_token(token: &str) -> Result<(Revision, String), ApiError> {
     let bad = || ApiError::bad_request("continue key is not valid: the token is malformed");
-    if token.len() % 2 != 0 {
+    if !token.len().is_multiple_of(2) {
         return Err(bad());
     }
     let bytes = (0..token.len())

@@ -21,7 +21,7 @@ mod watch;
 
 pub use admission::{builtin_plugins, AdmissionPlugin, AdmissionRequest, Operation};
 pub use auth::{AllowAll, Authenticator, Authorizer, RequestAttributes, UserInfo};
-pub use error::{ApiError, Cause};
+pub use error::{ApiError, Cause, ErrorDetails};
 pub use request::{parse_path, Query, ResourcePath, Target};
 pub use service_ips::{Ipv4Cidr, ServiceAllocator};
 
@@ -184,7 +184,7 @@ impl ApiServer {
 
     async fn ensure(&self, plural: &str, group: &str, object: Value) -> Result<(), ApiError> {
         let registry = self.state.registry();
-        let version = if group.is_empty() { "v1" } else { "v1" };
+        let version = "v1";
         let kind = registry
             .get(group, version, plural)
             .ok_or_else(|| ApiError::internal(format!("{plural} are not served")))?;
@@ -233,5 +233,20 @@ impl ApiServer {
             }
         }
         Ok(())
+    }
+}
+
+impl ApiServer {
+    /// A `kube::Client` that calls this server in-process: the same router as over HTTP, used
+    /// as a `tower::Service`, so any kube-rs code runs against an embedded control plane with
+    /// identical semantics.
+    pub fn client(&self) -> kube::Client {
+        use tower::ServiceExt;
+        let router = self.router();
+        let service = tower::service_fn(move |request: axum::http::Request<kube::client::Body>| {
+            let router = router.clone();
+            async move { router.oneshot(request.map(axum::body::Body::new)).await }
+        });
+        kube::Client::new(service, "default")
     }
 }

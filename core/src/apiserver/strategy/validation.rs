@@ -17,7 +17,10 @@ fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
     v.pointer(pointer).and_then(Value::as_str)
 }
 
-fn name_rule(kind: &ResourceKind) -> fn(&str) -> Result<(), Vec<crate::validation::NameError>> {
+/// A name, label or value rule from [`crate::validation`].
+type NameRule = fn(&str) -> Result<(), Vec<crate::validation::NameError>>;
+
+fn name_rule(kind: &ResourceKind) -> NameRule {
     match (kind.group.as_str(), kind.kind.as_str()) {
         ("", "Namespace") => is_dns1123_label,
         ("", "Service") => is_dns1035_label,
@@ -53,47 +56,45 @@ fn validate_metadata(kind: &ResourceKind, object: &Value, causes: &mut Vec<Cause
         }
         _ => causes.push(Cause::required("metadata.name")),
     }
-    let mut check_map =
-        |field: &str,
-         value_rule: Option<fn(&str) -> Result<(), Vec<crate::validation::NameError>>>| {
-            let Some(map) = meta.get(field) else { return };
-            let Some(map) = map.as_object() else {
-                if !map.is_null() {
-                    causes.push(Cause::invalid(
-                        format!("metadata.{field}"),
-                        map,
-                        "must be a map of strings",
-                    ));
-                }
-                return;
-            };
-            for (key, value) in map {
-                if let Err(problems) = is_qualified_name(key) {
-                    causes.push(Cause::invalid(
-                        format!("metadata.{field}"),
-                        &Value::String(key.clone()),
-                        &problems[0].0,
-                    ));
-                }
-                match (value.as_str(), value_rule) {
-                    (None, _) => causes.push(Cause::invalid(
-                        format!("metadata.{field}.{key}"),
-                        value,
-                        "must be a string",
-                    )),
-                    (Some(v), Some(rule)) => {
-                        if let Err(problems) = rule(v) {
-                            causes.push(Cause::invalid(
-                                format!("metadata.{field}"),
-                                value,
-                                &problems[0].0,
-                            ));
-                        }
-                    }
-                    _ => {}
-                }
+    let mut check_map = |field: &str, value_rule: Option<NameRule>| {
+        let Some(map) = meta.get(field) else { return };
+        let Some(map) = map.as_object() else {
+            if !map.is_null() {
+                causes.push(Cause::invalid(
+                    format!("metadata.{field}"),
+                    map,
+                    "must be a map of strings",
+                ));
             }
+            return;
         };
+        for (key, value) in map {
+            if let Err(problems) = is_qualified_name(key) {
+                causes.push(Cause::invalid(
+                    format!("metadata.{field}"),
+                    &Value::String(key.clone()),
+                    &problems[0].0,
+                ));
+            }
+            match (value.as_str(), value_rule) {
+                (None, _) => causes.push(Cause::invalid(
+                    format!("metadata.{field}.{key}"),
+                    value,
+                    "must be a string",
+                )),
+                (Some(v), Some(rule)) => {
+                    if let Err(problems) = rule(v) {
+                        causes.push(Cause::invalid(
+                            format!("metadata.{field}"),
+                            value,
+                            &problems[0].0,
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
     check_map("labels", Some(is_label_value));
     check_map("annotations", None);
     let total: usize = meta
@@ -426,10 +427,10 @@ pub fn validate_object(kind: &ResourceKind, object: &Value) -> Vec<Cause> {
                 &mut causes,
             );
         }
-        ("scheduling.k8s.io", "PriorityClass") => {
-            if object.get("value").and_then(Value::as_i64).is_none() {
-                causes.push(Cause::required("value"));
-            }
+        ("scheduling.k8s.io", "PriorityClass")
+            if object.get("value").and_then(Value::as_i64).is_none() =>
+        {
+            causes.push(Cause::required("value"));
         }
         _ => {}
     }

@@ -1,0 +1,533 @@
+//! Real clients against a real API server on loopback: kubectl 1.27 and 1.33 (by full path),
+//! the official Python client 37.0.2, and the kube crate over HTTP and in-process. Each runs
+//! against the memory store and, when `CAPSTAN_ETCD_ENDPOINTS` is set, against etcd. Missing
+//! clients skip with a printed reason, or fail under `CAPSTAN_REQUIRE_SERVICES=1`.
+
+use capstan_core::apiserver::{ApiConfig, ApiServer};
+use capstan_core::service_gate::{service_from_env, services_required};
+use capstan_core::store::{MemoryStore, Store};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A served API on a loopback port, with a kubeconfig pointing at it.
+struct Served {
+    server: ApiServer,
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(store: Arc<dyn Store>) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let config = ApiConfig {
+        advertise_address: address.to_string(),
+        ..ApiConfig::default()
+    };
+    let server = ApiServer::builder(store)
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    let router = server.router();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{address}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n    namespace: default\ncurrent-context: c\nusers:\n- name: u\n  user: {{}}\n"),
+    )
+    .unwrap();
+    Served {
+        server,
+        kubeconfig,
+        _dir: dir,
+        task,
+    }
+}
+
+async fn stores() -> Vec<(&'static str, Arc<dyn Store>)> {
+    let mut stores: Vec<(&'static str, Arc<dyn Store>)> =
+        vec![("memory", Arc::new(MemoryStore::new()))];
+    if let Ok(endpoints) = std::env::var("CAPSTAN_ETCD_ENDPOINTS") {
+        if !endpoints.trim().is_empty() {
+            let prefix = format!("/capstan-clients-{}-{}", std::process::id(), uuid_suffix());
+            let config =
+                capstan_store_etcd::EtcdStoreConfig::new(endpoints.split(',').map(str::to_string))
+                    .with_prefix(prefix);
+            stores.push((
+                "etcd",
+                Arc::new(
+                    capstan_store_etcd::EtcdStore::connect(config)
+                        .await
+                        .unwrap(),
+                ),
+            ));
+        }
+    } else {
+        let _ = service_from_env(
+            "CAPSTAN_ETCD_ENDPOINTS",
+            "etcd (for the etcd-backed client runs)",
+        );
+    }
+    stores
+}
+
+fn uuid_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// The folder holding `kubectl.1.N`, found beside the file `kubectl` resolves to.
+fn kubectl_dir() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("kubectl"))
+            .find(|p| p.exists())
+    });
+    let dir = found
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    match dir.filter(|d| d.join("kubectl.1.27").exists() && d.join("kubectl.1.33").exists()) {
+        Some(dir) => Some(dir),
+        None => {
+            assert!(
+                !services_required(),
+                "kubectl.1.27 and kubectl.1.33 are required (CAPSTAN_REQUIRE_SERVICES=1)"
+            );
+            eprintln!("SKIPPED: kubectl.1.27 / kubectl.1.33 not found beside kubectl");
+            None
+        }
+    }
+}
+
+struct Kubectl {
+    binary: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Kubectl {
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+        use std::io::Write;
+        let mut command = Command::new(&self.binary);
+        command.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("run kubectl");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        } else {
+            drop(child.stdin.take());
+        }
+        let output = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    }
+
+    /// Runs and requires success and every `expected` fragment in the output.
+    fn ok(&self, args: &[&str], stdin: Option<&str>, expected: &[&str]) -> String {
+        let (success, text) = self.run(args, stdin);
+        assert!(
+            success,
+            "{} {args:?} failed:\n{text}",
+            self.binary.display()
+        );
+        for e in expected {
+            assert!(
+                text.contains(e),
+                "{} {args:?}: expected {e:?} in:\n{text}",
+                self.binary.display()
+            );
+        }
+        text
+    }
+
+    /// Runs and requires failure with every `expected` fragment in the output.
+    fn fails(&self, args: &[&str], stdin: Option<&str>, expected: &[&str]) {
+        let (success, text) = self.run(args, stdin);
+        assert!(
+            !success,
+            "{} {args:?} should have failed:\n{text}",
+            self.binary.display()
+        );
+        for e in expected {
+            assert!(
+                text.contains(e),
+                "{} {args:?}: expected {e:?} in:\n{text}",
+                self.binary.display()
+            );
+        }
+    }
+}
+
+const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels: {app: web}\nspec:\n  containers:\n  - name: main\n    image: busybox:1.36\n    ports: [{containerPort: 80}]\n";
+const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d1}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: d1}}\n  template:\n    metadata: {labels: {app: d1}}\n    spec:\n      containers: [{name: c, image: \"busybox:1.36\"}]\n";
+const INVALID_POD: &str =
+    "apiVersion: v1\nkind: Pod\nmetadata: {name: invalid-x}\nspec:\n  containers: [{name: main}]\n";
+
+fn kubectl_suite(k: &Kubectl, ns: &str) {
+    let n = ["-n", ns];
+    k.ok(&["version"], None, &["Server Version", "v1.33.0-capstan"]);
+    k.ok(
+        &["api-resources"],
+        None,
+        &["deployments", "deploy", "apps/v1", "pods", "po"],
+    );
+    // `kubectl create namespace` sends protobuf from 1.32 on (issue B2); a manifest is JSON.
+    let namespace = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
+    k.ok(&["create", "-f", "-"], Some(&namespace), &["created"]);
+    k.ok(
+        &["get", "namespaces"],
+        None,
+        &["default", "kube-system", ns],
+    );
+    k.ok(&["get", "nodes"], None, &[]);
+    k.ok(
+        &[&n[..], &["create", "-f", "-"]].concat(),
+        Some(POD),
+        &["pod/web created"],
+    );
+    k.ok(
+        &[&n[..], &["get", "pods", "-o", "wide"]].concat(),
+        None,
+        &[
+            "NAME",
+            "READY",
+            "STATUS",
+            "NOMINATED NODE",
+            "web",
+            "0/1",
+            "Pending",
+        ],
+    );
+    k.ok(&["get", "pods", "-A"], None, &["NAMESPACE", ns, "web"]);
+    k.ok(
+        &[&n[..], &["get", "pod", "web", "-o", "yaml"]].concat(),
+        None,
+        &[
+            "imagePullPolicy: IfNotPresent",
+            "restartPolicy: Always",
+            "uid:",
+            "resourceVersion:",
+        ],
+    );
+    k.ok(
+        &[&n[..], &["describe", "pod", "web"]].concat(),
+        None,
+        &["Name:", "web", "busybox:1.36", "Service Account:  default"],
+    );
+    k.ok(
+        &[&n[..], &["label", "pod", "web", "tier=front"]].concat(),
+        None,
+        &["labeled"],
+    );
+    k.ok(
+        &[&n[..], &["annotate", "pod", "web", "note=hello"]].concat(),
+        None,
+        &["annotate"],
+    );
+    k.ok(
+        &[&n[..], &["get", "pods", "-l", "tier=front", "-o", "name"]].concat(),
+        None,
+        &["pod/web"],
+    );
+    k.ok(
+        &[&n[..], &["create", "-f", "-"]].concat(),
+        Some(DEPLOYMENT),
+        &["deployment.apps/d1 created"],
+    );
+    k.ok(
+        &[&n[..], &["scale", "deployment", "d1", "--replicas=3"]].concat(),
+        None,
+        &["scaled"],
+    );
+    k.ok(
+        &[
+            &n[..],
+            &["get", "deploy", "d1", "-o", "jsonpath={.spec.replicas}"],
+        ]
+        .concat(),
+        None,
+        &["3"],
+    );
+    k.ok(
+        &[
+            &n[..],
+            &[
+                "patch",
+                "deploy",
+                "d1",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"replicas":1}}"#,
+            ],
+        ]
+        .concat(),
+        None,
+        &["patched"],
+    );
+    k.ok(
+        &[
+            &n[..],
+            &[
+                "patch",
+                "deploy",
+                "d1",
+                "--type=json",
+                "-p",
+                r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#,
+            ],
+        ]
+        .concat(),
+        None,
+        &["patched"],
+    );
+    k.ok(
+        &[&n[..], &["get", "deploy", "-o", "wide"]].concat(),
+        None,
+        &["d1", "0/4", "busybox:1.36", "app=d1"],
+    );
+    let yaml = k.ok(
+        &[&n[..], &["get", "deploy", "d1", "-o", "yaml"]].concat(),
+        None,
+        &["replicas: 4"],
+    );
+    k.ok(
+        &[&n[..], &["replace", "-f", "-"]].concat(),
+        Some(&yaml),
+        &["replaced"],
+    );
+    k.fails(
+        &[&n[..], &["replace", "-f", "-"]].concat(),
+        Some(&yaml),
+        &["Conflict", "the object has been modified"],
+    );
+    k.fails(
+        &[&n[..], &["create", "-f", "-"]].concat(),
+        Some(DEPLOYMENT),
+        &["AlreadyExists", "already exists"],
+    );
+    k.fails(
+        &[&n[..], &["get", "pod", "nope"]].concat(),
+        None,
+        &["NotFound", "pods \"nope\" not found"],
+    );
+    k.fails(
+        &[&n[..], &["create", "-f", "-"]].concat(),
+        Some(INVALID_POD),
+        &["The Pod \"invalid-x\" is invalid: spec.containers[0].image: Required value"],
+    );
+    k.ok(&["get", "cs"], None, &["Healthy"]);
+    k.ok(
+        &[&n[..], &["delete", "-f", "-"]].concat(),
+        Some(DEPLOYMENT),
+        &["deleted"],
+    );
+    k.ok(
+        &[&n[..], &["delete", "pod", "web"]].concat(),
+        None,
+        &["deleted"],
+    );
+    k.fails(
+        &[&n[..], &["get", "pod", "web"]].concat(),
+        None,
+        &["NotFound"],
+    );
+}
+
+fn kubectl_watch(k: &Kubectl, ns: &str) {
+    let mut watcher = Command::new(&k.binary)
+        .arg("--kubeconfig")
+        .arg(&k.kubeconfig)
+        .args(["-n", ns, "get", "pods", "-w"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    k.ok(
+        &["-n", ns, "create", "-f", "-"],
+        Some(&POD.replace("name: web", "name: watched")),
+        &["created"],
+    );
+    k.ok(&["-n", ns, "delete", "pod", "watched"], None, &["deleted"]);
+    std::thread::sleep(Duration::from_millis(700));
+    watcher.kill().unwrap();
+    let output = watcher.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.matches("watched").count() >= 2,
+        "get -w should show the pod's events:\n{text}"
+    );
+    assert!(text.contains("NAME") && text.contains("Pending"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_against_capstan() {
+    let Some(dir) = kubectl_dir() else { return };
+    for (store_name, store) in stores().await {
+        let served = serve(store).await;
+        for version in ["1.27", "1.33"] {
+            let k = Kubectl {
+                binary: dir.join(format!("kubectl.{version}")),
+                kubeconfig: served.kubeconfig.clone(),
+            };
+            let ns = format!("k{}-{store_name}", version.replace('.', ""));
+            eprintln!("kubectl {version} against the {store_name} store");
+            let handle = tokio::task::spawn_blocking(move || {
+                kubectl_suite(&k, &ns);
+                kubectl_watch(&k, &ns);
+            });
+            handle.await.unwrap();
+        }
+    }
+}
+
+fn python_client_available() -> bool {
+    let ok = Command::new("python3")
+        .args([
+            "-c",
+            "import kubernetes, sys; sys.exit(0 if kubernetes.__version__ == '37.0.2' else 1)",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            !services_required(),
+            "the Python client kubernetes==37.0.2 is required (CAPSTAN_REQUIRE_SERVICES=1)"
+        );
+        eprintln!("SKIPPED: python3 with kubernetes==37.0.2 not available");
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_against_capstan() {
+    if !python_client_available() {
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_client.py");
+    for (store_name, store) in stores().await {
+        let served = serve(store).await;
+        let kubeconfig = served.kubeconfig.clone();
+        let script = script.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new("python3")
+                .arg(&script)
+                .arg(&kubeconfig)
+                .arg(format!("py-{store_name}"))
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success() && text.contains("all steps passed"),
+            "python client against the {store_name} store:\n{text}"
+        );
+    }
+}
+
+async fn kube_crud_and_watch(client: kube::Client, ns: &str) {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let mut events = maps
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let cm: ConfigMap = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "cfg"}, "data": {"a": "1"}}),
+    )
+    .unwrap();
+    let created = maps.create(&PostParams::default(), &cm).await.unwrap();
+    assert!(created.metadata.resource_version.is_some());
+    let patched = maps
+        .patch(
+            "cfg",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"data": {"b": "2"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.data.unwrap().len(), 2);
+    assert_eq!(
+        maps.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+    maps.delete("cfg", &DeleteParams::default()).await.unwrap();
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), events.try_next())
+            .await
+            .expect("watch event in time")
+            .unwrap()
+        {
+            Some(WatchEvent::Added(_)) => kinds.push("ADDED"),
+            Some(WatchEvent::Modified(_)) => kinds.push("MODIFIED"),
+            Some(WatchEvent::Deleted(_)) => kinds.push("DELETED"),
+            Some(_) => {}
+            None => panic!("watch ended early"),
+        }
+    }
+    assert_eq!(kinds, ["ADDED", "MODIFIED", "DELETED"]);
+    let pods: Api<Pod> = Api::namespaced(client, ns);
+    let err = pods.get("missing").await.unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 404),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_crate_over_http_and_in_process() {
+    for (store_name, store) in stores().await {
+        let served = serve(store).await;
+        kube_crud_and_watch(served.server.client(), &format!("inproc-{store_name}")).await;
+        let kubeconfig = kube::config::Kubeconfig::read_from(&served.kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        let client = kube::Client::try_from(config).unwrap();
+        kube_crud_and_watch(client, &format!("http-{store_name}")).await;
+    }
+}
