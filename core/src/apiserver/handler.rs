@@ -507,6 +507,12 @@ async fn after_create(ctx: &Ctx, created: &Value) {
 
 async fn replace(ctx: &mut Ctx, name: &str, object: Value) -> Result<Value, ApiError> {
     check_type(ctx, &object)?;
+    let body_name = object_name(&object);
+    if !body_name.is_empty() && body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
     let old = get(ctx, name).await?;
     write_update(ctx, name, object, old).await
 }

@@ -1,0 +1,1091 @@
+//! The API server through its router (the same tower::Service served over HTTP): error
+//! statuses, paging, watch semantics, services, deletion, subresources, discovery, tables, and
+//! proptests of merge patch and watch resumption.
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use capstan_core::apiserver::ApiServer;
+use capstan_core::store::memory::MemoryStoreConfig;
+use capstan_core::store::{MemoryStore, Store};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+
+struct Api {
+    router: axum::Router,
+    store: Arc<dyn Store>,
+}
+
+async fn api() -> Api {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::with_config(MemoryStoreConfig {
+        progress_interval: Duration::from_millis(200),
+        ..Default::default()
+    }));
+    let server = ApiServer::builder(store.clone()).build().await.unwrap();
+    Api {
+        router: server.router(),
+        store,
+    }
+}
+
+impl Api {
+    async fn raw(
+        &self,
+        method: Method,
+        uri: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+        accept: Option<&str>,
+    ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        if let Some(accept) = accept {
+            request = request.header("accept", accept);
+        }
+        let response = self
+            .router
+            .clone()
+            .oneshot(request.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, headers, bytes.to_vec())
+    }
+
+    async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.send(method, uri, "application/json", body).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        content_type: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let bytes = body
+            .map(|b| serde_json::to_vec(&b).unwrap())
+            .unwrap_or_default();
+        let (status, _, bytes) = self.raw(method, uri, Some(content_type), bytes, None).await;
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn ok(&self, method: Method, uri: &str, body: Option<Value>) -> Value {
+        let (status, value) = self.call(method.clone(), uri, body).await;
+        assert!(status.is_success(), "{method} {uri}: {status} {value}");
+        value
+    }
+
+    /// Opens a watch and returns its event stream.
+    async fn watch(&self, uri: &str) -> futures::stream::BoxStream<'static, Value> {
+        let request = Request::builder().uri(uri).body(Body::empty()).unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut buffer = Vec::new();
+        response
+            .into_body()
+            .into_data_stream()
+            .flat_map(move |chunk| {
+                buffer.extend_from_slice(&chunk.unwrap());
+                let mut lines = Vec::new();
+                while let Some(pos) = buffer.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buffer.drain(..=pos).collect();
+                    lines.push(serde_json::from_slice::<Value>(&line).unwrap());
+                }
+                futures::stream::iter(lines)
+            })
+            .boxed()
+    }
+}
+
+async fn next_event(stream: &mut futures::stream::BoxStream<'static, Value>) -> Value {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("event in time")
+            .expect("stream open");
+        if event["type"] != "BOOKMARK" {
+            return event;
+        }
+    }
+}
+
+fn cm(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}, "data": {"k": "v"}})
+}
+
+fn pod(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"containers": [{"name": "main", "image": "busybox:1.36"}]}})
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_status_and_changes_nothing() {
+    let api = api().await;
+    let before = api.store.current_revision().await.unwrap();
+    let (status, body) = api.call(Method::GET, "/api/v1/nothings", None).await;
+    assert_eq!(
+        (status.as_u16(), body["reason"].as_str()),
+        (404, Some("NotFound"))
+    );
+    let (status, _, body) = api
+        .raw(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            Some("application/xml"),
+            b"<x/>".to_vec(),
+            None,
+        )
+        .await;
+    assert_eq!(status.as_u16(), 415, "{}", String::from_utf8_lossy(&body));
+    let huge = vec![b' '; 4 * 1024 * 1024];
+    let (status, _, _) = api
+        .raw(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            None,
+            huge,
+            None,
+        )
+        .await;
+    assert_eq!(status.as_u16(), 413);
+    let (status, _, body) = api
+        .raw(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            None,
+            b"{not json".to_vec(),
+            None,
+        )
+        .await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status.as_u16(), body["reason"].as_str()),
+        (400, Some("BadRequest"))
+    );
+    let (status, _) = api
+        .call(Method::GET, "/api/v1/pods?watch=maybe", None)
+        .await;
+    assert_eq!(status.as_u16(), 400);
+    let (status, body) = api
+        .call(
+            Method::GET,
+            "/api/v1/pods?fieldSelector=spec.bogus%3Dx",
+            None,
+        )
+        .await;
+    assert_eq!(status.as_u16(), 400);
+    assert!(body["message"].as_str().unwrap().contains("spec.bogus"));
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/nope/configmaps",
+            Some(cm("a", json!({}))),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 404, "{body}");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("namespaces \"nope\" not found"));
+    let mut mismatched = cm("a", json!({}));
+    mismatched["metadata"]["namespace"] = json!("kube-system");
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            Some(mismatched),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 400);
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            Some(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}})),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 400);
+    let (status, body) = api.call(Method::POST, "/api/v1/namespaces/default/pods", Some(json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "Bad_Name", "image": ""}]}}))).await;
+    assert_eq!(status.as_u16(), 422);
+    let fields: Vec<&str> = body["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert!(
+        fields.contains(&"spec.containers[0].name") && fields.contains(&"spec.containers[0].image"),
+        "{fields:?}"
+    );
+    assert_eq!(body["details"]["kind"], "Pod");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps?dryRun=All",
+            Some(cm("dry", json!({}))),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 201, "{body}");
+    let (status, _) = api
+        .call(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps/dry",
+            None,
+        )
+        .await;
+    assert_eq!(status.as_u16(), 404, "dry run stores nothing");
+    assert_eq!(
+        api.store.current_revision().await.unwrap(),
+        before,
+        "no bad request changed the store"
+    );
+
+    api.ok(
+        Method::POST,
+        "/api/v1/namespaces/default/configmaps",
+        Some(cm("a", json!({}))),
+    )
+    .await;
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            Some(cm("a", json!({}))),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["reason"].as_str()),
+        (409, Some("AlreadyExists"))
+    );
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/api/v1/namespaces/default/configmaps/other",
+            Some(cm("a", json!({}))),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 400, "name in body and URL differ");
+    let mut stale = cm("a", json!({}));
+    stale["metadata"]["resourceVersion"] = json!("1");
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/api/v1/namespaces/default/configmaps/a",
+            Some(stale),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["reason"].as_str()),
+        (409, Some("Conflict"))
+    );
+}
+
+#[tokio::test]
+async fn lists_page_consistently_and_select() {
+    let api = api().await;
+    for i in 0..7 {
+        api.ok(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            Some(cm(
+                &format!("c{i}"),
+                json!({"n": if i % 2 == 0 { "even" } else { "odd" }}),
+            )),
+        )
+        .await;
+    }
+    let first = api
+        .ok(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps?limit=3",
+            None,
+        )
+        .await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 3);
+    let mut names: Vec<String> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    let mut token = first["metadata"]["continue"].as_str().map(str::to_string);
+    api.ok(
+        Method::POST,
+        "/api/v1/namespaces/default/configmaps",
+        Some(cm("c9-late", json!({}))),
+    )
+    .await;
+    while let Some(t) = token {
+        let page = api
+            .ok(
+                Method::GET,
+                &format!("/api/v1/namespaces/default/configmaps?limit=3&continue={t}"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            page["metadata"]["resourceVersion"],
+            first["metadata"]["resourceVersion"]
+        );
+        names.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["metadata"]["name"].as_str().unwrap().to_string()),
+        );
+        token = page["metadata"]["continue"].as_str().map(str::to_string);
+    }
+    assert_eq!(
+        names,
+        ["c0", "c1", "c2", "c3", "c4", "c5", "c6"],
+        "one consistent snapshot, no late object"
+    );
+    let odd = api
+        .ok(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps?labelSelector=n%3Dodd&limit=2",
+            None,
+        )
+        .await;
+    assert_eq!(odd["items"].as_array().unwrap().len(), 2);
+    assert!(odd["metadata"]["continue"].is_string());
+    let all = api
+        .ok(
+            Method::GET,
+            "/api/v1/configmaps?fieldSelector=metadata.name%3Dc3",
+            None,
+        )
+        .await;
+    assert_eq!(all["items"][0]["metadata"]["namespace"], "default");
+    let (status, _) = api
+        .call(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps?limit=3&continue=zzzz",
+            None,
+        )
+        .await;
+    assert_eq!(status.as_u16(), 400);
+}
+
+#[tokio::test]
+async fn watches_resume_select_bookmark_and_expire() {
+    let api = api().await;
+    let listed = api
+        .ok(Method::GET, "/api/v1/namespaces/default/configmaps", None)
+        .await;
+    let rv = listed["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.ok(
+        Method::POST,
+        "/api/v1/namespaces/default/configmaps",
+        Some(cm("w1", json!({"app": "x"}))),
+    )
+    .await;
+    let mut from_rv = api.watch(&format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&labelSelector=app%3Dx&allowWatchBookmarks=true")).await;
+    let added = next_event(&mut from_rv).await;
+    assert_eq!(
+        (
+            added["type"].as_str(),
+            added["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("ADDED"), Some("w1"))
+    );
+    // Leaving the selection is a DELETED for this watcher.
+    let _ = api
+        .send(
+            Method::PATCH,
+            "/api/v1/namespaces/default/configmaps/w1",
+            "application/merge-patch+json",
+            Some(json!({"metadata": {"labels": {"app": "y"}}})),
+        )
+        .await;
+    let left = next_event(&mut from_rv).await;
+    assert_eq!(left["type"], "DELETED");
+    // A bookmark arrives on a quiet watch.
+    let bookmark = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let e = from_rv.next().await.unwrap();
+            if e["type"] == "BOOKMARK" {
+                return e;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(bookmark["object"]["metadata"]["resourceVersion"].is_string());
+    // No resourceVersion: synthetic ADDED for what exists.
+    let mut fresh = api
+        .watch("/api/v1/namespaces/default/configmaps?watch=1")
+        .await;
+    assert_eq!(next_event(&mut fresh).await["type"], "ADDED");
+    // timeoutSeconds ends the stream.
+    let mut short = api.watch(&format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=1")).await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while short.next().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the watch must end after timeoutSeconds");
+    // Compacted history is a 410 ERROR event.
+    let current = api.store.current_revision().await.unwrap();
+    api.store.compact(current).await.unwrap();
+    let mut old = api
+        .watch("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1")
+        .await;
+    let error = next_event(&mut old).await;
+    assert_eq!(
+        (error["type"].as_str(), error["object"]["code"].as_i64()),
+        (Some("ERROR"), Some(410))
+    );
+}
+
+#[tokio::test]
+async fn services_get_unique_addresses_that_are_released() {
+    let api = api().await;
+    let svc = |name: &str, extra: Value| {
+        let mut s = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}});
+        json_patch::merge(&mut s, &extra);
+        s
+    };
+    let kubernetes = api
+        .ok(
+            Method::GET,
+            "/api/v1/namespaces/default/services/kubernetes",
+            None,
+        )
+        .await;
+    assert_eq!(kubernetes["spec"]["clusterIP"], "10.96.0.1");
+    let a = api
+        .ok(
+            Method::POST,
+            "/api/v1/namespaces/default/services",
+            Some(svc("a", json!({}))),
+        )
+        .await;
+    let b = api
+        .ok(
+            Method::POST,
+            "/api/v1/namespaces/default/services",
+            Some(svc("b", json!({}))),
+        )
+        .await;
+    let (ip_a, ip_b) = (
+        a["spec"]["clusterIP"].as_str().unwrap(),
+        b["spec"]["clusterIP"].as_str().unwrap(),
+    );
+    assert_ne!(ip_a, ip_b);
+    assert!(ip_a.starts_with("10.") && a["spec"]["ports"][0]["targetPort"] == 80);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/services",
+            Some(svc("c", json!({"spec": {"clusterIP": ip_a}}))),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 422, "{body}");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("already allocated"));
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/services",
+            Some(svc("c", json!({"spec": {"clusterIP": "192.168.1.1"}}))),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 422);
+    let headless = api
+        .ok(
+            Method::POST,
+            "/api/v1/namespaces/default/services",
+            Some(svc("h", json!({"spec": {"clusterIP": "None"}}))),
+        )
+        .await;
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    let np = api
+        .ok(
+            Method::POST,
+            "/api/v1/namespaces/default/services",
+            Some(svc("np", json!({"spec": {"type": "NodePort"}}))),
+        )
+        .await;
+    let port = np["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    assert!((30000..=32767).contains(&port));
+    let ext = api.ok(Method::POST, "/api/v1/namespaces/default/services", Some(json!({"metadata": {"name": "ext"}, "spec": {"type": "ExternalName", "externalName": "example.invalid"}}))).await;
+    assert!(ext["spec"].get("clusterIP").is_none());
+    api.ok(
+        Method::DELETE,
+        "/api/v1/namespaces/default/services/a",
+        None,
+    )
+    .await;
+    let again = api
+        .ok(
+            Method::POST,
+            "/api/v1/namespaces/default/services",
+            Some(svc("c", json!({"spec": {"clusterIP": ip_a}}))),
+        )
+        .await;
+    assert_eq!(
+        again["spec"]["clusterIP"], ip_a,
+        "a released address can be claimed again"
+    );
+}
+
+#[tokio::test]
+async fn deletion_honours_grace_finalizers_and_preconditions() {
+    let api = api().await;
+    // An unscheduled pod goes at once.
+    api.ok(
+        Method::POST,
+        "/api/v1/namespaces/default/pods",
+        Some(pod("free")),
+    )
+    .await;
+    api.ok(Method::DELETE, "/api/v1/namespaces/default/pods/free", None)
+        .await;
+    assert_eq!(
+        api.call(Method::GET, "/api/v1/namespaces/default/pods/free", None)
+            .await
+            .0
+            .as_u16(),
+        404
+    );
+    // A scheduled pod is deleted gracefully; grace 0 finishes it.
+    api.ok(
+        Method::POST,
+        "/api/v1/namespaces/default/pods",
+        Some(pod("bound")),
+    )
+    .await;
+    api.ok(Method::POST, "/api/v1/namespaces/default/pods/bound/binding", Some(json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "bound"}, "target": {"kind": "Node", "name": "n1"}}))).await;
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/pods/bound/binding",
+            Some(json!({"target": {"kind": "Node", "name": "n2"}})),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 409, "a bound pod cannot be bound again");
+    let marked = api
+        .ok(
+            Method::DELETE,
+            "/api/v1/namespaces/default/pods/bound",
+            Some(json!({"propagationPolicy": "Background"})),
+        )
+        .await;
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 30);
+    assert_eq!(
+        api.call(Method::GET, "/api/v1/namespaces/default/pods/bound", None)
+            .await
+            .0
+            .as_u16(),
+        200
+    );
+    api.ok(
+        Method::DELETE,
+        "/api/v1/namespaces/default/pods/bound?gracePeriodSeconds=0",
+        None,
+    )
+    .await;
+    assert_eq!(
+        api.call(Method::GET, "/api/v1/namespaces/default/pods/bound", None)
+            .await
+            .0
+            .as_u16(),
+        404
+    );
+    // Finalizers hold an object until they are removed.
+    let mut held = cm("held", json!({}));
+    held["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    let created = api
+        .ok(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            Some(held),
+        )
+        .await;
+    let (status, _) = api
+        .call(
+            Method::DELETE,
+            "/api/v1/namespaces/default/configmaps/held",
+            Some(json!({"preconditions": {"uid": "wrong"}})),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 409);
+    let deleting = api
+        .ok(
+            Method::DELETE,
+            "/api/v1/namespaces/default/configmaps/held",
+            Some(json!({"preconditions": {"uid": created["metadata"]["uid"]}})),
+        )
+        .await;
+    assert!(deleting["metadata"]["deletionTimestamp"].is_string());
+    let mut release = api
+        .ok(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps/held",
+            None,
+        )
+        .await;
+    release["metadata"]["finalizers"] = json!([]);
+    api.ok(
+        Method::PUT,
+        "/api/v1/namespaces/default/configmaps/held",
+        Some(release),
+    )
+    .await;
+    assert_eq!(
+        api.call(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps/held",
+            None
+        )
+        .await
+        .0
+        .as_u16(),
+        404,
+        "gone once unfinalized"
+    );
+    // Foreground deletion leaves the work to the garbage collector's finalizer.
+    api.ok(
+        Method::POST,
+        "/api/v1/namespaces/default/configmaps",
+        Some(cm("fg", json!({}))),
+    )
+    .await;
+    let fg = api
+        .ok(
+            Method::DELETE,
+            "/api/v1/namespaces/default/configmaps/fg",
+            Some(json!({"propagationPolicy": "Foreground"})),
+        )
+        .await;
+    assert_eq!(fg["metadata"]["finalizers"], json!(["foregroundDeletion"]));
+    // deletecollection with a selector.
+    for (name, team) in [("x1", "a"), ("x2", "a"), ("x3", "b")] {
+        api.ok(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            Some(cm(name, json!({"team": team}))),
+        )
+        .await;
+    }
+    let gone = api
+        .ok(
+            Method::DELETE,
+            "/api/v1/namespaces/default/configmaps?labelSelector=team%3Da",
+            None,
+        )
+        .await;
+    assert_eq!(gone["items"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        api.call(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps/x3",
+            None
+        )
+        .await
+        .0
+        .as_u16(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn namespaces_terminate_and_take_their_content() {
+    let api = api().await;
+    api.ok(
+        Method::POST,
+        "/api/v1/namespaces",
+        Some(json!({"metadata": {"name": "team"}})),
+    )
+    .await;
+    let sa = api
+        .ok(
+            Method::GET,
+            "/api/v1/namespaces/team/serviceaccounts/default",
+            None,
+        )
+        .await;
+    assert_eq!(sa["metadata"]["name"], "default");
+    api.ok(
+        Method::POST,
+        "/api/v1/namespaces/team/configmaps",
+        Some(cm("c", json!({}))),
+    )
+    .await;
+    let (status, body) = api
+        .call(Method::DELETE, "/api/v1/namespaces/kube-system", None)
+        .await;
+    assert_eq!(status.as_u16(), 403, "{body}");
+    let terminating = api
+        .ok(Method::DELETE, "/api/v1/namespaces/team", None)
+        .await;
+    assert_eq!(terminating["status"]["phase"], "Terminating");
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/team/configmaps",
+            Some(cm("late", json!({}))),
+        )
+        .await;
+    assert!(
+        status.as_u16() == 403 || status.as_u16() == 404,
+        "no new content in a terminating namespace: {status}"
+    );
+    let gone = tokio::time::timeout(Duration::from_secs(5), async {
+        while api
+            .call(Method::GET, "/api/v1/namespaces/team", None)
+            .await
+            .0
+            .as_u16()
+            != 404
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the namespace must go away");
+    assert_eq!(
+        api.call(
+            Method::GET,
+            "/api/v1/configmaps?fieldSelector=metadata.namespace%3Dteam",
+            None
+        )
+        .await
+        .1["items"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn subresources_scale_status_and_generation() {
+    let api = api().await;
+    let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"generateName": "web-"}, "spec": {"selector": {"matchLabels": {"app": "w"}}, "template": {"metadata": {"labels": {"app": "w"}}, "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}}});
+    let created = api
+        .ok(
+            Method::POST,
+            "/apis/apps/v1/namespaces/default/deployments",
+            Some(deploy),
+        )
+        .await;
+    let name = created["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("web-") && name.len() == 9);
+    assert_eq!(
+        (
+            created["spec"]["replicas"].as_i64(),
+            created["metadata"]["generation"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
+    let base = format!("/apis/apps/v1/namespaces/default/deployments/{name}");
+    let scale = api.ok(Method::GET, &format!("{base}/scale"), None).await;
+    assert_eq!(
+        (scale["kind"].as_str(), scale["status"]["selector"].as_str()),
+        (Some("Scale"), Some("app=w"))
+    );
+    let scaled = api
+        .send(
+            Method::PATCH,
+            &format!("{base}/scale"),
+            "application/merge-patch+json",
+            Some(json!({"spec": {"replicas": 5}})),
+        )
+        .await
+        .1;
+    assert_eq!(scaled["spec"]["replicas"], 5);
+    let after = api.ok(Method::GET, &base, None).await;
+    assert_eq!(
+        (
+            after["spec"]["replicas"].as_i64(),
+            after["metadata"]["generation"].as_i64()
+        ),
+        (Some(5), Some(2))
+    );
+    // A status write changes only status; a main write keeps status.
+    let mut status_write = after.clone();
+    status_write["status"] = json!({"replicas": 5, "observedGeneration": 2});
+    status_write["spec"]["replicas"] = json!(9);
+    let written = api
+        .ok(Method::PUT, &format!("{base}/status"), Some(status_write))
+        .await;
+    assert_eq!(
+        (
+            written["spec"]["replicas"].as_i64(),
+            written["status"]["replicas"].as_i64()
+        ),
+        (Some(5), Some(5))
+    );
+    assert_eq!(
+        written["metadata"]["generation"], 2,
+        "status writes do not bump generation"
+    );
+    let mut main_write = written.clone();
+    main_write["status"] = json!({"replicas": 0});
+    let kept = api.ok(Method::PUT, &base, Some(main_write)).await;
+    assert_eq!(kept["status"]["replicas"], 5);
+    // The selector is immutable.
+    let (status, body) = api.send(Method::PATCH, &base, "application/merge-patch+json", Some(json!({"spec": {"selector": {"matchLabels": {"app": "z"}}, "template": {"metadata": {"labels": {"app": "z"}}}}}))).await;
+    assert_eq!(status.as_u16(), 422, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("spec.selector"));
+    // JSON patch that cannot apply is refused.
+    let (status, _) = api
+        .send(
+            Method::PATCH,
+            &base,
+            "application/json-patch+json",
+            Some(json!([{"op": "remove", "path": "/spec/nothing"}])),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 422);
+}
+
+#[tokio::test]
+async fn discovery_tables_and_priority() {
+    let api = api().await;
+    let (status, headers, body) = api.raw(Method::GET, "/apis", None, Vec::new(), Some("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers["content-type"],
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+    );
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert!(body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g["metadata"]["name"] == "apps"));
+    let core = api.ok(Method::GET, "/api/v1", None).await;
+    let names: Vec<&str> = core["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"pods/status") && names.contains(&"pods/binding"));
+    let apps = api.ok(Method::GET, "/apis/apps/v1", None).await;
+    let scale = apps["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "deployments/scale")
+        .unwrap();
+    assert_eq!(
+        (scale["group"].as_str(), scale["kind"].as_str()),
+        (Some("autoscaling"), Some("Scale"))
+    );
+    // Every served kind prints as a Table with a Name column.
+    let server_kinds = api.ok(Method::GET, "/apis", None).await;
+    let mut paths = vec!["/api/v1".to_string()];
+    paths.extend(server_kinds["groups"].as_array().unwrap().iter().map(|g| {
+        format!(
+            "/apis/{}",
+            g["preferredVersion"]["groupVersion"].as_str().unwrap()
+        )
+    }));
+    for gv in paths {
+        let list = api.ok(Method::GET, &gv, None).await;
+        for resource in list["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| !r["name"].as_str().unwrap().contains('/'))
+        {
+            let name = resource["name"].as_str().unwrap();
+            let uri = format!("{gv}/{name}");
+            let (status, _, body) = api
+                .raw(
+                    Method::GET,
+                    &uri,
+                    None,
+                    Vec::new(),
+                    Some("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"),
+                )
+                .await;
+            let table: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(status, StatusCode::OK, "{uri}: {table}");
+            assert_eq!(table["kind"], "Table", "{uri}");
+            assert!(
+                !table["columnDefinitions"].as_array().unwrap().is_empty(),
+                "{uri}"
+            );
+        }
+    }
+    // PriorityClass admission resolves the global default into spec.priority.
+    api.ok(
+        Method::POST,
+        "/apis/scheduling.k8s.io/v1/priorityclasses",
+        Some(json!({"metadata": {"name": "high"}, "value": 1000, "globalDefault": true})),
+    )
+    .await;
+    let p = api
+        .ok(
+            Method::POST,
+            "/api/v1/namespaces/default/pods",
+            Some(pod("prio")),
+        )
+        .await;
+    assert_eq!(
+        (
+            p["spec"]["priority"].as_i64(),
+            p["spec"]["priorityClassName"].as_str()
+        ),
+        (Some(1000), Some("high"))
+    );
+    let mut missing = pod("prio2");
+    missing["spec"]["priorityClassName"] = json!("nope");
+    assert_eq!(
+        api.call(
+            Method::POST,
+            "/api/v1/namespaces/default/pods",
+            Some(missing)
+        )
+        .await
+        .0
+        .as_u16(),
+        403
+    );
+    let version = api.ok(Method::GET, "/version", None).await;
+    assert_eq!(
+        (version["major"].as_str(), version["minor"].as_str()),
+        (Some("1"), Some("33"))
+    );
+}
+
+/// RFC 7386's examples, as the server applies merge patches.
+#[tokio::test]
+async fn merge_patch_follows_rfc_7386() {
+    let api = api().await;
+    let cases = [
+        (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+        (
+            json!({"a": "b"}),
+            json!({"b": "c"}),
+            json!({"a": "b", "b": "c"}),
+        ),
+        (json!({"a": "b"}), json!({"a": null}), json!({})),
+        (
+            json!({"a": "b", "b": "c"}),
+            json!({"a": null}),
+            json!({"b": "c"}),
+        ),
+        (json!({"a": ["b"]}), json!({"a": "c"}), json!({"a": "c"})),
+        (json!({"a": "c"}), json!({"a": ["b"]}), json!({"a": ["b"]})),
+        (
+            json!({"a": {"b": "c"}}),
+            json!({"a": {"b": "d", "c": null}}),
+            json!({"a": {"b": "d"}}),
+        ),
+        (
+            json!({"a": [{"b": "c"}]}),
+            json!({"a": [1]}),
+            json!({"a": [1]}),
+        ),
+        (
+            json!({"e": null}),
+            json!({"a": 1}),
+            json!({"e": null, "a": 1}),
+        ),
+    ];
+    for (i, (data, patch, expected)) in cases.into_iter().enumerate() {
+        // Carry the document in a ConfigMap-like object of an unknown kind to keep it verbatim.
+        let name = format!("rfc{i}");
+        let object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {}, "doc": data});
+        api.ok(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            Some(object),
+        )
+        .await;
+        let (status, patched) = api
+            .send(
+                Method::PATCH,
+                &format!("/api/v1/namespaces/default/configmaps/{name}"),
+                "application/merge-patch+json",
+                Some(json!({"doc": patch})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{patched}");
+        let got = patched.get("doc").cloned().unwrap_or(json!({}));
+        let expected = if expected == json!({}) && got.is_null() {
+            Value::Null
+        } else {
+            expected
+        };
+        assert_eq!(got, expected, "case {i}");
+    }
+}
+
+mod watch_resume {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Resuming a watch from any resourceVersion seen yields exactly the later events: none
+        /// skipped, none repeated.
+        #[test]
+        fn resume_never_skips_or_duplicates(ops in proptest::collection::vec((0usize..4, 0u8..3), 1..25), resume_at in 0usize..25) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let api = api().await;
+                let start = api.ok(Method::GET, "/api/v1/namespaces/default/configmaps", None).await["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+                let mut all = api.watch(&format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={start}")).await;
+                let mut expected = 0usize;
+                for (key, op) in &ops {
+                    let name = format!("k{key}");
+                    let uri = format!("/api/v1/namespaces/default/configmaps/{name}");
+                    let status = match op {
+                        0 => api.call(Method::POST, "/api/v1/namespaces/default/configmaps", Some(cm(&name, json!({})))).await.0,
+                        1 => api.send(Method::PATCH, &uri, "application/merge-patch+json", Some(json!({"data": {"n": format!("{expected}")}}))).await.0,
+                        _ => api.call(Method::DELETE, &uri, None).await.0,
+                    };
+                    if status.is_success() {
+                        expected += 1;
+                    }
+                }
+                let mut events = Vec::new();
+                for _ in 0..expected {
+                    events.push(next_event(&mut all).await);
+                }
+                let rvs: Vec<String> = events.iter().map(|e| e["object"]["metadata"]["resourceVersion"].as_str().unwrap().to_string()).collect();
+                if rvs.is_empty() {
+                    return;
+                }
+                let cut = resume_at % rvs.len();
+                let mut resumed = api.watch(&format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={}", rvs[cut])).await;
+                for expected_event in &events[cut + 1..] {
+                    let got = next_event(&mut resumed).await;
+                    assert_eq!(got["type"], expected_event["type"]);
+                    assert_eq!(got["object"]["metadata"]["resourceVersion"], expected_event["object"]["metadata"]["resourceVersion"]);
+                }
+                let extra = tokio::time::timeout(Duration::from_millis(300), async {
+                    loop {
+                        let e = resumed.next().await;
+                        if e.as_ref().is_none_or(|e| e["type"] != "BOOKMARK") {
+                            return e;
+                        }
+                    }
+                }).await;
+                assert!(extra.is_err(), "an event was repeated: {extra:?}");
+            });
+        }
+    }
+}
