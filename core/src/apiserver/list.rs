@@ -2,51 +2,10 @@
 //! revision, `resourceVersion`/`resourceVersionMatch` semantics, and Table output.
 
 use super::handler::{table_wanted, Ctx};
+pub(crate) use super::selection::Selection;
 use super::ApiError;
-use crate::registry::ResourceKind;
-use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::Revision;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
-
-/// The label and field selection of a list or watch.
-pub(crate) struct Selection {
-    labels: LabelSelector,
-    fields: FieldSelector,
-}
-
-impl Selection {
-    /// Reads `labelSelector` and `fieldSelector`; unknown fields are a 400.
-    pub(crate) fn from_query(ctx: &Ctx) -> Result<Self, ApiError> {
-        let labels = LabelSelector::parse(ctx.query.get("labelSelector").unwrap_or(""))
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let fields = FieldSelector::parse(ctx.query.get("fieldSelector").unwrap_or(""))
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        fields
-            .check_fields(&ctx.kind.plural, |f| ctx.kind.supports_field(f))
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        Ok(Selection { labels, fields })
-    }
-
-    /// Whether an object is selected.
-    pub(crate) fn matches(&self, kind: &ResourceKind, object: &Value) -> bool {
-        let labels: BTreeMap<String, String> = object
-            .pointer("/metadata/labels")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.labels.matches(&labels) && self.fields.matches(|f| kind.field_value(object, f))
-    }
-
-    /// The namespace a `metadata.namespace=` field selector pins, if any.
-    pub(crate) fn pinned_namespace(&self) -> Option<&str> {
-        self.fields.required_value("metadata.namespace")
-    }
-}
 
 fn encode_token(revision: Revision, start: &str) -> String {
     json!({"rv": revision, "start": start})
@@ -191,9 +150,23 @@ pub(crate) async fn snapshot(
     Ok((items, revision))
 }
 
-/// `GET` on a collection.
+/// `GET` on a collection. `resourceVersion=0` without `continue` is served from the watch
+/// cache (any recent state will do, as in Kubernetes; `limit` is then ignored).
 pub(crate) async fn list(ctx: &Ctx) -> Result<Value, ApiError> {
     let selection = Selection::from_query(ctx)?;
+    let from_cache = ctx.query.get("resourceVersion") == Some("0")
+        && ctx.query.get("continue").is_none_or(str::is_empty);
+    if from_cache {
+        let namespace = list_namespace(ctx, &selection);
+        if let Ok((items, revision)) = ctx
+            .state
+            .cache
+            .snapshot(&ctx.kind, namespace, &selection)
+            .await
+        {
+            return Ok(render(ctx, items, revision, None));
+        }
+    }
     let limit = ctx
         .query
         .u64("limit")?
@@ -213,22 +186,24 @@ pub(crate) async fn list(ctx: &Ctx) -> Result<Value, ApiError> {
         other => other?,
     };
     let token = next.map(|start| encode_token(revision, &start));
+    Ok(render(ctx, items, revision, token))
+}
+
+fn render(ctx: &Ctx, items: Vec<Value>, revision: Revision, token: Option<String>) -> Value {
     if table_wanted(ctx) {
-        return Ok(super::table::table(
+        return super::table::table(
             &ctx.kind,
             &items,
             &revision.to_string(),
             token.as_deref(),
             true,
-        ));
+        );
     }
     let mut metadata = json!({"resourceVersion": revision.to_string()});
     if let Some(token) = token {
         metadata["continue"] = json!(token);
     }
-    Ok(
-        json!({"kind": format!("{}List", ctx.kind.kind), "apiVersion": ctx.kind.api_version(), "metadata": metadata, "items": items}),
-    )
+    json!({"kind": format!("{}List", ctx.kind.kind), "apiVersion": ctx.kind.api_version(), "metadata": metadata, "items": items})
 }
 
 #[cfg(test)]

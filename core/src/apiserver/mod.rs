@@ -14,10 +14,12 @@ mod error;
 mod handler;
 mod list;
 mod request;
+mod selection;
 mod service_ips;
 mod strategy;
 mod table;
 mod watch;
+mod watch_cache;
 
 pub use admission::{builtin_plugins, AdmissionPlugin, AdmissionRequest, Operation};
 pub use auth::{AllowAll, Authenticator, Authorizer, RequestAttributes, UserInfo};
@@ -42,6 +44,10 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// `host:port` advertised in discovery.
     pub advertise_address: String,
+    /// Events buffered per watcher before a slow watcher is closed.
+    pub watch_buffer: usize,
+    /// Recent events kept per kind for watch resumption from the cache.
+    pub watch_history: usize,
 }
 
 impl Default for ApiConfig {
@@ -51,6 +57,8 @@ impl Default for ApiConfig {
             node_port_range: (30000, 32767),
             max_body_bytes: 3 * 1024 * 1024,
             advertise_address: "127.0.0.1:6443".into(),
+            watch_buffer: 1024,
+            watch_history: 4096,
         }
     }
 }
@@ -63,6 +71,7 @@ pub(crate) struct ApiState {
     authenticator: Arc<dyn Authenticator>,
     authorizer: Arc<dyn Authorizer>,
     services: ServiceAllocator,
+    cache: watch_cache::WatchCache,
     config: ApiConfig,
 }
 
@@ -128,9 +137,17 @@ impl ApiServerBuilder {
             ))
         })?;
         let services = ServiceAllocator::new(self.store.clone(), cidr, self.config.node_port_range);
+        let storage = ObjectStorage::new(self.store);
         let state = ApiState {
             registry: RwLock::new(Arc::new(self.registry)),
-            storage: ObjectStorage::new(self.store),
+            cache: watch_cache::WatchCache::new(
+                storage.clone(),
+                watch_cache::CacheConfig {
+                    history: self.config.watch_history,
+                    watcher_buffer: self.config.watch_buffer,
+                },
+            ),
+            storage,
             admission: self.admission,
             authenticator: self.authenticator,
             authorizer: self.authorizer,

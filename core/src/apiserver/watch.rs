@@ -6,8 +6,10 @@
 //! open until the client leaves or `timeoutSeconds` passes.
 
 use super::handler::{table_wanted, Ctx};
-use super::list::{snapshot, Selection};
+use super::list::snapshot;
+use super::selection::Selection;
 use super::table;
+use super::watch_cache::{Delivery, Start, Subscription};
 use super::ApiError;
 use crate::registry::ResourceKind;
 use crate::storage::{ObjectEvent, StorageError};
@@ -109,7 +111,82 @@ impl WatchState {
     }
 }
 
-/// `GET …?watch=true`.
+/// A watch served from the watch cache.
+struct CachedWatch {
+    pending: VecDeque<Delivery>,
+    live: Option<tokio::sync::mpsc::Receiver<Delivery>>,
+    kind: Arc<ResourceKind>,
+    table: bool,
+    first_row: bool,
+    deadline: Option<Instant>,
+}
+
+impl CachedWatch {
+    fn line(&mut self, delivery: Delivery) -> Bytes {
+        let mut line = Vec::new();
+        match delivery {
+            Delivery::Event(event_type, object) if self.table => {
+                let value = object.value();
+                let rv = value
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let rendered = table::table(
+                    &self.kind,
+                    std::slice::from_ref(&value),
+                    &rv,
+                    None,
+                    self.first_row,
+                );
+                self.first_row = false;
+                line = serde_json::to_vec(&json!({"type": event_type, "object": rendered}))
+                    .unwrap_or_default();
+            }
+            Delivery::Event(event_type, object) => {
+                // The object's encoded bytes are shared by every watcher; only the envelope is new.
+                line.extend_from_slice(b"{\"type\":\"");
+                line.extend_from_slice(event_type.as_bytes());
+                line.extend_from_slice(b"\",\"object\":");
+                line.extend_from_slice(&object.bytes);
+                line.push(b'}');
+            }
+            Delivery::Bookmark(revision) => {
+                let bookmark = json!({"type": "BOOKMARK", "object": {"kind": self.kind.kind, "apiVersion": self.kind.api_version(), "metadata": {"resourceVersion": revision.to_string()}}});
+                line = serde_json::to_vec(&bookmark).unwrap_or_default();
+            }
+        }
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    async fn next(mut self) -> Option<(Result<Bytes, Infallible>, CachedWatch)> {
+        if let Some(delivery) = self.pending.pop_front() {
+            let line = self.line(delivery);
+            return Some((Ok(line), self));
+        }
+        let live = self.live.as_mut()?;
+        let delivery = match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, live.recv()).await.ok()?,
+            None => live.recv().await,
+        }?;
+        let line = self.line(delivery);
+        Some((Ok(line), self))
+    }
+}
+
+fn streaming(body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::OK;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `GET …?watch=true`: from the watch cache when it can serve the start point, else from the
+/// store directly.
 pub(crate) async fn watch(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let selection = Selection::from_query(&ctx)?;
     let bookmarks = ctx.query.bool("allowWatchBookmarks")?;
@@ -125,6 +202,39 @@ pub(crate) async fn watch(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             .filter(|_| ctx.kind.namespaced)
             .map(str::to_string)
     });
+    let start = if rv.is_empty() || rv == "0" {
+        Start::Now
+    } else {
+        Start::After(
+            rv.parse::<Revision>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+        )
+    };
+    let cached = ctx
+        .state
+        .cache
+        .subscribe(
+            &ctx.kind,
+            selection.clone(),
+            namespace.clone(),
+            bookmarks,
+            start,
+        )
+        .await;
+    if let Ok((Subscription { initial, live }, _)) = cached {
+        let state = CachedWatch {
+            pending: initial.into(),
+            live: Some(live),
+            kind: ctx.kind.clone(),
+            table: table_wanted(&ctx),
+            first_row: true,
+            deadline,
+        };
+        return Ok(streaming(Body::from_stream(futures::stream::unfold(
+            state,
+            CachedWatch::next,
+        ))));
+    }
     let (initial, start): (Vec<Value>, Revision) = if rv.is_empty() || rv == "0" {
         snapshot(&ctx, &selection).await?
     } else {
@@ -164,12 +274,8 @@ pub(crate) async fn watch(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             state.pending.push_back(line);
         }
     }
-    let body = Body::from_stream(futures::stream::unfold(state, WatchState::next));
-    let mut response = Response::new(body);
-    *response.status_mut() = StatusCode::OK;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(response)
+    Ok(streaming(Body::from_stream(futures::stream::unfold(
+        state,
+        WatchState::next,
+    ))))
 }

@@ -95,6 +95,13 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// Number of open watches on this store (for metrics and tests).
+    pub fn watcher_count(&self) -> usize {
+        self.inner.hub.watcher_count()
+    }
+}
+
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state

@@ -150,7 +150,6 @@ impl WatchHub {
     }
 
     /// Number of registered watchers (for tests and metrics).
-    #[allow(dead_code)]
     pub(crate) fn watcher_count(&self) -> usize {
         self.lock().watchers.len()
     }

@@ -1,0 +1,711 @@
+//! The watch cache: one store watch per kind, shared by every watcher of that kind.
+//!
+//! Each kind's cache lists the kind once, then follows a single store watch, keeping every object
+//! once — its encoded JSON plus the few fields selectors need (labels, field-selector values) —
+//! and a bounded history of recent events for resumption. Watchers are indexed by namespace and
+//! by `spec.nodeName`, so an event is offered only to the watchers that can want it; each watcher
+//! has a bounded buffer and is closed (its stream ends, and the client re-watches) when it falls
+//! behind, never slowing the others. Requests the cache cannot serve (history older than it
+//! holds, a revision it has not reached) fall back to the store. The cache never writes.
+
+use super::selection::Selection;
+use crate::registry::ResourceKind;
+use crate::storage::{ObjectEvent, ObjectStorage};
+use crate::store::Revision;
+use axum::body::Bytes;
+use futures::StreamExt;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Tuning of the watch cache.
+#[derive(Debug, Clone)]
+pub(crate) struct CacheConfig {
+    /// Events kept per kind for resumption.
+    pub history: usize,
+    /// Events buffered per watcher before it is closed.
+    pub watcher_buffer: usize,
+}
+
+/// One object as the cache keeps it.
+#[derive(Debug)]
+pub(crate) struct CachedObject {
+    /// `namespace/name` or `name`.
+    key: String,
+    /// The namespace, if namespaced.
+    namespace: Option<String>,
+    /// The object's JSON, with its resourceVersion.
+    pub bytes: Bytes,
+    labels: BTreeMap<String, String>,
+    fields: Vec<(String, String)>,
+}
+
+impl CachedObject {
+    fn new(kind: &ResourceKind, object: &Value) -> Self {
+        let meta = &object["metadata"];
+        let namespace = meta["namespace"].as_str().map(str::to_string);
+        let name = meta["name"].as_str().unwrap_or_default();
+        let key = match &namespace {
+            Some(ns) => format!("{ns}/{name}"),
+            None => name.to_string(),
+        };
+        let labels = meta["labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut fields: Vec<(String, String)> = Vec::new();
+        for name in ["metadata.name", "metadata.namespace"]
+            .into_iter()
+            .chain(kind.field_selectors.iter().map(|f| f.name.as_str()))
+        {
+            if let Some(value) = kind.field_value(object, name) {
+                fields.push((name.to_string(), value));
+            }
+        }
+        CachedObject {
+            key,
+            namespace,
+            bytes: Bytes::from(serde_json::to_vec(object).unwrap_or_default()),
+            labels,
+            fields,
+        }
+    }
+
+    fn field(&self, name: &str) -> Option<String> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn node(&self) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n == "spec.nodeName")
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn selected(&self, selection: &Selection) -> bool {
+        selection.matches_parts(&self.labels, |f| self.field(f))
+    }
+
+    /// The object as JSON.
+    pub(crate) fn value(&self) -> Value {
+        serde_json::from_slice(&self.bytes).unwrap_or(Value::Null)
+    }
+}
+
+/// A change the cache saw.
+#[derive(Debug, Clone)]
+enum CachedEvent {
+    Added(Arc<CachedObject>),
+    Modified {
+        current: Arc<CachedObject>,
+        previous: Arc<CachedObject>,
+    },
+    Deleted(Arc<CachedObject>),
+}
+
+/// What a watcher receives.
+#[derive(Debug, Clone)]
+pub(crate) enum Delivery {
+    /// An event of type `ADDED`, `MODIFIED` or `DELETED`.
+    Event(&'static str, Arc<CachedObject>),
+    /// Everything up to this revision has been delivered.
+    Bookmark(Revision),
+}
+
+/// Where a watch starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Start {
+    /// From now, with a synthetic `ADDED` for every selected object.
+    Now,
+    /// After this revision.
+    After(Revision),
+}
+
+/// A subscription: the deliveries owed at once, then the live feed.
+pub(crate) struct Subscription {
+    /// Deliveries due immediately (initial state or replayed history).
+    pub initial: Vec<Delivery>,
+    /// Live deliveries; the channel closes when the watcher falls behind or the cache resets.
+    pub live: mpsc::Receiver<Delivery>,
+}
+
+struct Watcher {
+    selection: Arc<Selection>,
+    namespace: Option<String>,
+    node: Option<String>,
+    bookmarks: bool,
+    tx: mpsc::Sender<Delivery>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    objects: BTreeMap<String, Arc<CachedObject>>,
+    history: VecDeque<(Revision, CachedEvent)>,
+    revision: Revision,
+    oldest: Revision,
+    synced: bool,
+    watchers: HashMap<u64, Watcher>,
+    next_id: u64,
+    by_namespace: HashMap<String, HashSet<u64>>,
+    by_node: HashMap<String, HashSet<u64>>,
+    unindexed: HashSet<u64>,
+}
+
+impl CacheState {
+    fn index(&mut self, id: u64, watcher: &Watcher) {
+        if let Some(node) = &watcher.node {
+            self.by_node.entry(node.clone()).or_default().insert(id);
+        } else if let Some(ns) = &watcher.namespace {
+            self.by_namespace.entry(ns.clone()).or_default().insert(id);
+        } else {
+            self.unindexed.insert(id);
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(watcher) = self.watchers.remove(&id) {
+            if let Some(node) = &watcher.node {
+                if let Some(set) = self.by_node.get_mut(node) {
+                    set.remove(&id);
+                }
+            } else if let Some(ns) = &watcher.namespace {
+                if let Some(set) = self.by_namespace.get_mut(ns) {
+                    set.remove(&id);
+                }
+            }
+            self.unindexed.remove(&id);
+        }
+    }
+
+    /// The watchers that may care about an object (current or previous state).
+    fn candidates(&self, objects: &[&CachedObject]) -> HashSet<u64> {
+        let mut ids: HashSet<u64> = self.unindexed.clone();
+        for object in objects {
+            if let Some(set) = object
+                .namespace
+                .as_ref()
+                .and_then(|ns| self.by_namespace.get(ns))
+            {
+                ids.extend(set);
+            }
+            if let Some(set) = object.node().and_then(|n| self.by_node.get(n)) {
+                ids.extend(set);
+            }
+        }
+        ids
+    }
+}
+
+/// How an event looks to one watcher's selection.
+fn delivery_for(event: &CachedEvent, watcher: &Watcher) -> Option<Delivery> {
+    let visible = |o: &CachedObject| {
+        watcher
+            .namespace
+            .as_deref()
+            .is_none_or(|ns| o.namespace.as_deref() == Some(ns))
+            && o.selected(&watcher.selection)
+    };
+    match event {
+        CachedEvent::Added(o) => visible(o).then(|| Delivery::Event("ADDED", o.clone())),
+        CachedEvent::Deleted(o) => visible(o).then(|| Delivery::Event("DELETED", o.clone())),
+        CachedEvent::Modified { current, previous } => {
+            match (visible(previous), visible(current)) {
+                (true, true) => Some(Delivery::Event("MODIFIED", current.clone())),
+                (false, true) => Some(Delivery::Event("ADDED", current.clone())),
+                (true, false) => Some(Delivery::Event("DELETED", current.clone())),
+                (false, false) => None,
+            }
+        }
+    }
+}
+
+/// The cache of one kind.
+struct KindCache {
+    kind: Arc<ResourceKind>,
+    state: Mutex<CacheState>,
+    progress: tokio::sync::watch::Sender<Revision>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    config: CacheConfig,
+}
+
+impl Drop for KindCache {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+impl KindCache {
+    fn lock(&self) -> MutexGuard<'_, CacheState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn apply(&self, event: ObjectEvent) {
+        let mut state = self.lock();
+        let (revision, cached) = match event {
+            ObjectEvent::Progress(revision) => {
+                state.revision = state.revision.max(revision);
+                let mut dead = Vec::new();
+                for (id, watcher) in &state.watchers {
+                    if watcher.bookmarks
+                        && watcher.tx.try_send(Delivery::Bookmark(revision)).is_err()
+                        && watcher.tx.is_closed()
+                    {
+                        dead.push(*id);
+                    }
+                }
+                for id in dead {
+                    state.remove(id);
+                }
+                drop(state);
+                self.progress.send_replace(revision);
+                return;
+            }
+            ObjectEvent::Added(o) => {
+                let object = Arc::new(CachedObject::new(&self.kind, &o));
+                state.objects.insert(object.key.clone(), object.clone());
+                (rv_of(&o), CachedEvent::Added(object))
+            }
+            ObjectEvent::Modified { current, .. } => {
+                let object = Arc::new(CachedObject::new(&self.kind, &current));
+                let previous = state
+                    .objects
+                    .insert(object.key.clone(), object.clone())
+                    .unwrap_or_else(|| object.clone());
+                (
+                    rv_of(&current),
+                    CachedEvent::Modified {
+                        current: object,
+                        previous,
+                    },
+                )
+            }
+            ObjectEvent::Deleted(o) => {
+                let object = Arc::new(CachedObject::new(&self.kind, &o));
+                state.objects.remove(&object.key);
+                (rv_of(&o), CachedEvent::Deleted(object))
+            }
+        };
+        state.revision = state.revision.max(revision);
+        state.history.push_back((revision, cached.clone()));
+        while state.history.len() > self.config.history {
+            if let Some((old, _)) = state.history.pop_front() {
+                state.oldest = old;
+            }
+        }
+        let objects: Vec<&CachedObject> = match &cached {
+            CachedEvent::Added(o) | CachedEvent::Deleted(o) => vec![o],
+            CachedEvent::Modified { current, previous } => vec![current, previous],
+        };
+        let candidates = state.candidates(&objects);
+        let mut slow = Vec::new();
+        for id in candidates {
+            let Some(watcher) = state.watchers.get(&id) else {
+                continue;
+            };
+            if let Some(delivery) = delivery_for(&cached, watcher) {
+                if watcher.tx.try_send(delivery).is_err() {
+                    slow.push(id);
+                }
+            }
+        }
+        for id in slow {
+            tracing::debug!(kind = %self.kind.plural, "closing a watcher that fell behind");
+            state.remove(id);
+        }
+        drop(state);
+        self.progress.send_replace(revision);
+    }
+
+    fn reset(&self) {
+        let mut state = self.lock();
+        let watchers = state.watchers.len();
+        *state = CacheState::default();
+        if watchers > 0 {
+            tracing::debug!(kind = %self.kind.plural, watchers, "watch cache reset; watchers re-watch");
+        }
+    }
+
+    async fn run(weak: Weak<KindCache>, storage: ObjectStorage, kind: Arc<ResourceKind>) {
+        loop {
+            let listed = storage.list(&kind, None, None, None, None).await;
+            let Some(cache) = weak.upgrade() else { return };
+            let revision = match listed {
+                Ok(list) => {
+                    let mut state = cache.lock();
+                    state.objects = list
+                        .items
+                        .iter()
+                        .map(|o| {
+                            let cached = Arc::new(CachedObject::new(&kind, o));
+                            (cached.key.clone(), cached)
+                        })
+                        .collect();
+                    state.revision = list.revision;
+                    state.oldest = list.revision;
+                    state.synced = true;
+                    list.revision
+                }
+                Err(err) => {
+                    tracing::warn!(kind = %kind.plural, error = %err, "watch cache list failed; retrying");
+                    drop(cache);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            cache.progress.send_replace(revision);
+            drop(cache);
+            match storage.watch(&kind, None, revision).await {
+                Ok(stream) => {
+                    let mut stream = stream.boxed();
+                    while let Some(item) = stream.next().await {
+                        let Some(cache) = weak.upgrade() else { return };
+                        match item {
+                            Ok(event) => cache.apply(event),
+                            Err(err) => {
+                                tracing::debug!(kind = %kind.plural, error = %err, "watch cache lost its store watch; relisting");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(kind = %kind.plural, error = %err, "watch cache could not watch; relisting")
+                }
+            }
+            let Some(cache) = weak.upgrade() else { return };
+            cache.reset();
+            drop(cache);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn rv_of(object: &Value) -> Revision {
+    object
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Watch caches for every kind, started on first use.
+pub(crate) struct WatchCache {
+    storage: ObjectStorage,
+    kinds: Mutex<HashMap<(String, String, String), Arc<KindCache>>>,
+    config: CacheConfig,
+}
+
+/// Why the cache cannot serve a request (the caller reads the store instead).
+#[derive(Debug)]
+pub(crate) struct CacheMiss;
+
+impl WatchCache {
+    pub(crate) fn new(storage: ObjectStorage, config: CacheConfig) -> Self {
+        WatchCache {
+            storage,
+            kinds: Mutex::new(HashMap::new()),
+            config,
+        }
+    }
+
+    fn kind_cache(&self, kind: &Arc<ResourceKind>) -> Arc<KindCache> {
+        let key = (
+            kind.group.clone(),
+            kind.version.clone(),
+            kind.plural.clone(),
+        );
+        let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cache) = kinds.get(&key) {
+            return cache.clone();
+        }
+        let (progress, _) = tokio::sync::watch::channel(0);
+        let cache = Arc::new(KindCache {
+            kind: kind.clone(),
+            state: Mutex::new(CacheState::default()),
+            progress,
+            task: Mutex::new(None),
+            config: self.config.clone(),
+        });
+        let task = tokio::spawn(KindCache::run(
+            Arc::downgrade(&cache),
+            self.storage.clone(),
+            kind.clone(),
+        ));
+        *cache.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        kinds.insert(key, cache.clone());
+        cache
+    }
+
+    /// Waits (briefly) until the kind's cache is synced and has reached `revision`.
+    async fn ready(&self, cache: &KindCache, revision: Revision) -> bool {
+        let mut progress = cache.progress.subscribe();
+        let wait = async {
+            loop {
+                {
+                    let state = cache.lock();
+                    if state.synced && state.revision >= revision {
+                        return;
+                    }
+                }
+                if progress.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(3), wait)
+            .await
+            .is_ok()
+            && {
+                let state = cache.lock();
+                state.synced && state.revision >= revision
+            }
+    }
+
+    /// Subscribes a watcher. `namespace` scopes it; a selection pinning `spec.nodeName` is
+    /// indexed by node.
+    pub(crate) async fn subscribe(
+        &self,
+        kind: &Arc<ResourceKind>,
+        selection: Selection,
+        namespace: Option<String>,
+        bookmarks: bool,
+        start: Start,
+    ) -> Result<(Subscription, Revision), CacheMiss> {
+        let cache = self.kind_cache(kind);
+        let wanted = match start {
+            Start::Now => 0,
+            Start::After(revision) => revision,
+        };
+        if !self.ready(&cache, wanted).await {
+            return Err(CacheMiss);
+        }
+        let selection = Arc::new(selection);
+        let node = selection.pinned_node().map(str::to_string);
+        let (tx, live) = mpsc::channel(self.config.watcher_buffer);
+        let watcher = Watcher {
+            selection: selection.clone(),
+            namespace: namespace.clone(),
+            node,
+            bookmarks,
+            tx,
+        };
+        let mut state = cache.lock();
+        let initial: Vec<Delivery> = match start {
+            Start::Now => state
+                .objects
+                .values()
+                .filter(|o| {
+                    namespace
+                        .as_deref()
+                        .is_none_or(|ns| o.namespace.as_deref() == Some(ns))
+                        && o.selected(&selection)
+                })
+                .map(|o| Delivery::Event("ADDED", o.clone()))
+                .collect(),
+            Start::After(revision) => {
+                if revision < state.oldest {
+                    return Err(CacheMiss);
+                }
+                state
+                    .history
+                    .iter()
+                    .filter(|(r, _)| *r > revision)
+                    .filter_map(|(_, e)| delivery_for(e, &watcher))
+                    .collect()
+            }
+        };
+        let revision = state.revision;
+        let id = state.next_id;
+        state.next_id += 1;
+        state.index(id, &watcher);
+        state.watchers.insert(id, watcher);
+        Ok((Subscription { initial, live }, revision))
+    }
+
+    /// The selected objects now (a list at `resourceVersion=0`), with the cache's revision.
+    pub(crate) async fn snapshot(
+        &self,
+        kind: &Arc<ResourceKind>,
+        namespace: Option<&str>,
+        selection: &Selection,
+    ) -> Result<(Vec<Value>, Revision), CacheMiss> {
+        let cache = self.kind_cache(kind);
+        if !self.ready(&cache, 0).await {
+            return Err(CacheMiss);
+        }
+        let state = cache.lock();
+        let items = state
+            .objects
+            .values()
+            .filter(|o| {
+                namespace.is_none_or(|ns| o.namespace.as_deref() == Some(ns))
+                    && o.selected(selection)
+            })
+            .map(|o| o.value())
+            .collect();
+        Ok((items, state.revision))
+    }
+
+    /// Number of watchers registered for a kind (for tests and metrics).
+    #[cfg(test)]
+    pub(crate) fn watcher_count(&self, kind: &Arc<ResourceKind>) -> usize {
+        self.kind_cache(kind).lock().watchers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+    use crate::selector::{FieldSelector, LabelSelector};
+    use crate::store::{MemoryStore, Store};
+    use serde_json::json;
+
+    fn everything() -> Selection {
+        Selection::new(LabelSelector::everything(), FieldSelector::everything())
+    }
+
+    #[tokio::test]
+    async fn one_store_watch_serves_many_watchers_indexed_by_node() {
+        let memory = MemoryStore::new();
+        let store: Arc<dyn Store> = Arc::new(memory.clone());
+        let storage = ObjectStorage::new(store);
+        let cache = WatchCache::new(
+            storage.clone(),
+            CacheConfig {
+                history: 100,
+                watcher_buffer: 100,
+            },
+        );
+        let pods = Registry::with_builtins()
+            .get("", "v1", "pods")
+            .unwrap()
+            .clone();
+        let mut feeds = Vec::new();
+        for _ in 0..20 {
+            feeds.push(
+                cache
+                    .subscribe(&pods, everything(), None, false, Start::Now)
+                    .await
+                    .unwrap()
+                    .0,
+            );
+        }
+        let on_n1 = Selection::new(
+            LabelSelector::everything(),
+            FieldSelector::parse("spec.nodeName=n1").unwrap(),
+        );
+        let (mut node_feed, _) = cache
+            .subscribe(&pods, on_n1, None, false, Start::Now)
+            .await
+            .unwrap();
+        assert_eq!(
+            memory.watcher_count(),
+            1,
+            "one store watch for the kind, whatever the number of watchers"
+        );
+        assert_eq!(cache.watcher_count(&pods), 21);
+        for (name, node) in [("a", "n1"), ("b", "n2"), ("c", "n1")] {
+            let pod = json!({"metadata": {"name": name, "namespace": "default"}, "spec": {"nodeName": node, "containers": []}});
+            storage.create(&pods, pod).await.unwrap();
+        }
+        for feed in &mut feeds {
+            for expected in ["a", "b", "c"] {
+                let Some(Delivery::Event("ADDED", o)) = feed.live.recv().await else {
+                    panic!("expected ADDED")
+                };
+                assert_eq!(o.value()["metadata"]["name"], expected);
+            }
+        }
+        for expected in ["a", "c"] {
+            let Some(Delivery::Event("ADDED", o)) = node_feed.live.recv().await else {
+                panic!("expected ADDED")
+            };
+            assert_eq!(o.value()["metadata"]["name"], expected);
+        }
+        assert!(
+            node_feed.live.try_recv().is_err(),
+            "the node-indexed watcher sees only its node's pods"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_watcher_is_closed_and_others_continue() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let storage = ObjectStorage::new(store);
+        let cache = WatchCache::new(
+            storage.clone(),
+            CacheConfig {
+                history: 100,
+                watcher_buffer: 4,
+            },
+        );
+        let maps = Registry::with_builtins()
+            .get("", "v1", "configmaps")
+            .unwrap()
+            .clone();
+        let (mut slow, _) = cache
+            .subscribe(
+                &maps,
+                everything(),
+                Some("default".into()),
+                false,
+                Start::Now,
+            )
+            .await
+            .unwrap();
+        let (mut fast, _) = cache
+            .subscribe(
+                &maps,
+                everything(),
+                Some("default".into()),
+                false,
+                Start::Now,
+            )
+            .await
+            .unwrap();
+        let reader = tokio::spawn(async move {
+            let mut n = 0;
+            while n < 10 {
+                match fast.live.recv().await {
+                    Some(Delivery::Event(..)) => n += 1,
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            n
+        });
+        for i in 0..10 {
+            storage
+                .create(
+                    &maps,
+                    json!({"metadata": {"name": format!("m{i}"), "namespace": "default"}}),
+                )
+                .await
+                .unwrap();
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(reader.await.unwrap(), 10, "the fast watcher got everything");
+        let mut received = 0;
+        while slow.live.recv().await.is_some() {
+            received += 1;
+        }
+        assert!(
+            received <= 4,
+            "the slow watcher was closed after its buffer filled ({received})"
+        );
+        assert_eq!(cache.watcher_count(&maps), 1);
+    }
+}
