@@ -1089,3 +1089,195 @@ mod watch_resume {
         }
     }
 }
+
+#[tokio::test]
+async fn yaml_bodies_user_kinds_warnings_and_overload() {
+    use capstan_core::apiserver::{AdmissionPlugin, AdmissionRequest, ApiConfig, ApiError};
+    use capstan_core::registry::{Registry, ResourceKind};
+
+    /// An admission plugin that holds every create for a while, to fill the server.
+    struct Slow;
+    #[async_trait::async_trait]
+    impl AdmissionPlugin for Slow {
+        fn name(&self) -> &str {
+            "Slow"
+        }
+        async fn validate(
+            &self,
+            request: &AdmissionRequest<'_>,
+            _object: &Value,
+        ) -> Result<(), ApiError> {
+            if request.name.starts_with("slow") {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(())
+        }
+    }
+
+    let mut registry = Registry::with_builtins();
+    registry
+        .register(
+            ResourceKind::new("example.com", "v1", "Widget", "widgets", true)
+                .with_short_names(&["wd"]),
+        )
+        .unwrap();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let server = ApiServer::builder(store.clone())
+        .registry(registry)
+        .config(ApiConfig {
+            max_in_flight: 1,
+            ..ApiConfig::default()
+        })
+        .admission_plugin(Arc::new(Slow))
+        .build()
+        .await
+        .unwrap();
+    let api = Api {
+        router: server.router(),
+        store,
+    };
+
+    // YAML in; the user's kind is served like a built-in.
+    let yaml =
+        b"apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: 3\n"
+            .to_vec();
+    let (status, _, body) = api
+        .raw(
+            Method::POST,
+            "/apis/example.com/v1/namespaces/default/widgets",
+            Some("application/yaml"),
+            yaml,
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let widget = api
+        .ok(
+            Method::GET,
+            "/apis/example.com/v1/namespaces/default/widgets/w1",
+            None,
+        )
+        .await;
+    assert_eq!(widget["spec"]["size"], 3);
+    let discovery = api.ok(Method::GET, "/apis/example.com/v1", None).await;
+    assert_eq!(discovery["resources"][0]["shortNames"], json!(["wd"]));
+
+    // Deprecated kinds carry a Warning header.
+    let (_, headers, _) = api
+        .raw(
+            Method::GET,
+            "/api/v1/componentstatuses",
+            None,
+            Vec::new(),
+            None,
+        )
+        .await;
+    assert!(headers
+        .get("warning")
+        .and_then(|w| w.to_str().ok())
+        .is_some_and(|w| w.starts_with("299 - ") && w.contains("deprecated")));
+
+    // Over the in-flight limit: 429 with Retry-After, and the limit frees up afterwards.
+    let slow = {
+        let api = Api {
+            router: api.router.clone(),
+            store: api.store.clone(),
+        };
+        tokio::spawn(async move {
+            api.call(
+                Method::POST,
+                "/apis/example.com/v1/namespaces/default/widgets",
+                Some(json!({"metadata": {"name": "slow1"}})),
+            )
+            .await
+            .0
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, headers, _) = api
+        .raw(
+            Method::GET,
+            "/apis/example.com/v1/namespaces/default/widgets/w1",
+            None,
+            Vec::new(),
+            None,
+        )
+        .await;
+    assert_eq!(status.as_u16(), 429);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(slow.await.unwrap(), StatusCode::CREATED);
+    api.ok(
+        Method::GET,
+        "/apis/example.com/v1/namespaces/default/widgets/slow1",
+        None,
+    )
+    .await;
+}
+
+mod merge_patch_model {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// RFC 7386's MergePatch pseudo-code, as the reference.
+    fn merge_reference(target: Value, patch: &Value) -> Value {
+        let Some(patch) = patch.as_object() else {
+            return patch.clone();
+        };
+        let mut target = match target {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        for (key, value) in patch {
+            if value.is_null() {
+                target.remove(key);
+            } else {
+                let current = target.remove(key).unwrap_or(Value::Null);
+                target.insert(key.clone(), merge_reference(current, value));
+            }
+        }
+        Value::Object(target)
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            (-5i64..5).prop_map(Value::from),
+            "[a-c]{0,2}".prop_map(Value::from)
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-d]", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// The server applies merge patches exactly as RFC 7386 defines them.
+        #[test]
+        fn server_merge_patch_matches_rfc_7386(doc in json_value(), patch in json_value()) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let api = api().await;
+                let mut object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "doc"}});
+                if !doc.is_null() {
+                    object["doc"] = doc.clone();
+                }
+                api.ok(Method::POST, "/api/v1/namespaces/default/configmaps", Some(object)).await;
+                let (status, patched) = api.send(Method::PATCH, "/api/v1/namespaces/default/configmaps/doc", "application/merge-patch+json", Some(json!({"doc": patch.clone()}))).await;
+                assert_eq!(status, StatusCode::OK, "{patched}");
+                let expected = if patch.is_null() { Value::Null } else { merge_reference(doc.clone(), &patch) };
+                assert_eq!(patched.get("doc").cloned().unwrap_or(Value::Null), expected, "doc {doc} patch {patch}");
+            });
+        }
+    }
+}

@@ -531,3 +531,75 @@ async fn kube_crate_over_http_and_in_process() {
         kube_crud_and_watch(client, &format!("http-{store_name}")).await;
     }
 }
+
+/// Starts `capstan up` and waits for its "listening" line.
+fn start_capstan(data_dir: &Path, port: u16) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["up", "--data-dir"])
+        .arg(data_dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start capstan up");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let first = lines.next().expect("capstan printed nothing").unwrap();
+    assert!(first.contains("listening on http://127.0.0.1"), "{first}");
+    // Keep draining so the child never blocks on a full pipe; collect for the final check.
+    std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capstan_up_serves_persists_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = start_capstan(dir.path(), port);
+    let kubeconfig = kube::config::Kubeconfig::read_from(dir.path().join("kubeconfig"))
+        .expect("capstan up writes DIR/kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let maps: Api<ConfigMap> =
+        Api::default_namespaced(kube::Client::try_from(config.clone()).unwrap());
+    let cm: ConfigMap = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "kept"}, "data": {"a": "1"}}),
+    )
+    .unwrap();
+    maps.create(&PostParams::default(), &cm).await.unwrap();
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        status.success(),
+        "capstan up must exit cleanly on SIGTERM: {status}"
+    );
+
+    let mut child = start_capstan(dir.path(), port);
+    let maps: Api<ConfigMap> = Api::default_namespaced(kube::Client::try_from(config).unwrap());
+    let kept = maps
+        .get("kept")
+        .await
+        .expect("the embedded store keeps objects across restarts");
+    assert_eq!(kept.data.unwrap()["a"], "1");
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+        .success());
+}

@@ -43,6 +43,18 @@ pub(crate) async fn handle(
         }
         let user = state.authenticator.authenticate(&parts).await?;
         let query = Query::parse(parts.uri.query())?;
+        // Watches are long-lived and do not count against the in-flight limit.
+        let _permit = if query.bool("watch").unwrap_or(false) {
+            None
+        } else {
+            Some(
+                state
+                    .in_flight
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| ApiError::too_many_requests(1))?,
+            )
+        };
         let body = axum::body::to_bytes(body, state.config.max_body_bytes)
             .await
             .map_err(|_| ApiError::too_large(state.config.max_body_bytes))?;
@@ -1079,6 +1091,7 @@ async fn component_statuses(ctx: &Ctx, verb: &str) -> Result<Response<Body>, Api
         "kind": "ComponentStatus", "apiVersion": "v1", "metadata": {"name": "store-0"},
         "conditions": [{"type": "Healthy", "status": if healthy { "True" } else { "False" }, "message": if healthy { "ok" } else { "" }, "error": if healthy { "" } else { "store unavailable" }}],
     });
+    let warnings = vec!["v1 ComponentStatus is deprecated in v1.19+".to_string()];
     let value = match (verb, ctx.path.name.as_deref()) {
         ("list", _) if wants_table(&ctx.headers) => {
             super::table::table(&ctx.kind, &[item], "", None, true)
@@ -1094,5 +1107,5 @@ async fn component_statuses(ctx: &Ctx, verb: &str) -> Result<Response<Body>, Api
             ))
         }
     };
-    Ok(json_response(StatusCode::OK, &value, &[]))
+    Ok(json_response(StatusCode::OK, &value, &warnings))
 }

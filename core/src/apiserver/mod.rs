@@ -44,6 +44,9 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// `host:port` advertised in discovery.
     pub advertise_address: String,
+    /// Requests (other than watches) served at once; beyond it clients get 429 with
+    /// `Retry-After` and retry.
+    pub max_in_flight: usize,
     /// Events buffered per watcher before a slow watcher is closed.
     pub watch_buffer: usize,
     /// Recent events kept per kind for watch resumption from the cache.
@@ -57,6 +60,7 @@ impl Default for ApiConfig {
             node_port_range: (30000, 32767),
             max_body_bytes: 3 * 1024 * 1024,
             advertise_address: "127.0.0.1:6443".into(),
+            max_in_flight: 400,
             watch_buffer: 1024,
             watch_history: 4096,
         }
@@ -72,6 +76,7 @@ pub(crate) struct ApiState {
     authorizer: Arc<dyn Authorizer>,
     services: ServiceAllocator,
     cache: watch_cache::WatchCache,
+    in_flight: Arc<tokio::sync::Semaphore>,
     config: ApiConfig,
 }
 
@@ -148,6 +153,9 @@ impl ApiServerBuilder {
                 },
             ),
             storage,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(
+                self.config.max_in_flight.max(1),
+            )),
             admission: self.admission,
             authenticator: self.authenticator,
             authorizer: self.authorizer,
