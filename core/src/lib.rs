@@ -6,6 +6,7 @@
 //! Docker, no etcd, no protoc and no root.
 
 pub mod apiserver;
+pub mod patch;
 pub mod quantity;
 pub mod registry;
 pub mod selector;

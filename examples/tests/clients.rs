@@ -345,6 +345,71 @@ fn kubectl_suite(k: &Kubectl, ns: &str) {
         &["The Pod \"invalid-x\" is invalid: spec.containers[0].image: Required value"],
     );
     k.ok(&["get", "cs"], None, &["Healthy"]);
+    // Client-side apply (strategic merge patch with the last-applied annotation), twice.
+    let applied = DEPLOYMENT
+        .replace("name: d1}", "name: applied}")
+        .replace("app: d1", "app: applied");
+    k.ok(
+        &[&n[..], &["apply", "-f", "-"]].concat(),
+        Some(&applied),
+        &["deployment.apps/applied created"],
+    );
+    let changed = applied
+        .replace("replicas: 2", "replicas: 3")
+        .replace("busybox:1.36", "busybox:1.37");
+    k.ok(
+        &[&n[..], &["apply", "-f", "-"]].concat(),
+        Some(&changed),
+        &["deployment.apps/applied configured"],
+    );
+    k.ok(
+        &[&n[..], &["apply", "-f", "-"]].concat(),
+        Some(&changed),
+        &["deployment.apps/applied unchanged"],
+    );
+    k.ok(
+        &[
+            &n[..],
+            &[
+                "get",
+                "deploy",
+                "applied",
+                "-o",
+                "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image}",
+            ],
+        ]
+        .concat(),
+        None,
+        &["3 busybox:1.37"],
+    );
+    // The default `kubectl patch` is strategic: containers merge by name.
+    let env_patch = r#"{"spec":{"template":{"spec":{"containers":[{"name":"c","env":[{"name":"A","value":"1"}]}]}}}}"#;
+    k.ok(
+        &[&n[..], &["patch", "deploy", "applied", "-p", env_patch]].concat(),
+        None,
+        &["patched"],
+    );
+    k.ok(&[&n[..], &["get", "deploy", "applied", "-o", "jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].env[0].name}"]].concat(), None, &["busybox:1.37 A"]);
+    k.ok(
+        &[&n[..], &["rollout", "restart", "deploy", "applied"]].concat(),
+        None,
+        &["restarted"],
+    );
+    k.ok(
+        &[
+            &n[..],
+            &[
+                "get",
+                "deploy",
+                "applied",
+                "-o",
+                "jsonpath={.spec.template.metadata.annotations}",
+            ],
+        ]
+        .concat(),
+        None,
+        &["kubectl.kubernetes.io/restartedAt"],
+    );
     k.ok(
         &[&n[..], &["delete", "-f", "-"]].concat(),
         Some(DEPLOYMENT),
@@ -602,4 +667,22 @@ async fn capstan_up_serves_persists_and_stops_on_sigterm() {
         .await
         .unwrap()
         .success());
+}
+
+#[test]
+fn capstan_up_refuses_non_loopback_addresses_and_bad_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["up", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("loopback"));
+    let output = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["up", "--bogus"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown flag --bogus"));
 }

@@ -624,21 +624,41 @@ fn is_graceful_pod(kind: &ResourceKind, pod: &Value) -> bool {
 
 fn parse_patch(format: BodyFormat, body: &[u8]) -> Result<Value, ApiError> {
     match format {
-        BodyFormat::MergePatch | BodyFormat::JsonPatch => parse_body(body, format)?.ok_or_else(|| ApiError::bad_request("the patch is empty")),
-        BodyFormat::StrategicMergePatch | BodyFormat::ApplyPatch => Err(ApiError::unsupported_media_type(
-            "strategic merge patch and server-side apply are not served yet; use application/merge-patch+json or application/json-patch+json",
+        BodyFormat::MergePatch | BodyFormat::JsonPatch | BodyFormat::StrategicMergePatch => {
+            parse_body(body, format)?.ok_or_else(|| ApiError::bad_request("the patch is empty"))
+        }
+        BodyFormat::ApplyPatch => Err(ApiError::unsupported_media_type(
+            "server-side apply (application/apply-patch+yaml) is not served yet",
         )),
-        BodyFormat::Json | BodyFormat::Yaml => Err(ApiError::unsupported_media_type("a patch needs a patch Content-Type")),
+        BodyFormat::Json | BodyFormat::Yaml => Err(ApiError::unsupported_media_type(
+            "a patch needs a patch Content-Type",
+        )),
     }
 }
 
-fn apply_patch(format: BodyFormat, target: &mut Value, patch: &Value) -> Result<(), ApiError> {
+fn apply_patch(
+    kind: &ResourceKind,
+    format: BodyFormat,
+    target: &mut Value,
+    patch: &Value,
+) -> Result<(), ApiError> {
     match format {
         BodyFormat::MergePatch => {
             if !patch.is_object() {
                 return Err(ApiError::bad_request("a merge patch must be a JSON object"));
             }
             json_patch::merge(target, patch);
+            Ok(())
+        }
+        BodyFormat::StrategicMergePatch => {
+            if !crate::patch::supports_strategic_merge(kind) {
+                return Err(ApiError::unsupported_media_type(&format!(
+                    "strategic merge patch is not supported for {}: use application/merge-patch+json or application/json-patch+json",
+                    kind.resource_name()
+                )));
+            }
+            *target = crate::patch::strategic_merge(kind, target, patch)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
             Ok(())
         }
         BodyFormat::JsonPatch => {
@@ -666,7 +686,7 @@ async fn patch(ctx: &mut Ctx, name: &str, body: &[u8]) -> Result<Value, ApiError
         attempts += 1;
         let old = get(ctx, name).await?;
         let mut target = old.clone();
-        apply_patch(format, &mut target, &patch)?;
+        apply_patch(&ctx.kind, format, &mut target, &patch)?;
         if !target.is_object() {
             return Err(ApiError::bad_request(
                 "the patched object is not a JSON object",
@@ -715,7 +735,7 @@ async fn write_scale(
         let old = get(ctx, name).await?;
         let mut scale = scale_of(&ctx.kind, &old);
         match patch_format {
-            Some(format) => apply_patch(format, &mut scale, &input)?,
+            Some(format) => apply_patch(&ctx.kind, format, &mut scale, &input)?,
             None => scale = input.clone(),
         }
         let replicas = match scale.pointer("/spec/replicas") {

@@ -3,7 +3,8 @@
 //! `capstan up [--data-dir DIR] [--listen ADDR] [--store embedded|memory|etcd]
 //! [--etcd-endpoints URL,…]` runs the API server on the embedded durable store (default
 //! `./.capstan/store.redb`), writes `DIR/kubeconfig`, prints the kubectl command to use, and
-//! stops cleanly on SIGINT or SIGTERM.
+//! stops cleanly on SIGINT or SIGTERM. Until authentication lands it serves loopback addresses
+//! only.
 
 use capstan_core::apiserver::{ApiConfig, ApiServer};
 use capstan_core::store::{EmbeddedStore, EmbeddedStoreConfig, MemoryStore, Store};
@@ -122,6 +123,12 @@ async fn up(options: UpOptions) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
+    // Every request is allowed (no authentication yet), so the API stays on loopback.
+    if !address.ip().is_loopback() {
+        return Err(format!(
+            "refusing to serve on {address}: without authentication the API server listens on loopback addresses only"
+        ));
+    }
     let config = ApiConfig {
         advertise_address: address.to_string(),
         ..ApiConfig::default()

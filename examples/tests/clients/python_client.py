@@ -44,9 +44,11 @@ def main() -> None:
     assert [p.metadata.name for p in pods.items] == ["py-pod"], pods.items
     assert pods.metadata.resource_version, "list has a resourceVersion"
 
-    # Merge patch (a dict; the client's default for dicts is strategic merge, which arrives with
-    # B2) and JSON patch (a list).
+    # A dict patch (the client sends it as a strategic merge patch), a merge patch, and a JSON
+    # patch (a list).
     merge = "application/merge-patch+json"
+    patched = core.patch_namespaced_pod("py-pod", namespace, {"metadata": {"labels": {"stage": "zero"}}})
+    assert patched.metadata.labels == {"app": "py", "stage": "zero"}, patched.metadata.labels
     patched = core.patch_namespaced_pod("py-pod", namespace, {"metadata": {"labels": {"stage": "one"}}}, _content_type=merge)
     assert patched.metadata.labels["stage"] == "one", patched.metadata.labels
     patched = core.patch_namespaced_pod(
@@ -67,6 +69,8 @@ def main() -> None:
         ),
     )
     apps.create_namespaced_deployment(namespace, deployment)
+    scale = apps.patch_namespaced_deployment_scale("py-deploy", namespace, {"spec": {"replicas": 2}})
+    assert scale.spec.replicas == 2, scale
     scale = apps.patch_namespaced_deployment_scale("py-deploy", namespace, {"spec": {"replicas": 3}}, _content_type=merge)
     assert scale.spec.replicas == 3, scale
     scale = apps.patch_namespaced_deployment_scale("py-deploy", namespace, [{"op": "replace", "path": "/spec/replicas", "value": 3}])
