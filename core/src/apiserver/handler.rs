@@ -5,7 +5,9 @@
 use super::admission::{AdmissionRequest, Operation};
 use super::body::{body_format, error_response, json_response, parse_body, BodyFormat};
 use super::request::{parse_path, Query, ResourcePath, Target};
-use super::strategy::{apply_defaults, split_status, validate_object, validate_update};
+use super::strategy::{
+    apply_defaults, check_types, split_status, validate_object, validate_update,
+};
 use super::{discovery, list, watch, ApiError, ApiState, Cause, RequestAttributes, UserInfo};
 use crate::registry::{Registry, ResourceKind};
 use crate::storage::StorageError;
@@ -449,6 +451,7 @@ async fn create(ctx: &mut Ctx, mut object: Value) -> Result<Value, ApiError> {
             .to_string();
         meta.insert("name".into(), Value::String(format!("{prefix}xxxxx")));
     }
+    check_types(&ctx.kind, &object)?;
     apply_defaults(&ctx.kind, &mut object);
     let name = object_name(&object);
     for plugin in &ctx.state.admission.clone() {
@@ -568,6 +571,7 @@ pub(crate) async fn write_update(
     {
         object["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
     }
+    check_types(&ctx.kind, &object)?;
     if !status_write {
         apply_defaults(&ctx.kind, &mut object);
     }

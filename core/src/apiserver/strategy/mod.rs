@@ -3,9 +3,11 @@
 //! generic behaviour (metadata validation only).
 
 mod defaults;
+mod typecheck;
 mod validation;
 
 pub use defaults::apply_defaults;
+pub use typecheck::check_types;
 pub use validation::{validate_object, validate_update};
 
 use crate::registry::ResourceKind;
