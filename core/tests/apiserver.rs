@@ -229,6 +229,22 @@ async fn bad_input_gets_a_status_and_changes_nothing() {
         "{fields:?}"
     );
     assert_eq!(body["details"]["kind"], "Pod");
+    let wrong_type = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": "eighty"}]}]}});
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/pods",
+            Some(wrong_type),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.containers[0].ports[0].containerPort"),
+        "{body}"
+    );
     let (status, body) = api
         .call(
             Method::POST,
