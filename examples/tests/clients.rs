@@ -599,11 +599,17 @@ async fn kube_crate_over_http_and_in_process() {
 
 /// Starts `capstan up` and waits for its "listening" line.
 fn start_capstan(data_dir: &Path, port: u16) -> std::process::Child {
+    start_capstan_with(data_dir, port, &[])
+}
+
+/// Starts `capstan up` with extra flags.
+fn start_capstan_with(data_dir: &Path, port: u16, extra: &[&str]) -> std::process::Child {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
         .args(["up", "--data-dir"])
         .arg(data_dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .spawn()
@@ -685,4 +691,67 @@ fn capstan_up_refuses_non_loopback_addresses_and_bad_flags() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown flag --bogus"));
+}
+
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capstan_up_on_etcd() {
+    let Some(endpoints) = service_from_env("CAPSTAN_ETCD_ENDPOINTS", "etcd") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = start_capstan_with(
+        dir.path(),
+        port,
+        &["--store", "etcd", "--etcd-endpoints", &endpoints],
+    );
+    let kubeconfig = kube::config::Kubeconfig::read_from(dir.path().join("kubeconfig")).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let maps: Api<ConfigMap> = Api::default_namespaced(kube::Client::try_from(config).unwrap());
+    let name = format!("on-etcd-{}", uuid_suffix());
+    let cm: ConfigMap =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    maps.create(&PostParams::default(), &cm).await.unwrap();
+    let mut raw = etcd_client_get(
+        &endpoints,
+        &format!("/registry/core/configmaps/default/{name}"),
+    )
+    .await;
+    assert_eq!(
+        raw.len(),
+        1,
+        "the object lives in etcd under /registry/core/configmaps/default/"
+    );
+    raw.clear();
+    maps.delete(&name, &DeleteParams::default()).await.unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+        .success());
+}
+
+#[cfg(feature = "etcd")]
+async fn etcd_client_get(endpoints: &str, key: &str) -> Vec<Vec<u8>> {
+    let mut client = etcd_client::Client::connect(endpoints.split(',').collect::<Vec<_>>(), None)
+        .await
+        .unwrap();
+    client
+        .get(key, None)
+        .await
+        .unwrap()
+        .kvs()
+        .iter()
+        .map(|kv| kv.value().to_vec())
+        .collect()
 }
