@@ -155,6 +155,24 @@ impl EtcdStore {
             .ok_or_else(|| StoreError::backend("etcd response without header"))
     }
 
+    /// The error for a transaction whose compare failed: Conflict with the current value, or
+    /// NotFound when the key is gone.
+    fn failed_compare(
+        &self,
+        key: &str,
+        responses: Vec<TxnOpResponse>,
+    ) -> Result<StoreError, StoreError> {
+        Ok(match self.failure_value(responses)? {
+            Some(current) => StoreError::Conflict {
+                key: key.to_string(),
+                current: Some(Box::new(current)),
+            },
+            None => StoreError::NotFound {
+                key: key.to_string(),
+            },
+        })
+    }
+
     /// Reads the current value from the failure branch of a transaction.
     fn failure_value(&self, responses: Vec<TxnOpResponse>) -> Result<Option<KeyValue>, StoreError> {
         for response in responses {
@@ -325,15 +343,7 @@ impl Store for EtcdStore {
             .await
             .map_err(|e| sized(map_error(e), key, value.len()))?;
         if !response.succeeded() {
-            return match self.failure_value(response.op_responses())? {
-                Some(current) => Err(StoreError::Conflict {
-                    key: key.to_string(),
-                    current: Some(Box::new(current)),
-                }),
-                None => Err(StoreError::NotFound {
-                    key: key.to_string(),
-                }),
-            };
+            return Err(self.failed_compare(key, response.op_responses())?);
         }
         let written = response.op_responses().into_iter().find_map(|r| match r {
             TxnOpResponse::Get(get) => get.kvs().first().cloned(),
@@ -371,15 +381,7 @@ impl Store for EtcdStore {
             .or_else([TxnOp::get(full, None)]);
         let response = self.kv().txn(txn).await.map_err(map_error)?;
         if !response.succeeded() {
-            return match self.failure_value(response.op_responses())? {
-                Some(current) => Err(StoreError::Conflict {
-                    key: key.to_string(),
-                    current: Some(Box::new(current)),
-                }),
-                None => Err(StoreError::NotFound {
-                    key: key.to_string(),
-                }),
-            };
+            return Err(self.failed_compare(key, response.op_responses())?);
         }
         let previous = response.op_responses().into_iter().find_map(|r| match r {
             TxnOpResponse::Delete(delete) => delete.prev_kvs().first().cloned(),

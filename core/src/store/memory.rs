@@ -6,7 +6,7 @@
 
 use super::key::{validate_key, validate_prefix, validate_value};
 use super::lease_table::validate_ttl;
-use super::revision_view::in_list_range;
+use super::revision_view::{check_readable, in_list_range};
 use super::{
     merge_page, state_before, KeyValue, LeaseId, LeaseTable, ListOptions, ListPage, Revision,
     Store, StoreError, WatchEvent, WatchHub, WatchStream,
@@ -178,19 +178,7 @@ impl Drop for Inner {
 }
 
 fn check_revision(state: &State, requested: Revision) -> Result<(), StoreError> {
-    if requested < state.compacted {
-        return Err(StoreError::Compacted {
-            requested,
-            compacted: state.compacted,
-        });
-    }
-    if requested > state.revision {
-        return Err(StoreError::FutureRevision {
-            requested,
-            current: state.revision,
-        });
-    }
-    Ok(())
+    check_readable(requested, state.revision, state.compacted)
 }
 
 #[async_trait]

@@ -4,7 +4,7 @@
 //! list at an older revision R by overlaying, for every key changed after R, its state at R.
 //! This module owns that merge and nothing else.
 
-use super::{KeyValue, StoreError, WatchEvent};
+use super::{KeyValue, Revision, StoreError, WatchEvent};
 use std::collections::BTreeMap;
 use std::iter::Peekable;
 
@@ -73,6 +73,24 @@ where
         }
     }
     Ok((items, false))
+}
+
+/// Fails unless a read at `requested` is possible: not compacted away, not in the future.
+pub(crate) fn check_readable(
+    requested: Revision,
+    current: Revision,
+    compacted: Revision,
+) -> Result<(), StoreError> {
+    if requested < compacted {
+        return Err(StoreError::Compacted {
+            requested,
+            compacted,
+        });
+    }
+    if requested > current {
+        return Err(StoreError::FutureRevision { requested, current });
+    }
+    Ok(())
 }
 
 /// Whether `key` lies in the listing range of `prefix` after `start_after`.

@@ -16,7 +16,7 @@ mod writer;
 
 use super::key::{validate_key, validate_prefix, validate_value};
 use super::lease_table::validate_ttl;
-use super::revision_view::in_list_range;
+use super::revision_view::{check_readable, in_list_range};
 use super::{
     merge_page, state_before, KeyValue, LeaseId, LeaseTable, ListOptions, ListPage, Revision,
     Store, StoreError, WatchHub, WatchStream,
@@ -206,23 +206,6 @@ impl EmbeddedStore {
         Ok((read(META_REVISION)?, read(META_COMPACTED)?))
     }
 
-    fn check_revision(
-        requested: Revision,
-        current: Revision,
-        compacted: Revision,
-    ) -> Result<(), StoreError> {
-        if requested < compacted {
-            return Err(StoreError::Compacted {
-                requested,
-                compacted,
-            });
-        }
-        if requested > current {
-            return Err(StoreError::FutureRevision { requested, current });
-        }
-        Ok(())
-    }
-
     fn list_blocking(
         db: &Database,
         prefix: &str,
@@ -231,7 +214,7 @@ impl EmbeddedStore {
         let txn = db.begin_read().map_err(db_error)?;
         let (current, compacted) = Self::read_meta(&txn.open_table(META).map_err(db_error)?)?;
         let revision = options.revision.unwrap_or(current);
-        Self::check_revision(revision, current, compacted)?;
+        check_readable(revision, current, compacted)?;
         let kv = txn.open_table(KV).map_err(db_error)?;
         let start_after = options.start_after.as_deref();
         let overlay = if revision < current {
@@ -349,7 +332,7 @@ impl Store for EmbeddedStore {
         self.inner.hub.subscribe(prefix, after_revision, || {
             let txn = db.begin_read().map_err(db_error)?;
             let (current, compacted) = Self::read_meta(&txn.open_table(META).map_err(db_error)?)?;
-            Self::check_revision(after_revision, current, compacted)?;
+            check_readable(after_revision, current, compacted)?;
             let log = txn.open_table(LOG).map_err(db_error)?;
             let mut events = Vec::new();
             for row in log.range((after_revision + 1) as u64..).map_err(db_error)? {
