@@ -1297,3 +1297,66 @@ mod merge_patch_model {
         }
     }
 }
+
+#[tokio::test]
+async fn a_namespace_left_terminating_finishes_after_a_restart() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    // A namespace marked Terminating by an API server that stopped before emptying it.
+    let first = ApiServer::builder(store.clone()).build().await.unwrap();
+    let namespaces = first
+        .registry()
+        .get("", "v1", "namespaces")
+        .unwrap()
+        .clone();
+    let maps = first
+        .registry()
+        .get("", "v1", "configmaps")
+        .unwrap()
+        .clone();
+    first
+        .storage()
+        .create(
+            &namespaces,
+            json!({"metadata": {"name": "gone"}, "status": {"phase": "Active"}}),
+        )
+        .await
+        .unwrap();
+    first
+        .storage()
+        .create(
+            &maps,
+            json!({"metadata": {"name": "c", "namespace": "gone"}}),
+        )
+        .await
+        .unwrap();
+    let mut ns = first
+        .storage()
+        .get(&namespaces, None, "gone")
+        .await
+        .unwrap();
+    ns["status"]["phase"] = json!("Terminating");
+    ns["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    first.storage().update(&namespaces, ns).await.unwrap();
+    drop(first);
+    let second = ApiServer::builder(store.clone()).build().await.unwrap();
+    let finished = tokio::time::timeout(Duration::from_secs(5), async {
+        while second
+            .storage()
+            .get(&namespaces, None, "gone")
+            .await
+            .is_ok()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        finished.is_ok(),
+        "the restarted server finishes the namespace"
+    );
+    assert!(second
+        .storage()
+        .get(&maps, Some("gone"), "c")
+        .await
+        .is_err());
+}

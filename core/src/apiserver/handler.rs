@@ -958,6 +958,10 @@ async fn delete_object(
 
     if is_kind(&ctx.kind, "", "Namespace") {
         if already_deleting {
+            // Deleting again re-runs the (idempotent) finalization, e.g. after a restart.
+            if !ctx.dry_run {
+                finalize_namespace(ctx.state.clone(), ctx.registry.clone(), name.to_string());
+            }
             return Ok(object);
         }
         let mut terminating = object.clone();
@@ -1071,7 +1075,7 @@ async fn delete_collection(ctx: &mut Ctx, body: &[u8]) -> Result<Value, ApiError
 
 /// Empties a terminating namespace, then removes it. Runs in the background; every step is an
 /// ordinary deletion, so it is safe to repeat after a restart.
-fn finalize_namespace(state: Arc<ApiState>, registry: Arc<Registry>, namespace: String) {
+pub(crate) fn finalize_namespace(state: Arc<ApiState>, registry: Arc<Registry>, namespace: String) {
     tokio::spawn(async move {
         for kind in registry.kinds().filter(|k| k.namespaced) {
             let Ok(listed) = state

@@ -233,6 +233,25 @@ impl ApiServer {
             .await?;
         }
         let registry = self.state.registry();
+        // Namespaces left terminating by a previous run finish now.
+        if let Some(namespaces) = registry.get("", "v1", "namespaces") {
+            for ns in self
+                .state
+                .storage
+                .list(namespaces, None, None, None, None)
+                .await?
+                .items
+            {
+                if ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
+                    let name = ns
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    handler::finalize_namespace(self.state.clone(), registry.clone(), name);
+                }
+            }
+        }
         if let Some(services) = registry.get("", "v1", "services") {
             if let Err(StorageError::NotFound { .. }) = self
                 .state
