@@ -200,6 +200,17 @@ fn kubectl_suite(k: &Kubectl, ns: &str) {
         None,
         &["deployments", "deploy", "apps/v1", "pods", "po"],
     );
+    // OpenAPI v3 documents drive `kubectl explain`.
+    k.ok(
+        &["explain", "pods"],
+        None,
+        &["KIND:", "Pod", "collection of containers"],
+    );
+    k.ok(
+        &["explain", "deployment.spec.strategy"],
+        None,
+        &["DeploymentStrategy", "rollingUpdate"],
+    );
     // `kubectl create namespace` sends protobuf from 1.32 on (issue B2); a manifest is JSON.
     let namespace = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
     k.ok(&["create", "-f", "-"], Some(&namespace), &["created"]);

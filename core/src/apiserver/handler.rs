@@ -167,6 +167,16 @@ async fn special_path(state: &ApiState, method: &Method, path: &str) -> Option<R
             Ok(_) => text(StatusCode::OK, "ok"),
             Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
         }),
+        "/openapi/v3" => Some(ok(super::openapi::index(&state.registry()))),
+        other if other.starts_with("/openapi/v3/") => {
+            let registry = state.registry();
+            Some(
+                match super::openapi::document_for_path(&registry, &other["/openapi/v3/".len()..]) {
+                    Some(document) => ok(document),
+                    None => error_response(&ApiError::no_route()),
+                },
+            )
+        }
         // An empty protobuf document: kubectl's client-side validation then skips unknown kinds.
         "/openapi/v2" | "/swagger-2.0.0.pb-v1" => {
             let mut response = Response::new(Body::empty());

@@ -13,6 +13,7 @@ mod discovery;
 mod error;
 mod handler;
 mod list;
+mod openapi;
 mod request;
 mod selection;
 mod service_ips;

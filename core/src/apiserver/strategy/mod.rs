@@ -2,10 +2,12 @@
 //! main resource and the `status` subresource may change. Kinds without special rules get the
 //! generic behaviour (metadata validation only).
 
+mod builtin_types;
 mod defaults;
 mod typecheck;
 mod validation;
 
+pub use builtin_types::{visit_builtin, BuiltinVisitor};
 pub use defaults::apply_defaults;
 pub use typecheck::check_types;
 pub use validation::{validate_object, validate_update};

@@ -3,10 +3,8 @@
 //! 400 naming the field, as Kubernetes' decoder reports it, instead of being stored.
 
 use super::super::ApiError;
+use super::builtin_types::{visit_builtin, BuiltinVisitor};
 use crate::registry::ResourceKind;
-use k8s_openapi::api::{
-    apps, autoscaling, batch, coordination, core, discovery, events, policy, scheduling,
-};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -32,41 +30,22 @@ fn decode<T: DeserializeOwned>(kind: &ResourceKind, object: &Value) -> Result<()
     }
 }
 
+/// Decodes an object as a type, reporting the first failure with its field path.
+struct TypeCheck<'a> {
+    kind: &'a ResourceKind,
+    object: &'a Value,
+}
+
+impl BuiltinVisitor for TypeCheck<'_> {
+    type Output = Result<(), ApiError>;
+    fn visit<T: DeserializeOwned + schemars::JsonSchema>(self) -> Self::Output {
+        decode::<T>(self.kind, self.object)
+    }
+}
+
 /// Checks that `object` decodes as the kind's built-in type (other kinds pass).
 pub fn check_types(kind: &ResourceKind, object: &Value) -> Result<(), ApiError> {
-    match (kind.group.as_str(), kind.kind.as_str()) {
-        ("", "Namespace") => decode::<core::v1::Namespace>(kind, object),
-        ("", "Pod") => decode::<core::v1::Pod>(kind, object),
-        ("", "Node") => decode::<core::v1::Node>(kind, object),
-        ("", "Service") => decode::<core::v1::Service>(kind, object),
-        ("", "Endpoints") => decode::<core::v1::Endpoints>(kind, object),
-        ("", "ConfigMap") => decode::<core::v1::ConfigMap>(kind, object),
-        ("", "Secret") => decode::<core::v1::Secret>(kind, object),
-        ("", "Event") => decode::<core::v1::Event>(kind, object),
-        ("", "ServiceAccount") => decode::<core::v1::ServiceAccount>(kind, object),
-        ("apps", "Deployment") => decode::<apps::v1::Deployment>(kind, object),
-        ("apps", "ReplicaSet") => decode::<apps::v1::ReplicaSet>(kind, object),
-        ("apps", "StatefulSet") => decode::<apps::v1::StatefulSet>(kind, object),
-        ("apps", "DaemonSet") => decode::<apps::v1::DaemonSet>(kind, object),
-        ("apps", "ControllerRevision") => decode::<apps::v1::ControllerRevision>(kind, object),
-        ("batch", "Job") => decode::<batch::v1::Job>(kind, object),
-        ("batch", "CronJob") => decode::<batch::v1::CronJob>(kind, object),
-        ("coordination.k8s.io", "Lease") => decode::<coordination::v1::Lease>(kind, object),
-        ("discovery.k8s.io", "EndpointSlice") => {
-            decode::<discovery::v1::EndpointSlice>(kind, object)
-        }
-        ("events.k8s.io", "Event") => decode::<events::v1::Event>(kind, object),
-        ("policy", "PodDisruptionBudget") => {
-            decode::<policy::v1::PodDisruptionBudget>(kind, object)
-        }
-        ("scheduling.k8s.io", "PriorityClass") => {
-            decode::<scheduling::v1::PriorityClass>(kind, object)
-        }
-        ("autoscaling", "HorizontalPodAutoscaler") => {
-            decode::<autoscaling::v2::HorizontalPodAutoscaler>(kind, object)
-        }
-        _ => Ok(()),
-    }
+    visit_builtin(kind, TypeCheck { kind, object }).unwrap_or(Ok(()))
 }
 
 #[cfg(test)]
