@@ -23,7 +23,22 @@ async fn api() -> Api {
         progress_interval: Duration::from_millis(200),
         ..Default::default()
     }));
-    let server = ApiServer::builder(store.clone()).build().await.unwrap();
+    // A kind without a Rust type keeps arbitrary fields, for patch tests over free-form data.
+    let mut registry = capstan_core::registry::Registry::with_builtins();
+    registry
+        .register(capstan_core::registry::ResourceKind::new(
+            "example.com",
+            "v1",
+            "Document",
+            "documents",
+            true,
+        ))
+        .unwrap();
+    let server = ApiServer::builder(store.clone())
+        .registry(registry)
+        .build()
+        .await
+        .unwrap();
     Api {
         router: server.router(),
         store,
@@ -1020,19 +1035,19 @@ async fn merge_patch_follows_rfc_7386() {
         ),
     ];
     for (i, (data, patch, expected)) in cases.into_iter().enumerate() {
-        // Carry the document in a ConfigMap-like object of an unknown kind to keep it verbatim.
+        // Carry the document in an object of a kind without a Rust type, which keeps it verbatim.
         let name = format!("rfc{i}");
-        let object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {}, "doc": data});
+        let object = json!({"apiVersion": "example.com/v1", "kind": "Document", "metadata": {"name": name}, "doc": data});
         api.ok(
             Method::POST,
-            "/api/v1/namespaces/default/configmaps",
+            "/apis/example.com/v1/namespaces/default/documents",
             Some(object),
         )
         .await;
         let (status, patched) = api
             .send(
                 Method::PATCH,
-                &format!("/api/v1/namespaces/default/configmaps/{name}"),
+                &format!("/apis/example.com/v1/namespaces/default/documents/{name}"),
                 "application/merge-patch+json",
                 Some(json!({"doc": patch})),
             )
@@ -1284,12 +1299,12 @@ mod merge_patch_model {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
                 let api = api().await;
-                let mut object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "doc"}});
+                let mut object = json!({"apiVersion": "example.com/v1", "kind": "Document", "metadata": {"name": "doc"}});
                 if !doc.is_null() {
                     object["doc"] = doc.clone();
                 }
-                api.ok(Method::POST, "/api/v1/namespaces/default/configmaps", Some(object)).await;
-                let (status, patched) = api.send(Method::PATCH, "/api/v1/namespaces/default/configmaps/doc", "application/merge-patch+json", Some(json!({"doc": patch.clone()}))).await;
+                api.ok(Method::POST, "/apis/example.com/v1/namespaces/default/documents", Some(object)).await;
+                let (status, patched) = api.send(Method::PATCH, "/apis/example.com/v1/namespaces/default/documents/doc", "application/merge-patch+json", Some(json!({"doc": patch.clone()}))).await;
                 assert_eq!(status, StatusCode::OK, "{patched}");
                 let expected = if patch.is_null() { Value::Null } else { merge_reference(doc.clone(), &patch) };
                 assert_eq!(patched.get("doc").cloned().unwrap_or(Value::Null), expected, "doc {doc} patch {patch}");
@@ -1359,4 +1374,93 @@ async fn a_namespace_left_terminating_finishes_after_a_restart() {
         .get(&maps, Some("gone"), "c")
         .await
         .is_err());
+}
+
+#[tokio::test]
+async fn field_validation_strict_warn_ignore() {
+    let api = api().await;
+    let with_unknown = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "u"}, "data": {"a": "1"}, "bogus": true});
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps?fieldValidation=Strict",
+            Some(with_unknown.clone()),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field \"bogus\""),
+        "{body}"
+    );
+    let (status, headers, body) = api
+        .raw(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            Some("application/json"),
+            serde_json::to_vec(&with_unknown).unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(
+        headers
+            .get("warning")
+            .and_then(|w| w.to_str().ok())
+            .is_some_and(|w| w.contains("unknown field")),
+        "Warn is the default"
+    );
+    let stored: Value = serde_json::from_slice(&body).unwrap();
+    assert!(stored.get("bogus").is_none(), "unknown fields are dropped");
+    let (status, headers, _) = api
+        .raw(
+            Method::PUT,
+            "/api/v1/namespaces/default/configmaps/u?fieldValidation=Ignore",
+            Some("application/json"),
+            serde_json::to_vec(&with_unknown).unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get("warning").is_none());
+    let duplicated =
+        br#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "d", "name": "e"}}"#
+            .to_vec();
+    let (status, _, body) = api
+        .raw(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps?fieldValidation=Strict",
+            Some("application/json"),
+            duplicated,
+            None,
+        )
+        .await;
+    assert_eq!(status.as_u16(), 400);
+    assert!(String::from_utf8_lossy(&body).contains("duplicate field"));
+    let (status, _) = api
+        .send(
+            Method::PATCH,
+            "/api/v1/namespaces/default/configmaps/u?fieldValidation=Strict",
+            "application/merge-patch+json",
+            Some(json!({"spec": {"x": 1}})),
+        )
+        .await;
+    assert_eq!(
+        status.as_u16(),
+        400,
+        "a patch that adds an unknown field is refused under Strict"
+    );
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps?fieldValidation=Loose",
+            Some(cm("x", json!({}))),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 400);
+    let openapi = api.ok(Method::GET, "/openapi/v3/api/v1", None).await;
+    let patch = &openapi["paths"]["/api/v1/namespaces/{namespace}/configmaps/{name}"]["patch"];
+    assert_eq!(patch["parameters"][0]["name"], "fieldValidation");
 }

@@ -200,6 +200,21 @@ fn kubectl_suite(k: &Kubectl, ns: &str) {
         None,
         &["deployments", "deploy", "apps/v1", "pods", "po"],
     );
+    // kubectl asks for strict server-side field validation.
+    let bogus = POD
+        .replace(
+            "    ports: [{containerPort: 80}]\n",
+            "    ports: [{containerPort: 80}]\n    bogusField: 1\n",
+        )
+        .replace("name: web", "name: bogus");
+    k.fails(
+        &["-n", "default", "create", "-f", "-"],
+        Some(&bogus),
+        &[
+            "strict decoding error",
+            "unknown field \"spec.containers[0].bogusField\"",
+        ],
+    );
     // OpenAPI v3 documents drive `kubectl explain`.
     k.ok(
         &["explain", "pods"],

@@ -128,7 +128,8 @@ async fn etcd_store_reconnects_across_an_etcd_restart() {
     if service_from_env("CAPSTAN_ETCD_ENDPOINTS", "etcd").is_none() {
         return;
     }
-    let client_port = 43000 + (std::process::id() % 500) as u16 * 2;
+    // Below the ephemeral port range (32768+), so no client connection holds it.
+    let client_port = 24000 + (std::process::id() % 2000) as u16 * 2;
     let mut etcd = LocalEtcd::start(client_port)
         .await
         .expect("start a local etcd");

@@ -6,7 +6,8 @@ use super::admission::{AdmissionRequest, Operation};
 use super::body::{body_format, error_response, json_response, parse_body, BodyFormat};
 use super::request::{parse_path, Query, ResourcePath, Target};
 use super::strategy::{
-    apply_defaults, check_types, split_status, validate_object, validate_update,
+    apply_defaults, check_types, duplicate_fields, split_status, unknown_fields, validate_object,
+    validate_update, FieldValidation,
 };
 use super::{discovery, list, watch, ApiError, ApiState, Cause, RequestAttributes, UserInfo};
 use crate::registry::{Registry, ResourceKind};
@@ -28,6 +29,8 @@ pub(crate) struct Ctx {
     pub path: ResourcePath,
     pub dry_run: bool,
     pub warnings: Vec<String>,
+    pub field_validation: FieldValidation,
+    pub body_problems: Vec<String>,
 }
 
 /// The router's single entry point.
@@ -103,6 +106,7 @@ pub(crate) async fn handle(
                         )))
                     }
                 };
+                let query_field_validation = query.get("fieldValidation").map(str::to_string);
                 let ctx = Ctx {
                     state: state.clone(),
                     registry,
@@ -113,6 +117,8 @@ pub(crate) async fn handle(
                     path: resource,
                     dry_run,
                     warnings: Vec::new(),
+                    field_validation: FieldValidation::parse(query_field_validation.as_deref())?,
+                    body_problems: duplicate_fields(&body),
                 };
                 resource_request(ctx, &parts.method, body).await
             }
@@ -330,6 +336,17 @@ fn decode(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
     Ok(value)
 }
 
+/// Type-checks a built-in object, applies `fieldValidation` to its unknown fields and the body's
+/// duplicate keys, and drops the unknown fields (as Kubernetes' decoder does).
+fn validate_fields(ctx: &mut Ctx, object: &mut Value) -> Result<(), ApiError> {
+    let mut problems = std::mem::take(&mut ctx.body_problems);
+    if let Some(known) = check_types(&ctx.kind, object)? {
+        problems.extend(unknown_fields(object, &known));
+        *object = known;
+    }
+    ctx.field_validation.enforce(problems, &mut ctx.warnings)
+}
+
 fn namespace_of(ctx: &Ctx) -> Option<&str> {
     ctx.path
         .namespace
@@ -461,7 +478,7 @@ async fn create(ctx: &mut Ctx, mut object: Value) -> Result<Value, ApiError> {
             .to_string();
         meta.insert("name".into(), Value::String(format!("{prefix}xxxxx")));
     }
-    check_types(&ctx.kind, &object)?;
+    validate_fields(ctx, &mut object)?;
     apply_defaults(&ctx.kind, &mut object);
     let name = object_name(&object);
     for plugin in &ctx.state.admission.clone() {
@@ -581,7 +598,7 @@ pub(crate) async fn write_update(
     {
         object["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
     }
-    check_types(&ctx.kind, &object)?;
+    validate_fields(ctx, &mut object)?;
     if !status_write {
         apply_defaults(&ctx.kind, &mut object);
     }

@@ -2,9 +2,9 @@
 //! document per group-version with `components.schemas` generated from the types' JSON schemas
 //! (k8s-openapi's for built-in kinds, the registered schema for a user's kind), each served
 //! kind's schema carrying `x-kubernetes-group-version-kind`. This is what `kubectl explain`
-//! reads. Only each kind's `get` operation is described (that is how `kubectl explain` finds a
-//! resource's kind); write operations are not yet, so kubectl keeps its own client-side
-//! validation and does not ask for `fieldValidation=Strict`.
+//! reads, and each kind's create, read, replace and patch operations declare the
+//! `fieldValidation` parameter, so kubectl leaves field validation to the server and sends
+//! `fieldValidation=Strict`.
 
 use super::strategy::{visit_builtin, BuiltinVisitor};
 use crate::registry::{Registry, ResourceKind};
@@ -16,7 +16,7 @@ struct AddSchema<'g>(&'g mut schemars::SchemaGenerator);
 
 impl BuiltinVisitor for AddSchema<'_> {
     type Output = String;
-    fn visit<T: DeserializeOwned + schemars::JsonSchema>(self) -> String {
+    fn visit<T: DeserializeOwned + serde::Serialize + schemars::JsonSchema>(self) -> String {
         self.0.subschema_for::<T>();
         T::schema_name().into_owned()
     }
@@ -101,20 +101,43 @@ pub fn group_version_document(registry: &Registry, group: &str, version: &str) -
         };
         if let Some(schema_name) = schema_name {
             let base = format!("/{}", gv_path(group, version));
-            let path = if kind.namespaced {
-                format!("{base}/namespaces/{{namespace}}/{}/{{name}}", kind.plural)
+            let collection = if kind.namespaced {
+                format!("{base}/namespaces/{{namespace}}/{}", kind.plural)
             } else {
-                format!("{base}/{}/{{name}}", kind.plural)
+                format!("{base}/{}", kind.plural)
+            };
+            let tag = json!({"group": kind.group, "version": kind.version, "kind": kind.kind});
+            let body = json!({"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema_name}")}}}});
+            let ok = json!({"200": {"description": "OK", "content": body["content"]}});
+            // Declaring fieldValidation tells kubectl the server validates fields itself.
+            let validation = json!([{"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}}]);
+            let operation = |action: &str, verb: &str| {
+                json!({
+                    "operationId": format!("{verb}{}", kind.kind),
+                    "x-kubernetes-action": action,
+                    "x-kubernetes-group-version-kind": tag,
+                    "parameters": if action == "get" { json!([]) } else { validation.clone() },
+                    "requestBody": if action == "get" { Value::Null } else { body.clone() },
+                    "responses": ok,
+                })
+            };
+            let strip_null = |mut op: Value| {
+                if let Some(map) = op.as_object_mut() {
+                    map.retain(|_, v| !v.is_null());
+                }
+                op
             };
             paths.insert(
-                path,
-                json!({"get": {
-                    "description": format!("read the specified {}", kind.kind),
-                    "operationId": format!("read{}", kind.kind),
-                    "x-kubernetes-action": "get",
-                    "x-kubernetes-group-version-kind": {"group": kind.group, "version": kind.version, "kind": kind.kind},
-                    "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema_name}")}}}}},
-                }}),
+                collection.clone(),
+                json!({"post": strip_null(operation("post", "create"))}),
+            );
+            paths.insert(
+                format!("{collection}/{{name}}"),
+                json!({
+                    "get": strip_null(operation("get", "read")),
+                    "put": strip_null(operation("put", "replace")),
+                    "patch": strip_null(operation("patch", "patch")),
+                }),
             );
         }
     }

@@ -6,13 +6,14 @@ use k8s_openapi::api::{
     apps, autoscaling, batch, coordination, core, discovery, events, policy, scheduling,
 };
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 /// Something done with a built-in kind's type.
 pub trait BuiltinVisitor {
     /// What the visit yields.
     type Output;
     /// Visits the type `T` of the kind.
-    fn visit<T: DeserializeOwned + schemars::JsonSchema>(self) -> Self::Output;
+    fn visit<T: DeserializeOwned + Serialize + schemars::JsonSchema>(self) -> Self::Output;
 }
 
 /// Visits the type of a built-in kind; `None` for other kinds.

@@ -4,11 +4,13 @@
 
 mod builtin_types;
 mod defaults;
+mod field_validation;
 mod typecheck;
 mod validation;
 
 pub use builtin_types::{visit_builtin, BuiltinVisitor};
 pub use defaults::apply_defaults;
+pub use field_validation::{duplicate_fields, unknown_fields, FieldValidation};
 pub use typecheck::check_types;
 pub use validation::{validate_object, validate_update};
 

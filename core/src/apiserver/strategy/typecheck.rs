@@ -8,11 +8,15 @@ use crate::registry::ResourceKind;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-fn decode<T: DeserializeOwned>(kind: &ResourceKind, object: &Value) -> Result<(), ApiError> {
+fn decode<T: DeserializeOwned + serde::Serialize>(
+    kind: &ResourceKind,
+    object: &Value,
+) -> Result<Value, ApiError> {
     let mut tracked = serde_path_to_error::Track::new();
     let deserializer = serde_path_to_error::Deserializer::new(object, &mut tracked);
     match T::deserialize(deserializer) {
-        Ok(_) => Ok(()),
+        Ok(typed) => serde_json::to_value(&typed)
+            .map_err(|e| ApiError::internal(format!("re-encoding a {}: {e}", kind.kind))),
         Err(err) => {
             let path = tracked.path().to_string();
             Err(ApiError::bad_request(format!(
@@ -37,15 +41,16 @@ struct TypeCheck<'a> {
 }
 
 impl BuiltinVisitor for TypeCheck<'_> {
-    type Output = Result<(), ApiError>;
-    fn visit<T: DeserializeOwned + schemars::JsonSchema>(self) -> Self::Output {
+    type Output = Result<Value, ApiError>;
+    fn visit<T: DeserializeOwned + serde::Serialize + schemars::JsonSchema>(self) -> Self::Output {
         decode::<T>(self.kind, self.object)
     }
 }
 
-/// Checks that `object` decodes as the kind's built-in type (other kinds pass).
-pub fn check_types(kind: &ResourceKind, object: &Value) -> Result<(), ApiError> {
-    visit_builtin(kind, TypeCheck { kind, object }).unwrap_or(Ok(()))
+/// Checks that `object` decodes as the kind's built-in type and returns it as the type knows it
+/// (unknown fields dropped); `None` for kinds without a built-in type.
+pub fn check_types(kind: &ResourceKind, object: &Value) -> Result<Option<Value>, ApiError> {
+    visit_builtin(kind, TypeCheck { kind, object }).transpose()
 }
 
 #[cfg(test)]
@@ -59,7 +64,11 @@ mod tests {
         let registry = Registry::with_builtins();
         let pods = registry.get("", "v1", "pods").unwrap();
         let good = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80}]}]}});
-        assert!(check_types(pods, &good).is_ok());
+        assert_eq!(
+            check_types(pods, &good).unwrap().unwrap()["spec"]["containers"][0]["ports"][0]
+                ["containerPort"],
+            80
+        );
         let bad = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": "eighty"}]}]}});
         let err = check_types(pods, &bad).unwrap_err();
         assert_eq!(err.code, 400);
