@@ -1379,6 +1379,18 @@ async fn a_namespace_left_terminating_finishes_after_a_restart() {
 #[tokio::test]
 async fn field_validation_strict_warn_ignore() {
     let api = api().await;
+    // Missing required fields are 422 Invalid with the field, not decoder errors.
+    let (status, body) = api.call(Method::POST, "/apis/apps/v1/namespaces/default/deployments", Some(json!({"metadata": {"name": "nosel"}, "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}}))).await;
+    assert_eq!(status.as_u16(), 422, "{body}");
+    assert_eq!(body["details"]["causes"][0]["field"], "spec.selector");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/pods",
+            Some(json!({"metadata": {"name": "nocontainers"}, "spec": {}})),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 422, "{body}");
     let with_unknown = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "u"}, "data": {"a": "1"}, "bogus": true});
     let (status, body) = api
         .call(

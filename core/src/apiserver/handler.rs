@@ -340,7 +340,24 @@ fn decode(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
 /// duplicate keys, and drops the unknown fields (as Kubernetes' decoder does).
 fn validate_fields(ctx: &mut Ctx, object: &mut Value) -> Result<(), ApiError> {
     let mut problems = std::mem::take(&mut ctx.body_problems);
-    if let Some(known) = check_types(&ctx.kind, object)? {
+    let checked = match check_types(&ctx.kind, object) {
+        Ok(checked) => checked,
+        // A missing required field fails decoding too; report it as Kubernetes does (422 with
+        // the field), and keep the decoder's 400 for real type errors.
+        Err(type_error) => {
+            let causes = validate_object(&ctx.kind, object);
+            if causes.is_empty() {
+                return Err(type_error);
+            }
+            let name = object_name(object);
+            return Err(ApiError::invalid(&ctx.kind.kind, &name, causes).about(
+                &ctx.kind.group,
+                &ctx.kind.kind,
+                &name,
+            ));
+        }
+    };
+    if let Some(known) = checked {
         problems.extend(unknown_fields(object, &known));
         *object = known;
     }
