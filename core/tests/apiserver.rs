@@ -1476,3 +1476,42 @@ async fn field_validation_strict_warn_ignore() {
     let patch = &openapi["paths"]["/api/v1/namespaces/{namespace}/configmaps/{name}"]["patch"];
     assert_eq!(patch["parameters"][0]["name"], "fieldValidation");
 }
+
+#[tokio::test]
+async fn metrics_count_requests_and_watches() {
+    let api = api().await;
+    api.ok(Method::GET, "/api/v1/namespaces", None).await;
+    let _ = api
+        .call(Method::GET, "/api/v1/namespaces/default/pods/missing", None)
+        .await;
+    let watch = api
+        .watch("/api/v1/namespaces/default/configmaps?watch=true")
+        .await;
+    let (status, headers, body) = api
+        .raw(Method::GET, "/metrics", None, Vec::new(), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.contains("capstan_apiserver_requests_total{method=\"GET\",code=\"200\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("capstan_apiserver_requests_total{method=\"GET\",code=\"404\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("capstan_apiserver_watches 1"), "{text}");
+    assert!(text.contains("capstan_store_revision "), "{text}");
+    drop(watch);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (_, _, body) = api
+        .raw(Method::GET, "/metrics", None, Vec::new(), None)
+        .await;
+    assert!(String::from_utf8(body)
+        .unwrap()
+        .contains("capstan_apiserver_watches 0"));
+}

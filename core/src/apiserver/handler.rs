@@ -17,6 +17,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Everything a verb needs about one request.
 pub(crate) struct Ctx {
@@ -41,7 +42,7 @@ pub(crate) async fn handle(
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
     let span = tracing::debug_span!("request", method = %parts.method, path = %path);
-    let _entered = span.enter();
+    let method = parts.method.clone();
     let result = async {
         if let Some(response) = special_path(&state, &parts.method, &path).await {
             return Ok(response);
@@ -124,8 +125,9 @@ pub(crate) async fn handle(
             }
         }
     }
+    .instrument(span)
     .await;
-    result.unwrap_or_else(|err| {
+    let response = result.unwrap_or_else(|err| {
         tracing::debug!(
             code = err.code,
             reason = err.reason,
@@ -133,7 +135,11 @@ pub(crate) async fn handle(
             err.message
         );
         error_response(&err)
-    })
+    });
+    state
+        .metrics
+        .record(method.as_str(), response.status().as_u16());
+    response
 }
 
 fn ok(value: Value) -> Response<Body> {
@@ -169,6 +175,16 @@ async fn special_path(state: &ApiState, method: &Method, path: &str) -> Option<R
             "goVersion": "rust", "compiler": "rustc", "platform": format!("{}/{}", std::env::consts::OS, if cfg!(target_arch = "x86_64") { "amd64" } else { std::env::consts::ARCH }),
         }))),
         "/healthz" | "/livez" => Some(text(StatusCode::OK, "ok")),
+        "/metrics" => {
+            let revision = state.storage.store().current_revision().await.ok();
+            let in_flight = state.config.max_in_flight.max(1) - state.in_flight.available_permits();
+            let mut response = Response::new(Body::from(state.metrics.render(in_flight, revision)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            Some(response)
+        }
         "/readyz" => Some(match state.storage.store().current_revision().await {
             Ok(_) => text(StatusCode::OK, "ok"),
             Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),

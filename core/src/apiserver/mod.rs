@@ -13,6 +13,7 @@ mod discovery;
 mod error;
 mod handler;
 mod list;
+mod metrics;
 mod openapi;
 mod request;
 mod selection;
@@ -78,6 +79,7 @@ pub(crate) struct ApiState {
     services: ServiceAllocator,
     cache: watch_cache::WatchCache,
     in_flight: Arc<tokio::sync::Semaphore>,
+    metrics: metrics::Metrics,
     config: ApiConfig,
 }
 
@@ -157,6 +159,7 @@ impl ApiServerBuilder {
             in_flight: Arc::new(tokio::sync::Semaphore::new(
                 self.config.max_in_flight.max(1),
             )),
+            metrics: metrics::Metrics::default(),
             admission: self.admission,
             authenticator: self.authenticator,
             authorizer: self.authorizer,

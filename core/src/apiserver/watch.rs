@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 /// One watch connection's state.
 struct WatchState {
+    _open: super::metrics::OpenWatch,
     events: Option<BoxStream<'static, Result<ObjectEvent, StorageError>>>,
     pending: VecDeque<Bytes>,
     selection: Selection,
@@ -113,6 +114,7 @@ impl WatchState {
 
 /// A watch served from the watch cache.
 struct CachedWatch {
+    _open: super::metrics::OpenWatch,
     pending: VecDeque<Delivery>,
     live: Option<tokio::sync::mpsc::Receiver<Delivery>>,
     kind: Arc<ResourceKind>,
@@ -223,6 +225,7 @@ pub(crate) async fn watch(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         .await;
     if let Ok((Subscription { initial, live }, _)) = cached {
         let state = CachedWatch {
+            _open: ctx.state.metrics.open_watch(),
             pending: initial.into(),
             live: Some(live),
             kind: ctx.kind.clone(),
@@ -244,6 +247,7 @@ pub(crate) async fn watch(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         (Vec::new(), start)
     };
     let mut state = WatchState {
+        _open: ctx.state.metrics.open_watch(),
         events: None,
         pending: VecDeque::new(),
         selection,
