@@ -361,7 +361,11 @@ fn validate_fields(ctx: &mut Ctx, object: &mut Value) -> Result<(), ApiError> {
         // A missing required field fails decoding too; report it as Kubernetes does (422 with
         // the field), and keep the decoder's 400 for real type errors.
         Err(type_error) => {
-            let causes = validate_object(&ctx.kind, object);
+            let causes = if type_error.message.contains("missing field") {
+                validate_object(&ctx.kind, object)
+            } else {
+                Vec::new()
+            };
             if causes.is_empty() {
                 return Err(type_error);
             }
