@@ -1137,11 +1137,14 @@ async fn delete_collection(ctx: &mut Ctx, body: &[u8]) -> Result<Value, ApiError
     )
 }
 
-/// Empties a terminating namespace, then removes it. Runs in the background; every step is an
-/// ordinary deletion, so it is safe to repeat after a restart.
+/// Empties a terminating namespace, then removes it. Runs in the background, owned by the API
+/// server (aborted when it goes away); every step is an ordinary deletion, so it is safe to
+/// repeat after a restart.
 pub(crate) fn finalize_namespace(state: Arc<ApiState>, registry: Arc<Registry>, namespace: String) {
-    tokio::spawn(async move {
+    let weak = Arc::downgrade(&state);
+    let task = tokio::spawn(async move {
         for kind in registry.kinds().filter(|k| k.namespaced) {
+            let Some(state) = weak.upgrade() else { return };
             let Ok(listed) = state
                 .storage
                 .list(kind, Some(&namespace), None, None, None)
@@ -1165,6 +1168,7 @@ pub(crate) fn finalize_namespace(state: Arc<ApiState>, registry: Arc<Registry>, 
                 }
             }
         }
+        let Some(state) = weak.upgrade() else { return };
         if let Some(namespaces) = registry.get("", "v1", "namespaces") {
             if let Err(err) = state
                 .storage
@@ -1175,6 +1179,7 @@ pub(crate) fn finalize_namespace(state: Arc<ApiState>, registry: Arc<Registry>, 
             }
         }
     });
+    state.own_task(task);
 }
 
 async fn component_statuses(ctx: &Ctx, verb: &str) -> Result<Response<Body>, ApiError> {

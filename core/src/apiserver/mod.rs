@@ -80,10 +80,31 @@ pub(crate) struct ApiState {
     cache: watch_cache::WatchCache,
     in_flight: Arc<tokio::sync::Semaphore>,
     metrics: metrics::Metrics,
+    background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     config: ApiConfig,
 }
 
+impl Drop for ApiState {
+    fn drop(&mut self) {
+        for task in self
+            .background
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
 impl ApiState {
+    /// Keeps a background task so that it stops with the server.
+    pub(crate) fn own_task(&self, task: tokio::task::JoinHandle<()>) {
+        let mut tasks = self.background.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
     /// A snapshot of the served kinds.
     pub(crate) fn registry(&self) -> Arc<Registry> {
         self.registry
@@ -160,6 +181,7 @@ impl ApiServerBuilder {
                 self.config.max_in_flight.max(1),
             )),
             metrics: metrics::Metrics::default(),
+            background: std::sync::Mutex::new(Vec::new()),
             admission: self.admission,
             authenticator: self.authenticator,
             authorizer: self.authorizer,
