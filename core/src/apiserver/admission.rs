@@ -44,6 +44,15 @@ pub struct AdmissionRequest<'a> {
     pub registry: &'a Registry,
 }
 
+impl AdmissionRequest<'_> {
+    /// Whether this request creates a pod.
+    pub fn creates_pod(&self) -> bool {
+        self.operation == Operation::Create
+            && self.kind.group.is_empty()
+            && self.kind.plural == "pods"
+    }
+}
+
 /// One admission plugin. Both hooks default to allowing the request unchanged.
 #[async_trait]
 pub trait AdmissionPlugin: Send + Sync {
@@ -152,9 +161,7 @@ impl AdmissionPlugin for ServiceAccountDefault {
         request: &AdmissionRequest<'_>,
         object: &mut Value,
     ) -> Result<(), ApiError> {
-        if request.operation != Operation::Create
-            || !(request.kind.group.is_empty() && request.kind.plural == "pods")
-        {
+        if !request.creates_pod() {
             return Ok(());
         }
         let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else {
@@ -191,9 +198,7 @@ impl AdmissionPlugin for PriorityClassResolution {
         request: &AdmissionRequest<'_>,
         object: &mut Value,
     ) -> Result<(), ApiError> {
-        if request.operation != Operation::Create
-            || !(request.kind.group.is_empty() && request.kind.plural == "pods")
-        {
+        if !request.creates_pod() {
             return Ok(());
         }
         let Some(classes) = request

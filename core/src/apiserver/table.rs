@@ -77,34 +77,21 @@ fn seconds_since(timestamp: &str) -> Option<i64> {
 /// Kubernetes' human-readable duration (`45s`, `5m10s`, `3h`, `2d5h`, `3y`).
 pub fn human_duration(seconds: i64) -> String {
     let s = seconds.max(0);
+    // "5m" or "5m10s": the larger unit, and the smaller one when it is not zero.
+    let pair = |major: i64, major_unit: &str, minor: i64, minor_unit: &str| {
+        if minor == 0 {
+            format!("{major}{major_unit}")
+        } else {
+            format!("{major}{major_unit}{minor}{minor_unit}")
+        }
+    };
     match s {
         0..=119 => format!("{s}s"),
-        120..=599 => {
-            let (m, r) = (s / 60, s % 60);
-            if r == 0 {
-                format!("{m}m")
-            } else {
-                format!("{m}m{r}s")
-            }
-        }
+        120..=599 => pair(s / 60, "m", s % 60, "s"),
         600..=10799 => format!("{}m", s / 60),
-        10800..=28799 => {
-            let (h, m) = (s / 3600, (s % 3600) / 60);
-            if m == 0 {
-                format!("{h}h")
-            } else {
-                format!("{h}h{m}m")
-            }
-        }
+        10800..=28799 => pair(s / 3600, "h", (s % 3600) / 60, "m"),
         28800..=172799 => format!("{}h", s / 3600),
-        172800..=691199 => {
-            let (d, h) = (s / 86400, (s % 86400) / 3600);
-            if h == 0 {
-                format!("{d}d")
-            } else {
-                format!("{d}d{h}h")
-            }
-        }
+        172800..=691199 => pair(s / 86400, "d", (s % 86400) / 3600, "h"),
         691200..=31535999 => format!("{}d", s / 86400),
         _ => format!("{}y", s / 31536000),
     }
