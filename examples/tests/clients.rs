@@ -151,12 +151,20 @@ impl Kubectl {
         (output.status.success(), text)
     }
 
-    /// Runs and requires success and every `expected` fragment in the output.
-    fn ok(&self, args: &[&str], stdin: Option<&str>, expected: &[&str]) -> String {
+    /// Runs and requires the given outcome and every `expected` fragment in the output.
+    fn expect(
+        &self,
+        succeed: bool,
+        args: &[&str],
+        stdin: Option<&str>,
+        expected: &[&str],
+    ) -> String {
         let (success, text) = self.run(args, stdin);
-        assert!(
+        let outcome = if succeed { "succeed" } else { "fail" };
+        assert_eq!(
             success,
-            "{} {args:?} failed:\n{text}",
+            succeed,
+            "{} {args:?} should {outcome}:\n{text}",
             self.binary.display()
         );
         for e in expected {
@@ -169,21 +177,14 @@ impl Kubectl {
         text
     }
 
+    /// Runs and requires success and every `expected` fragment in the output.
+    fn ok(&self, args: &[&str], stdin: Option<&str>, expected: &[&str]) -> String {
+        self.expect(true, args, stdin, expected)
+    }
+
     /// Runs and requires failure with every `expected` fragment in the output.
     fn fails(&self, args: &[&str], stdin: Option<&str>, expected: &[&str]) {
-        let (success, text) = self.run(args, stdin);
-        assert!(
-            !success,
-            "{} {args:?} should have failed:\n{text}",
-            self.binary.display()
-        );
-        for e in expected {
-            assert!(
-                text.contains(e),
-                "{} {args:?}: expected {e:?} in:\n{text}",
-                self.binary.display()
-            );
-        }
+        self.expect(false, args, stdin, expected);
     }
 }
 

@@ -292,6 +292,19 @@ fn count_map(v: &Value, fields: &[&str]) -> Value {
         .sum::<usize>())
 }
 
+/// The wide columns of workloads with a pod template: containers, images and (optionally) the
+/// selector.
+fn template_columns(with_selector: bool) -> Vec<Column> {
+    let mut columns = vec![
+        col("Containers", 1, |v| json!(template_field(v, "name"))),
+        col("Images", 1, |v| json!(template_field(v, "image"))),
+    ];
+    if with_selector {
+        columns.push(col("Selector", 1, |v| json!(label_selector_text(v))));
+    }
+    columns
+}
+
 /// The columns of a kind.
 pub fn columns(kind: &ResourceKind) -> Vec<Column> {
     match (kind.group.as_str(), kind.plural.as_str()) {
@@ -441,20 +454,20 @@ pub fn columns(kind: &ResourceKind) -> Vec<Column> {
             int_col("Up-to-date", 0, |v| json!(i(v, "/status/updatedReplicas"))),
             int_col("Available", 0, |v| json!(i(v, "/status/availableReplicas"))),
             age_col(),
-            col("Containers", 1, |v| json!(template_field(v, "name"))),
-            col("Images", 1, |v| json!(template_field(v, "image"))),
-            col("Selector", 1, |v| json!(label_selector_text(v))),
-        ],
+        ]
+        .into_iter()
+        .chain(template_columns(true))
+        .collect(),
         ("apps", "replicasets") => vec![
             name_col(),
             int_col("Desired", 0, |v| json!(i(v, "/spec/replicas"))),
             int_col("Current", 0, |v| json!(i(v, "/status/replicas"))),
             int_col("Ready", 0, |v| json!(i(v, "/status/readyReplicas"))),
             age_col(),
-            col("Containers", 1, |v| json!(template_field(v, "name"))),
-            col("Images", 1, |v| json!(template_field(v, "image"))),
-            col("Selector", 1, |v| json!(label_selector_text(v))),
-        ],
+        ]
+        .into_iter()
+        .chain(template_columns(true))
+        .collect(),
         ("apps", "statefulsets") => vec![
             name_col(),
             col("Ready", 0, |v| {
@@ -465,9 +478,10 @@ pub fn columns(kind: &ResourceKind) -> Vec<Column> {
                 ))
             }),
             age_col(),
-            col("Containers", 1, |v| json!(template_field(v, "name"))),
-            col("Images", 1, |v| json!(template_field(v, "image"))),
-        ],
+        ]
+        .into_iter()
+        .chain(template_columns(false))
+        .collect(),
         ("apps", "daemonsets") => vec![
             name_col(),
             int_col("Desired", 0, |v| {
@@ -485,9 +499,10 @@ pub fn columns(kind: &ResourceKind) -> Vec<Column> {
                 or_none(selector_text(v, "/spec/template/spec/nodeSelector"))
             }),
             age_col(),
-            col("Containers", 1, |v| json!(template_field(v, "name"))),
-            col("Images", 1, |v| json!(template_field(v, "image"))),
-        ],
+        ]
+        .into_iter()
+        .chain(template_columns(false))
+        .collect(),
         ("apps", "controllerrevisions") => vec![
             name_col(),
             col("Controller", 0, |v| {
