@@ -6,9 +6,11 @@
 //! Docker, no etcd, no protoc and no root.
 
 pub mod apiserver;
+pub mod node;
 pub mod patch;
 pub mod quantity;
 pub mod registry;
+pub mod runtime;
 pub mod selector;
 #[cfg(feature = "testkit")]
 pub mod service_gate;

@@ -31,7 +31,9 @@ const ALL_VERBS: [&str; 8] = [
 ];
 
 fn verbs(kind: &ResourceKind) -> Vec<&'static str> {
-    if kind.group.is_empty() && kind.plural == "componentstatuses" {
+    if (kind.group.is_empty() && kind.plural == "componentstatuses")
+        || kind.group == "metrics.k8s.io"
+    {
         vec!["get", "list"]
     } else {
         ALL_VERBS.to_vec()

@@ -9,7 +9,9 @@ use super::strategy::{
     apply_defaults, check_types, duplicate_fields, split_status, unknown_fields, validate_object,
     validate_update, FieldValidation,
 };
-use super::{discovery, list, watch, ApiError, ApiState, Cause, RequestAttributes, UserInfo};
+use super::{
+    discovery, list, node_proxy, watch, ApiError, ApiState, Cause, RequestAttributes, UserInfo,
+};
 use crate::registry::{Registry, ResourceKind};
 use crate::storage::StorageError;
 use axum::body::{Body, Bytes};
@@ -32,6 +34,8 @@ pub(crate) struct Ctx {
     pub warnings: Vec<String>,
     pub field_validation: FieldValidation,
     pub body_problems: Vec<String>,
+    /// A websocket upgrade offered by the client (exec, attach).
+    pub websocket: Option<axum::extract::ws::WebSocketUpgrade>,
 }
 
 /// The router's single entry point.
@@ -39,7 +43,20 @@ pub(crate) async fn handle(
     State(state): State<Arc<ApiState>>,
     request: Request<Body>,
 ) -> Response<Body> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    let websocket = if parts
+        .headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    {
+        use axum::extract::FromRequestParts;
+        axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .ok()
+    } else {
+        None
+    };
     let path = parts.uri.path().to_string();
     let span = tracing::debug_span!("request", method = %parts.method, path = %path);
     let method = parts.method.clone();
@@ -49,8 +66,12 @@ pub(crate) async fn handle(
         }
         let user = state.authenticator.authenticate(&parts).await?;
         let query = Query::parse(parts.uri.query())?;
-        // Watches are long-lived and do not count against the in-flight limit.
-        let _permit = if query.bool("watch").unwrap_or(false) {
+        // Watches, followed logs and streams are long-lived and do not count against the
+        // in-flight limit.
+        let long_lived = query.bool("watch").unwrap_or(false)
+            || query.bool("follow").unwrap_or(false)
+            || websocket.is_some();
+        let _permit = if long_lived {
             None
         } else {
             Some(
@@ -120,6 +141,7 @@ pub(crate) async fn handle(
                     warnings: Vec::new(),
                     field_validation: FieldValidation::parse(query_field_validation.as_deref())?,
                     body_problems: duplicate_fields(&body),
+                    websocket,
                 };
                 resource_request(ctx, &parts.method, body).await
             }
@@ -258,10 +280,21 @@ async fn resource_request(
     if ctx.kind.group.is_empty() && ctx.kind.plural == "componentstatuses" {
         return component_statuses(&ctx, verb).await;
     }
+    if ctx.kind.group == "metrics.k8s.io" {
+        let value = node_proxy::metrics(&ctx, verb).await?;
+        return Ok(json_response(StatusCode::OK, &value, &[]));
+    }
     let name = ctx.path.name.clone().unwrap_or_default();
     let sub = ctx.path.subresource.clone();
     let (status, value) = match (verb, sub.as_deref()) {
         ("list", _) => (StatusCode::OK, list::list(&ctx).await?),
+        ("get", Some("log")) => return node_proxy::pod_log(&ctx, &name).await,
+        ("get" | "create", Some("exec")) => {
+            return node_proxy::pod_stream(&mut ctx, &name, false).await
+        }
+        ("get" | "create", Some("attach")) => {
+            return node_proxy::pod_stream(&mut ctx, &name, true).await
+        }
         ("watch", _) => return watch::watch(ctx).await,
         ("get", None | Some("status")) => (
             StatusCode::OK,
@@ -389,6 +422,11 @@ fn namespace_of(ctx: &Ctx) -> Option<&str> {
         .namespace
         .as_deref()
         .filter(|_| ctx.kind.namespaced)
+}
+
+/// Reads one object of the request's kind (the subresource aside).
+pub(crate) async fn get_object(ctx: &Ctx, name: &str) -> Result<Value, ApiError> {
+    get(ctx, name).await
 }
 
 async fn get(ctx: &Ctx, name: &str) -> Result<Value, ApiError> {

@@ -14,6 +14,7 @@ mod error;
 mod handler;
 mod list;
 mod metrics;
+mod node_proxy;
 mod openapi;
 mod request;
 mod selection;
@@ -81,6 +82,7 @@ pub(crate) struct ApiState {
     in_flight: Arc<tokio::sync::Semaphore>,
     metrics: metrics::Metrics,
     background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    node_client: node_proxy::NodeClient,
     config: ApiConfig,
 }
 
@@ -186,6 +188,7 @@ impl ApiServerBuilder {
             authenticator: self.authenticator,
             authorizer: self.authorizer,
             services,
+            node_client: node_proxy::node_client(),
             config: self.config,
         };
         let server = ApiServer {

@@ -30,6 +30,7 @@ pub(super) fn kinds() -> Vec<ResourceKind> {
             .with_foreign_subresource("eviction", "policy", "v1", "Eviction", &["create"])
             .with_foreign_subresource("log", "", "v1", "Pod", &["get"])
             .with_foreign_subresource("exec", "", "v1", "PodExecOptions", &["create", "get"])
+            .with_foreign_subresource("attach", "", "v1", "PodAttachOptions", &["create", "get"])
             .with_fields([
                 f("spec.nodeName"),
                 f("spec.restartPolicy"),
@@ -68,6 +69,9 @@ pub(super) fn kinds() -> Vec<ResourceKind> {
             ]),
         ResourceKind::of::<core::v1::ServiceAccount>().with_short_names(&["sa"]),
         ResourceKind::of::<core::v1::ComponentStatus>().with_short_names(&["cs"]),
+        // Served from the node agents' usage reports (read-only).
+        ResourceKind::new("metrics.k8s.io", "v1beta1", "PodMetrics", "pods", true),
+        ResourceKind::new("metrics.k8s.io", "v1beta1", "NodeMetrics", "nodes", false),
         scaled(
             ResourceKind::of::<apps::v1::Deployment>()
                 .with_short_names(&["deploy"])

@@ -116,7 +116,19 @@ pub fn apply_defaults(kind: &ResourceKind, object: &mut Value) {
                 }
             }
         }
-        ("", "Secret") => set_default(root, "type", json!("Opaque")),
+        ("", "Secret") => {
+            set_default(root, "type", json!("Opaque"));
+            // `stringData` is write-only: merged into `data` (base64), then dropped.
+            if let Some(Value::Object(strings)) = root.remove("stringData") {
+                let data = child(root, "data");
+                for (key, value) in strings {
+                    let bytes = value.as_str().unwrap_or_default().as_bytes().to_vec();
+                    let encoded =
+                        serde_json::to_value(k8s_openapi::ByteString(bytes)).unwrap_or(Value::Null);
+                    data.insert(key, encoded);
+                }
+            }
+        }
         ("apps", "Deployment") => {
             let spec = child(root, "spec");
             set_default(spec, "replicas", json!(1));

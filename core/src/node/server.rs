@@ -1,0 +1,385 @@
+//! The node agent's HTTP server, which the API server calls for what only the node has:
+//! container logs (`/containerLogs/{ns}/{pod}/{container}`), command execution
+//! (`/exec/{ns}/{pod}/{container}?command=…`, answered as a stream of [`ExecFrame`]s) and
+//! resource usage (`/stats/summary`, a [`StatsSummary`] sampled every `stats_interval`).
+//!
+//! It reads the runtime and the agent's pod table; it never writes to the API.
+
+use super::AgentShared;
+use crate::apiserver::Query;
+use crate::runtime::{labels, ContainerInfo, ContainerState, LogOptions, RuntimeError};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// One frame of an exec stream between node and API server: a channel (1 stdout, 2 stderr,
+/// 3 status as a JSON `Status`) and its bytes, encoded as `[channel][u32 length BE][bytes]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecFrame {
+    /// The channel.
+    pub channel: u8,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+impl ExecFrame {
+    /// Encodes the frame.
+    pub fn encode(&self) -> Bytes {
+        let mut out = Vec::with_capacity(5 + self.data.len());
+        out.push(self.channel);
+        out.extend_from_slice(&(self.data.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.data);
+        out.into()
+    }
+
+    /// Decodes one frame from the front of `buffer`; returns it and the bytes it used, or
+    /// `None` when the buffer holds no whole frame yet.
+    pub fn decode(buffer: &[u8]) -> Option<(ExecFrame, usize)> {
+        let header = buffer.get(..5)?;
+        let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let data = buffer.get(5..5 + length)?;
+        Some((
+            ExecFrame {
+                channel: header[0],
+                data: Bytes::copy_from_slice(data),
+            },
+            5 + length,
+        ))
+    }
+}
+
+/// Usage of one container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerUsage {
+    /// Container name.
+    pub name: String,
+    /// CPU in nanocores (averaged over the last sampling interval).
+    pub usage_nano_cores: u64,
+    /// Working-set memory in bytes.
+    pub working_set_bytes: u64,
+}
+
+/// Usage of one pod.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodUsage {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Containers.
+    pub containers: Vec<ContainerUsage>,
+}
+
+/// A node's resource usage, as `/stats/summary` serves it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsSummary {
+    /// Node name.
+    pub node_name: String,
+    /// When it was sampled (RFC 3339).
+    pub timestamp: String,
+    /// The sampling window in seconds.
+    pub window_seconds: u64,
+    /// Total CPU of the node's pods in nanocores.
+    pub node_usage_nano_cores: u64,
+    /// Total working-set memory of the node's pods in bytes.
+    pub node_working_set_bytes: u64,
+    /// Per pod.
+    pub pods: Vec<PodUsage>,
+}
+
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<AgentShared>,
+    cancel: CancellationToken,
+) {
+    let router = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(container_logs),
+        )
+        .route("/exec/{namespace}/{pod}/{container}", post(exec))
+        .route("/stats/summary", get(stats_summary))
+        .with_state(shared);
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await;
+    if let Err(err) = result {
+        tracing::warn!("node server stopped: {err}");
+    }
+}
+
+/// An error answer of the node server: a status and a plain-text message.
+struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, self.1).into_response()
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Failure {
+    Failure(status, message.into())
+}
+
+fn parse_query(raw: Option<&str>) -> Result<Query, Failure> {
+    Query::parse(raw).map_err(|e| error(StatusCode::BAD_REQUEST, e.message.clone()))
+}
+
+/// The instances of a pod's container, newest first.
+async fn instances(
+    shared: &AgentShared,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Result<Vec<ContainerInfo>, Failure> {
+    let pod = shared.pod(namespace, pod).ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod} is not on this node"),
+        )
+    })?;
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let selector = BTreeMap::from([
+        (labels::POD_UID.to_string(), uid),
+        (labels::CONTAINER.to_string(), container.to_string()),
+    ]);
+    let mut list = shared
+        .runtime
+        .list_containers(&selector)
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    list.sort_by_key(|c| std::cmp::Reverse(c.restart_count()));
+    if list.is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "container {container:?} in pod {namespace}/{} is waiting to start",
+                pod.metadata.name.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(list)
+}
+
+async fn container_logs(
+    State(shared): State<Arc<AgentShared>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Failure> {
+    let query = parse_query(query.as_deref())?;
+    let list = instances(&shared, &namespace, &pod, &container).await?;
+    let target = if query.bool("previous").unwrap_or(false) {
+        match list.get(1) {
+            Some(previous) => previous,
+            None => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("previous terminated container {container:?} in pod {pod:?} not found"),
+                ))
+            }
+        }
+    } else {
+        &list[0]
+    };
+    let tail_lines = query.get("tailLines").and_then(|v| v.parse().ok());
+    let options = LogOptions {
+        follow: query.bool("follow").unwrap_or(false),
+        tail_lines,
+        timestamps: query.bool("timestamps").unwrap_or(false),
+    };
+    match shared.runtime.logs(&target.id, options).await {
+        Ok(stream) => {
+            let body = Body::from_stream(stream.map(|r| r.map_err(std::io::Error::other)));
+            Ok(([(header::CONTENT_TYPE, "text/plain")], body).into_response())
+        }
+        Err(RuntimeError::NotFound(what)) => Err(error(StatusCode::NOT_FOUND, what)),
+        Err(err) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())),
+    }
+}
+
+async fn exec(
+    State(shared): State<Arc<AgentShared>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Failure> {
+    let query = parse_query(query.as_deref())?;
+    let command: Vec<String> = query
+        .all("command")
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    if command.is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "you must specify at least one command",
+        ));
+    }
+    let list = instances(&shared, &namespace, &pod, &container).await?;
+    if !matches!(list[0].state, ContainerState::Running { .. }) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("container {container} is not running"),
+        ));
+    }
+    let output = shared
+        .runtime
+        .exec(&list[0].id, &command, Duration::from_secs(300))
+        .await;
+    let status = match &output {
+        Ok(out) if out.exit_code == 0 => serde_json::json!({"metadata": {}, "status": "Success"}),
+        Ok(out) => serde_json::json!({
+            "metadata": {}, "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: error executing command {command:?}, exit code {}", out.exit_code),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": out.exit_code.to_string()}]},
+        }),
+        Err(err) => serde_json::json!({
+            "metadata": {}, "status": "Failure", "message": err.to_string(), "reason": "InternalError",
+        }),
+    };
+    let mut frames = Vec::new();
+    if let Ok(out) = &output {
+        if !out.stdout.is_empty() {
+            frames.extend_from_slice(
+                &ExecFrame {
+                    channel: 1,
+                    data: out.stdout.clone().into(),
+                }
+                .encode(),
+            );
+        }
+        if !out.stderr.is_empty() {
+            frames.extend_from_slice(
+                &ExecFrame {
+                    channel: 2,
+                    data: out.stderr.clone().into(),
+                }
+                .encode(),
+            );
+        }
+    }
+    frames.extend_from_slice(
+        &ExecFrame {
+            channel: 3,
+            data: status.to_string().into(),
+        }
+        .encode(),
+    );
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], frames).into_response())
+}
+
+async fn stats_summary(State(shared): State<Arc<AgentShared>>) -> Response {
+    let summary = shared
+        .stats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let body = serde_json::to_vec(&summary).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Samples every running container's usage each `stats_interval` and keeps the summary.
+pub(crate) async fn collect_stats(shared: Arc<AgentShared>, cancel: CancellationToken) {
+    let mut previous: HashMap<String, (u64, SystemTime)> = HashMap::new();
+    let mut ticker = tokio::time::interval(shared.config.stats_interval);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let pods: Vec<_> = shared
+            .pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut summary = StatsSummary {
+            node_name: shared.config.name.clone(),
+            timestamp: super::pod_status::time_string(SystemTime::now()),
+            window_seconds: shared.config.stats_interval.as_secs().max(1),
+            ..StatsSummary::default()
+        };
+        let mut seen = HashMap::new();
+        for pod in pods {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let selector = BTreeMap::from([(labels::POD_UID.to_string(), uid)]);
+            let Ok(containers) = shared.runtime.list_containers(&selector).await else {
+                continue;
+            };
+            let mut usage = PodUsage {
+                namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                name: pod.metadata.name.clone().unwrap_or_default(),
+                containers: Vec::new(),
+            };
+            for container in containers {
+                if !matches!(container.state, ContainerState::Running { .. }) {
+                    continue;
+                }
+                let Ok(stats) = shared.runtime.stats(&container.id).await else {
+                    continue;
+                };
+                let nano_cores = match previous.get(&container.id) {
+                    Some((cpu, at)) => {
+                        let elapsed = stats
+                            .timestamp
+                            .duration_since(*at)
+                            .unwrap_or_default()
+                            .as_nanos()
+                            .max(1);
+                        (u128::from(stats.cpu_usage_nanos.saturating_sub(*cpu)) * 1_000_000_000
+                            / elapsed) as u64
+                    }
+                    None => 0,
+                };
+                seen.insert(
+                    container.id.clone(),
+                    (stats.cpu_usage_nanos, stats.timestamp),
+                );
+                summary.node_usage_nano_cores += nano_cores;
+                summary.node_working_set_bytes += stats.memory_bytes;
+                usage.containers.push(ContainerUsage {
+                    name: container.container_name().to_string(),
+                    usage_nano_cores: nano_cores,
+                    working_set_bytes: stats.memory_bytes,
+                });
+            }
+            if !usage.containers.is_empty() {
+                summary.pods.push(usage);
+            }
+        }
+        previous = seen;
+        *shared.stats.lock().unwrap_or_else(|p| p.into_inner()) = summary;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let frame = ExecFrame {
+            channel: 2,
+            data: Bytes::from_static(b"oops"),
+        };
+        let mut buffer = frame.encode().to_vec();
+        buffer.extend_from_slice(&[1, 0, 0]);
+        let (decoded, used) = ExecFrame::decode(&buffer).unwrap();
+        assert_eq!(decoded, frame);
+        assert_eq!(used, 9);
+        assert!(ExecFrame::decode(&buffer[used..]).is_none());
+    }
+}

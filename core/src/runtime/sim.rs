@@ -1,0 +1,597 @@
+//! The simulated runtime: sandboxes and containers kept in memory, no processes.
+//!
+//! Containers "start" after a configurable delay and run until stopped, unless the pod carries
+//! `sim.capstan.dev/exit-after` (a duration such as `2s` or `500ms`) and
+//! `sim.capstan.dev/exit-code` (default 0), which make every container of the pod exit that way
+//! — so Jobs complete and crash loops can be tested; `sim.capstan.dev/exit-after.<container>`
+//! and `sim.capstan.dev/exit-code.<container>` apply to one container only (init containers). `sim.capstan.dev/cpu-millis` and
+//! `sim.capstan.dev/memory-bytes` set the usage its stats report (cumulative CPU grows
+//! consistently with time). `exec` understands `true`, `false`, `exit N`, `echo …` and `sh -c`
+//! around them, and `printenv`/`env` and `cat <file>` answer from the container's resolved
+//! environment and from the files the agent mounted. One instance is cheap (a map behind a mutex, one timer task only for containers
+//! that are told to exit), so a process carries thousands of simulated nodes.
+
+use super::{
+    Capabilities, ContainerConfig, ContainerInfo, ContainerRuntime, ContainerState, ContainerStats,
+    ExecOutput, LogOptions, LogStream, PullPolicy, RuntimeError, RuntimeEvent, SandboxConfig,
+    SandboxInfo,
+};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::broadcast;
+
+/// Annotation: how long after starting a simulated container exits.
+pub const EXIT_AFTER: &str = "sim.capstan.dev/exit-after";
+/// Annotation: the exit code of a simulated container told to exit.
+pub const EXIT_CODE: &str = "sim.capstan.dev/exit-code";
+/// Annotation: the CPU a simulated container uses, in millicores.
+pub const CPU_MILLIS: &str = "sim.capstan.dev/cpu-millis";
+/// Annotation: the memory a simulated container uses, in bytes.
+pub const MEMORY_BYTES: &str = "sim.capstan.dev/memory-bytes";
+
+/// Settings of a [`SimRuntime`].
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// How long `start_container` takes.
+    pub start_delay: Duration,
+    /// The first three octets of pod IPs (`10.244.0` gives 10.244.0.2 …).
+    pub pod_subnet: [u8; 3],
+    /// Images that are present without pulling; with `None` every image is.
+    pub images: Option<BTreeSet<String>>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            start_delay: Duration::from_millis(10),
+            pod_subnet: [10, 244, 0],
+            images: None,
+        }
+    }
+}
+
+struct SimSandbox {
+    info: SandboxInfo,
+}
+
+struct SimContainer {
+    info: ContainerInfo,
+    config: ContainerConfig,
+    log: Vec<(SystemTime, String)>,
+    /// Bumped on every state change, so a pending exit timer of an older run does nothing.
+    run: u64,
+}
+
+#[derive(Default)]
+struct SimState {
+    sandboxes: HashMap<String, SimSandbox>,
+    containers: HashMap<String, SimContainer>,
+    pulled: BTreeSet<String>,
+    next_id: u64,
+    next_ip: u16,
+}
+
+/// The simulated [`ContainerRuntime`]. Cloning shares it.
+#[derive(Clone)]
+pub struct SimRuntime {
+    config: Arc<SimConfig>,
+    state: Arc<Mutex<SimState>>,
+    events: broadcast::Sender<RuntimeEvent>,
+}
+
+impl Default for SimRuntime {
+    fn default() -> Self {
+        SimRuntime::new(SimConfig::default())
+    }
+}
+
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| text.split_at(i))
+        .unwrap_or((text, "s"));
+    let value: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" | "" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return None,
+    };
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+impl SimRuntime {
+    /// A runtime with `config`.
+    pub fn new(config: SimConfig) -> Self {
+        SimRuntime {
+            config: Arc::new(config),
+            state: Arc::new(Mutex::new(SimState::default())),
+            events: broadcast::channel(1024).0,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks a running container exited (as if its process ended) and emits the event.
+    fn finish(&self, id: &str, exit_code: i32, reason: &str, run: Option<u64>) {
+        let mut state = self.lock();
+        let Some(container) = state.containers.get_mut(id) else {
+            return;
+        };
+        if run.is_some_and(|r| r != container.run) {
+            return;
+        }
+        let ContainerState::Running { started_at } = container.info.state else {
+            return;
+        };
+        let now = SystemTime::now();
+        container.run += 1;
+        container.info.state = ContainerState::Exited {
+            exit_code,
+            reason: reason.to_string(),
+            started_at: Some(started_at),
+            finished_at: now,
+        };
+        container
+            .log
+            .push((now, format!("container exited with code {exit_code}")));
+        drop(state);
+        let _ = self.events.send(RuntimeEvent::Exited {
+            container_id: id.to_string(),
+            exit_code,
+            oom_killed: false,
+        });
+    }
+}
+
+fn matches(labels: &BTreeMap<String, String>, selector: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Reads a file of a simulated container: what the agent mounted there, from the host.
+fn read_mounted(config: &ContainerConfig, path: &str) -> Option<Vec<u8>> {
+    config
+        .mounts
+        .iter()
+        .filter(|m| path.starts_with(m.container_path.trim_end_matches('/')))
+        .max_by_key(|m| m.container_path.len())
+        .and_then(|m| {
+            let rest = path[m.container_path.trim_end_matches('/').len()..].trim_start_matches('/');
+            let host = if rest.is_empty() {
+                m.host_path.clone()
+            } else {
+                m.host_path.join(rest)
+            };
+            std::fs::read(host).ok()
+        })
+}
+
+fn sim_exec(command: &[String], config: &ContainerConfig) -> ExecOutput {
+    let words: Vec<&str> = match command {
+        [sh, flag, script] if sh.ends_with("sh") && flag == "-c" => {
+            script.split_whitespace().collect()
+        }
+        other => other.iter().map(String::as_str).collect(),
+    };
+    let (stdout, exit_code) = match words.as_slice() {
+        [] => (String::new(), 0),
+        ["true", ..] => (String::new(), 0),
+        ["false", ..] => (String::new(), 1),
+        ["exit", code, ..] => (String::new(), code.parse().unwrap_or(2)),
+        ["echo", rest @ ..] => (format!("{}\n", rest.join(" ")), 0),
+        ["printenv"] | ["env"] => (
+            config
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}\n"))
+                .collect(),
+            0,
+        ),
+        ["printenv", name] => match config.env.iter().rev().find(|(k, _)| k == name) {
+            Some((_, v)) => (format!("{v}\n"), 0),
+            None => (String::new(), 1),
+        },
+        ["cat", path] => match read_mounted(config, path) {
+            Some(bytes) => (String::from_utf8_lossy(&bytes).into_owned(), 0),
+            None => {
+                return ExecOutput {
+                    stdout: Vec::new(),
+                    stderr: format!("cat: can't open '{path}': No such file or directory\n")
+                        .into_bytes(),
+                    exit_code: 1,
+                }
+            }
+        },
+        [other, ..] => {
+            return ExecOutput {
+                stdout: Vec::new(),
+                stderr: format!("sim: {other}: command not found\n").into_bytes(),
+                exit_code: 127,
+            }
+        }
+    };
+    ExecOutput {
+        stdout: stdout.into_bytes(),
+        stderr: Vec::new(),
+        exit_code,
+    }
+}
+
+#[async_trait::async_trait]
+impl ContainerRuntime for SimRuntime {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: "sim",
+            real_processes: false,
+            exec: true,
+            port_forward: false,
+        }
+    }
+
+    async fn run_sandbox(&self, config: &SandboxConfig) -> Result<SandboxInfo, RuntimeError> {
+        let mut state = self.lock();
+        state.next_id += 1;
+        state.next_ip = state.next_ip.wrapping_add(1);
+        let host = (state.next_ip % 253) as u8 + 2;
+        let [a, b, c] = self.config.pod_subnet;
+        let ip = if config.host_network {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(Ipv4Addr::new(a, b, c, host))
+        };
+        let info = SandboxInfo {
+            id: format!("sim-sandbox-{}", state.next_id),
+            ip: Some(ip),
+            ready: true,
+            labels: config.labels.clone(),
+        };
+        state
+            .sandboxes
+            .insert(info.id.clone(), SimSandbox { info: info.clone() });
+        Ok(info)
+    }
+
+    async fn stop_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        let running: Vec<String> = {
+            let mut state = self.lock();
+            if let Some(sandbox) = state.sandboxes.get_mut(id) {
+                sandbox.info.ready = false;
+            }
+            state
+                .containers
+                .iter()
+                .filter(|(_, c)| c.info.sandbox_id == id)
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        for container in running {
+            self.finish(&container, 137, "Error", None);
+        }
+        Ok(())
+    }
+
+    async fn remove_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut state = self.lock();
+        state.sandboxes.remove(id);
+        state.containers.retain(|_, c| c.info.sandbox_id != id);
+        Ok(())
+    }
+
+    async fn list_sandboxes(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Vec<SandboxInfo>, RuntimeError> {
+        Ok(self
+            .lock()
+            .sandboxes
+            .values()
+            .filter(|s| matches(&s.info.labels, selector))
+            .map(|s| s.info.clone())
+            .collect())
+    }
+
+    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<String, RuntimeError> {
+        let mut state = self.lock();
+        let known = self.config.images.as_ref();
+        let present = known.is_none() || state.pulled.contains(image);
+        let pullable = known.is_none_or(|images| images.contains(image));
+        match (present, policy) {
+            (true, PullPolicy::IfNotPresent | PullPolicy::Never) => {}
+            (false, PullPolicy::Never) => return Err(RuntimeError::ImageNeverPull(image.into())),
+            (_, _) if !pullable => {
+                return Err(RuntimeError::ImagePull {
+                    image: image.into(),
+                    message: "not found in the simulated registry".into(),
+                })
+            }
+            _ => {
+                state.pulled.insert(image.to_string());
+            }
+        }
+        Ok(format!("sim://{image}"))
+    }
+
+    async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: &ContainerConfig,
+    ) -> Result<String, RuntimeError> {
+        if config.image.is_empty() {
+            return Err(RuntimeError::InvalidConfig("image is empty".into()));
+        }
+        let mut state = self.lock();
+        if !state.sandboxes.contains_key(sandbox_id) {
+            return Err(RuntimeError::NotFound(format!("sandbox {sandbox_id}")));
+        }
+        state.next_id += 1;
+        let id = format!("sim-container-{}", state.next_id);
+        let info = ContainerInfo {
+            id: id.clone(),
+            sandbox_id: sandbox_id.to_string(),
+            image: config.image.clone(),
+            image_id: format!("sim://{}", config.image),
+            state: ContainerState::Created,
+            labels: config.labels.clone(),
+        };
+        state.containers.insert(
+            id.clone(),
+            SimContainer {
+                info,
+                config: config.clone(),
+                log: Vec::new(),
+                run: 0,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+        if !self.lock().containers.contains_key(id) {
+            return Err(RuntimeError::NotFound(format!("container {id}")));
+        }
+        tokio::time::sleep(self.config.start_delay).await;
+        let (run, exit) = {
+            let mut state = self.lock();
+            let container = state
+                .containers
+                .get_mut(id)
+                .ok_or_else(|| RuntimeError::NotFound(format!("container {id}")))?;
+            if matches!(container.info.state, ContainerState::Running { .. }) {
+                return Ok(());
+            }
+            let now = SystemTime::now();
+            container.run += 1;
+            container.info.state = ContainerState::Running { started_at: now };
+            let name = container.config.name.clone();
+            container
+                .log
+                .push((now, format!("started container {name}")));
+            for word in container
+                .config
+                .command
+                .iter()
+                .chain(&container.config.args)
+            {
+                container.log.push((now, format!("arg: {word}")));
+            }
+            let annotations = &container.config.annotations;
+            let lookup = |key: &str| {
+                annotations
+                    .get(&format!("{key}.{name}"))
+                    .or_else(|| annotations.get(key))
+            };
+            let exit = lookup(EXIT_AFTER)
+                .and_then(|d| parse_duration(d))
+                .map(|after| {
+                    let code = lookup(EXIT_CODE)
+                        .and_then(|c| c.trim().parse().ok())
+                        .unwrap_or(0);
+                    (after, code)
+                });
+            (container.run, exit)
+        };
+        let _ = self.events.send(RuntimeEvent::Started {
+            container_id: id.to_string(),
+        });
+        if let Some((after, code)) = exit {
+            let runtime = self.clone();
+            let id = id.to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let reason = if code == 0 { "Completed" } else { "Error" };
+                runtime.finish(&id, code, reason, Some(run));
+            });
+        }
+        Ok(())
+    }
+
+    async fn stop_container(&self, id: &str, _grace: Duration) -> Result<(), RuntimeError> {
+        self.finish(id, 137, "Error", None);
+        Ok(())
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        self.lock().containers.remove(id);
+        Ok(())
+    }
+
+    async fn list_containers(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        Ok(self
+            .lock()
+            .containers
+            .values()
+            .filter(|c| matches(&c.info.labels, selector))
+            .map(|c| c.info.clone())
+            .collect())
+    }
+
+    async fn container_status(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        self.lock()
+            .containers
+            .get(id)
+            .map(|c| c.info.clone())
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {id}")))
+    }
+
+    async fn logs(&self, id: &str, options: LogOptions) -> Result<LogStream, RuntimeError> {
+        let state = self.lock();
+        let container = state
+            .containers
+            .get(id)
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {id}")))?;
+        let skip = options
+            .tail_lines
+            .map(|n| container.log.len().saturating_sub(n))
+            .unwrap_or(0);
+        let mut text = String::new();
+        for (time, line) in &container.log[skip..] {
+            if options.timestamps {
+                text.push_str(&super::rfc3339(*time));
+                text.push(' ');
+            }
+            text.push_str(line);
+            text.push('\n');
+        }
+        let first = futures::stream::iter([Ok(Bytes::from(text))]);
+        let running = matches!(container.info.state, ContainerState::Running { .. });
+        drop(state);
+        if !(options.follow && running) {
+            return Ok(first.boxed());
+        }
+        // Following: nothing new is ever written by a simulated process, so the stream ends
+        // when the container exits.
+        let id = id.to_string();
+        let events = self.events();
+        let end = events
+            .filter(move |e| {
+                futures::future::ready(
+                    matches!(e, RuntimeEvent::Exited { container_id, .. } if *container_id == id),
+                )
+            })
+            .take(1)
+            .filter_map(|_| futures::future::ready(None));
+        Ok(first.chain(end).boxed())
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        _timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let state = self.lock();
+        let container = state
+            .containers
+            .get(id)
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {id}")))?;
+        if !matches!(container.info.state, ContainerState::Running { .. }) {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "container {id} is not running"
+            )));
+        }
+        Ok(sim_exec(command, &container.config))
+    }
+
+    async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
+        let state = self.lock();
+        let container = state
+            .containers
+            .get(id)
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {id}")))?;
+        let now = SystemTime::now();
+        let annotations = &container.config.annotations;
+        let cpu_millis: u64 = annotations
+            .get(CPU_MILLIS)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(1);
+        let memory_bytes = annotations
+            .get(MEMORY_BYTES)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(4 << 20);
+        let (cpu_usage_nanos, memory_bytes) = match container.info.state {
+            ContainerState::Running { started_at } => {
+                let elapsed = now.duration_since(started_at).unwrap_or_default();
+                (
+                    (elapsed.as_nanos() as u64 / 1000) * cpu_millis,
+                    memory_bytes,
+                )
+            }
+            _ => (0, 0),
+        };
+        Ok(ContainerStats {
+            cpu_usage_nanos,
+            memory_bytes,
+            timestamp: now,
+        })
+    }
+
+    fn events(&self) -> BoxStream<'static, RuntimeEvent> {
+        let receiver = self.events.subscribe();
+        futures::stream::unfold(receiver, |mut receiver| async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(event) => return Some((event, receiver)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed()
+    }
+
+    async fn connect(
+        &self,
+        _sandbox: &SandboxInfo,
+        _port: u16,
+    ) -> Result<Box<dyn super::PodConnection>, RuntimeError> {
+        Err(RuntimeError::Unsupported("port-forward"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("-1s"), None);
+    }
+
+    #[test]
+    fn exec_understands_a_few_commands() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let config = ContainerConfig {
+            env: vec![("A".into(), "1".into())],
+            ..ContainerConfig::default()
+        };
+        let cmd = |w: &[&str]| words(w);
+        let sim_exec = |c: &[String]| super::sim_exec(c, &config);
+        assert_eq!(sim_exec(&cmd(&["printenv", "A"])).stdout, b"1\n");
+        assert_eq!(sim_exec(&cmd(&["printenv", "B"])).exit_code, 1);
+        assert_eq!(sim_exec(&cmd(&["true"])).exit_code, 0);
+        assert_eq!(sim_exec(&cmd(&["false"])).exit_code, 1);
+        assert_eq!(sim_exec(&cmd(&["sh", "-c", "exit 3"])).exit_code, 3);
+        assert_eq!(
+            sim_exec(&cmd(&["echo", "hi", "there"])).stdout,
+            b"hi there\n"
+        );
+        assert_eq!(sim_exec(&cmd(&["frobnicate"])).exit_code, 127);
+    }
+}
