@@ -81,7 +81,9 @@ fn builtin_registry_resolves_like_kubectl() {
             "{gv:?} missing"
         );
     }
-    assert_eq!(registry.kinds().count(), 23);
+    // 23 stored kinds and the two read-only metrics.k8s.io kinds.
+    assert_eq!(registry.kinds().count(), 25);
+    assert!(registry.get("metrics.k8s.io", "v1beta1", "pods").is_some());
     let all: Vec<_> = registry
         .kinds()
         .filter(|k| k.categories.iter().any(|c| c == "all"))

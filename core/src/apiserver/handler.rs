@@ -281,7 +281,14 @@ async fn resource_request(
         return component_statuses(&ctx, verb).await;
     }
     if ctx.kind.group == "metrics.k8s.io" {
-        let value = node_proxy::metrics(&ctx, verb).await?;
+        let mut value = node_proxy::metrics(&ctx, verb).await?;
+        if wants_table(&ctx.headers) {
+            let items = match value.get("items").and_then(Value::as_array) {
+                Some(items) => items.clone(),
+                None => vec![value.clone()],
+            };
+            value = super::table::table(&ctx.kind, &items, "", None, true);
+        }
         return Ok(json_response(StatusCode::OK, &value, &[]));
     }
     let name = ctx.path.name.clone().unwrap_or_default();
