@@ -27,3 +27,13 @@ pub fn service_from_env(var: &str, what: &str) -> Option<String> {
         }
     }
 }
+
+/// Reports a service that could not be reached: prints why the calling test is skipped, or
+/// panics when services are required. Use as `if !available { return missing_service(…) }`.
+pub fn missing_service(what: &str, why: &str) {
+    assert!(
+        !services_required(),
+        "{what} is required ({REQUIRE_SERVICES}=1) but not available: {why}"
+    );
+    eprintln!("SKIPPED: {what} not available ({why})");
+}

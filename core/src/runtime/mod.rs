@@ -398,6 +398,16 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     }
 }
 
+/// Parses an RFC 3339 time (as container engines report them); `None` for zero or malformed
+/// values.
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let timestamp: k8s_openapi::jiff::Timestamp = text.parse().ok()?;
+    if timestamp.as_second() <= 0 {
+        return None;
+    }
+    Some(SystemTime::from(timestamp))
+}
+
 /// Formats a time as RFC 3339 with nanoseconds (log timestamps).
 pub fn rfc3339(time: SystemTime) -> String {
     k8s_openapi::jiff::Timestamp::try_from(time)
@@ -408,6 +418,14 @@ pub fn rfc3339(time: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_times_parse() {
+        let t = parse_rfc3339("2026-11-23T21:00:00.123456789Z").unwrap();
+        assert!(rfc3339(t).starts_with("2026-11-23T21:00:00.123456789"));
+        assert_eq!(parse_rfc3339("0001-01-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
 
     #[test]
     fn pull_policy_defaults_follow_kubernetes() {
