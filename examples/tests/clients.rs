@@ -626,7 +626,7 @@ async fn kube_crate_over_http_and_in_process() {
 
 /// Starts `capstan up` and waits for its "listening" line.
 fn start_capstan(data_dir: &Path, port: u16) -> std::process::Child {
-    start_capstan_with(data_dir, port, &[])
+    start_capstan_with(data_dir, port, &["--runtime", "sim"])
 }
 
 /// Starts `capstan up` with extra flags.
@@ -735,7 +735,14 @@ async fn capstan_up_on_etcd() {
     let mut child = start_capstan_with(
         dir.path(),
         port,
-        &["--store", "etcd", "--etcd-endpoints", &endpoints],
+        &[
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &endpoints,
+            "--runtime",
+            "sim",
+        ],
     );
     let kubeconfig = kube::config::Kubeconfig::read_from(dir.path().join("kubeconfig")).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
@@ -781,4 +788,168 @@ async fn etcd_client_get(endpoints: &str, key: &str) -> Vec<Vec<u8>> {
         .iter()
         .map(|kv| kv.value().to_vec())
         .collect()
+}
+
+/// The busybox test image, built locally from Debian's static busybox.
+const TEST_IMAGE: &str = "capstan-test/busybox:1.35";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `capstan up` with the Docker runtime, then what users do with running pods through kubectl
+/// 1.33: logs (--tail, -c, -f, --previous), exec (output and exit code), top; and a clear
+/// error for kubectl 1.27's SPDY exec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_exec_and_top_on_docker() {
+    let Some(dir) = kubectl_dir() else { return };
+    let docker = match capstan_runtime_docker::DockerRuntime::connect(
+        capstan_runtime_docker::DockerRuntimeConfig::new("e2e-images"),
+    )
+    .await
+    {
+        Ok(docker) => docker,
+        Err(err) => {
+            return capstan_core::service_gate::missing_service("a Docker engine", &err.to_string())
+        }
+    };
+    if docker.docker().inspect_image(TEST_IMAGE).await.is_err() {
+        capstan_runtime_docker::local_image::build_busybox_image(
+            docker.docker(),
+            TEST_IMAGE,
+            Path::new("/bin/busybox"),
+        )
+        .await
+        .expect("building the busybox test image");
+    }
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = start_capstan_with(
+        data.path(),
+        port,
+        &[
+            "--runtime",
+            "docker",
+            "--node-name",
+            "e2e-node",
+            "--pod-cidr",
+            "10.244.203.0/24",
+        ],
+    );
+    let k = Kubectl {
+        binary: dir.join("kubectl.1.33"),
+        kubeconfig: data.path().join("kubeconfig"),
+    };
+    let old = Kubectl {
+        binary: dir.join("kubectl.1.27"),
+        kubeconfig: data.path().join("kubeconfig"),
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !k.run(&["get", "node", "e2e-node"], None).0 {
+            assert!(std::time::Instant::now() < deadline, "the node never registered");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let manifest = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker}}\nspec:\n  nodeName: e2e-node\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {TEST_IMAGE}\n    command: [sh, -c, 'i=0; while true; do echo line-$i; i=$((i+1)); sleep 0.2; done']\n  - name: side\n    image: {TEST_IMAGE}\n    command: [sleep, '3600']\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: crasher}}\nspec:\n  nodeName: e2e-node\n  containers:\n  - name: main\n    image: {TEST_IMAGE}\n    command: [sh, -c, 'echo boom; exit 1']\n"
+        );
+        k.ok(&["apply", "-f", "-"], Some(&manifest), &["pod/talker created"]);
+        k.ok(
+            &["wait", "--for=condition=Ready", "pod/talker", "--timeout=60s"],
+            None,
+            &["condition met"],
+        );
+        k.ok(&["get", "pods", "-o", "wide"], None, &["talker", "Running", "10.244.203.", "e2e-node"]);
+
+        // logs: --tail and -c.
+        std::thread::sleep(Duration::from_secs(1));
+        let tail = k.ok(&["logs", "talker", "-c", "main", "--tail", "2"], None, &["line-"]);
+        assert_eq!(tail.lines().count(), 2, "{tail}");
+        k.ok(&["logs", "talker", "--tail", "1"], None, &["Defaulted container \"main\" out of: main, side"]);
+        k.fails(&["logs", "talker", "-c", "nope"], None, &["container nope is not valid for pod talker"]);
+        // logs -f keeps streaming.
+        let mut follow = Command::new(&k.binary)
+            .arg("--kubeconfig")
+            .arg(&k.kubeconfig)
+            .args(["logs", "-f", "talker", "-c", "main", "--tail", "1"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = follow.stdout.take().unwrap();
+        let lines: Vec<String> = {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout)
+                .lines()
+                .take(6)
+                .map_while(Result::ok)
+                .collect()
+        };
+        let _ = follow.kill();
+        let _ = follow.wait();
+        assert_eq!(lines.len(), 6, "logs -f must keep streaming: {lines:?}");
+        let numbers: Vec<u64> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("line-")?.parse().ok())
+            .collect();
+        assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{lines:?}");
+
+        // exec: output and exit code.
+        k.ok(&["exec", "talker", "-c", "main", "--", "echo", "hello", "exec"], None, &["hello exec"]);
+        let output = Command::new(&k.binary)
+            .arg("--kubeconfig")
+            .arg(&k.kubeconfig)
+            .args(["exec", "talker", "-c", "side", "--", "sh", "-c", "echo from-side; exit 3"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(3), "{output:?}");
+        assert!(String::from_utf8_lossy(&output.stdout).contains("from-side"));
+        // The two containers share the pod's network namespace.
+        k.ok(
+            &["exec", "talker", "-c", "side", "--", "sh", "-c", "hostname -i 2>/dev/null || ip addr"],
+            None,
+            &["10.244.203."],
+        );
+        old.fails(&["exec", "talker", "-c", "main", "--", "echo", "hi"], None, &["SPDY"]);
+
+        // logs --previous after a crash.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (ok, text) = k.run(&["logs", "crasher", "--previous"], None);
+            if ok && text.contains("boom") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no previous logs: {text}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+
+        // top pods from the node's usage reports.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (ok, text) = k.run(&["top", "pods"], None);
+            if ok && text.contains("talker") && text.contains("CPU(cores)") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "kubectl top pods: {text}");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        k.ok(&["top", "nodes"], None, &["e2e-node"]);
+        k.ok(&["delete", "pod", "talker", "crasher", "--wait=true", "--timeout=60s"], None, &["deleted"]);
+        k.fails(&["get", "pod", "talker"], None, &["NotFound"]);
+    })
+    .await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+    assert!(status.success());
 }

@@ -65,6 +65,28 @@ pub async fn build_image(
     Ok(())
 }
 
+/// Builds `tag`, a busybox image `FROM scratch`, from a static busybox binary on this machine
+/// (Debian's `busybox-static` installs one at `/bin/busybox`).
+pub async fn build_busybox_image(
+    docker: &Docker,
+    tag: &str,
+    busybox: &std::path::Path,
+) -> Result<(), DockerError> {
+    let content = std::fs::read(busybox)
+        .map_err(|e| DockerError::Image(format!("reading {}: {e}", busybox.display())))?;
+    build_image(
+        docker,
+        tag,
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n",
+        &[ContextFile {
+            path: "busybox".into(),
+            content,
+            mode: 0o755,
+        }],
+    )
+    .await
+}
+
 /// A static x86-64 Linux program of 129 bytes that calls `pause(2)` forever: one ELF header,
 /// one loadable segment, and `mov eax, 34; syscall; jmp back`. It holds a sandbox's namespaces
 /// and is stopped with SIGKILL.

@@ -9,7 +9,7 @@ use capstan_core::node::{NodeAgent, NodeConfig, RunningNode};
 use capstan_core::runtime::{labels, ContainerRuntime};
 use capstan_core::service_gate::missing_service;
 use capstan_core::store::MemoryStore;
-use capstan_runtime_docker::local_image::{build_image, ContextFile};
+use capstan_runtime_docker::local_image::build_busybox_image;
 use capstan_runtime_docker::{DockerRuntime, DockerRuntimeConfig};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, LogParams, PostParams};
@@ -34,17 +34,10 @@ async fn docker(node: &str, pod_cidr: &str) -> Option<DockerRuntime> {
         }
     };
     if runtime.docker().inspect_image(TEST_IMAGE).await.is_err() {
-        let busybox =
-            std::fs::read("/bin/busybox").expect("Debian's busybox-static at /bin/busybox");
-        build_image(
+        build_busybox_image(
             runtime.docker(),
             TEST_IMAGE,
-            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n",
-            &[ContextFile {
-                path: "busybox".into(),
-                content: busybox,
-                mode: 0o755,
-            }],
+            std::path::Path::new("/bin/busybox"),
         )
         .await
         .expect("building the busybox test image");

@@ -326,7 +326,12 @@ async fn relay(mut socket: WebSocket, state: Arc<ApiState>, uri: String, attach:
             }
         }
     }
-    let _ = socket.send(Message::Close(None)).await;
+    let _ = socket
+        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: axum::extract::ws::close_code::NORMAL,
+            reason: "".into(),
+        })))
+        .await;
 }
 
 fn cpu_quantity(nano_cores: u64) -> String {

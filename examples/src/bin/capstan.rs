@@ -1,23 +1,40 @@
 //! `capstan`: the reference orchestrator.
 //!
 //! `capstan up [--data-dir DIR] [--listen ADDR] [--store embedded|memory|etcd]
-//! [--etcd-endpoints URL,…]` runs the API server on the embedded durable store (default
-//! `./.capstan/store.redb`), writes `DIR/kubeconfig`, prints the kubectl command to use, and
-//! stops cleanly on SIGINT or SIGTERM. Until authentication lands it serves loopback addresses
-//! only.
+//! [--etcd-endpoints URL,…] [--node-name NAME] [--runtime auto|docker|sim]
+//! [--pod-cidr CIDR] [--sandbox-image IMAGE]` runs the API server on the embedded durable
+//! store (default `./.capstan/store.redb`) and one node agent (Docker when its socket answers,
+//! otherwise the simulated runtime), writes `DIR/kubeconfig`, prints the kubectl command to
+//! use, and stops cleanly on SIGINT or SIGTERM (containers keep running and are adopted on the
+//! next start). Until authentication lands it serves loopback addresses only.
 
 use capstan_core::apiserver::{ApiConfig, ApiServer};
+use capstan_core::node::{NodeAgent, NodeConfig};
+use capstan_core::runtime::sim::SimRuntime;
+use capstan_core::runtime::ContainerRuntime;
 use capstan_core::store::{EmbeddedStore, EmbeddedStoreConfig, MemoryStore, Store};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-const USAGE: &str = "usage: capstan up [--data-dir DIR] [--listen ADDR] [--store embedded|memory|etcd] [--etcd-endpoints URL,...]";
+const USAGE: &str = "usage: capstan up [--data-dir DIR] [--listen ADDR] [--store embedded|memory|etcd] [--etcd-endpoints URL,...] [--node-name NAME] [--runtime auto|docker|sim] [--pod-cidr CIDR] [--sandbox-image IMAGE]";
 
 struct UpOptions {
     data_dir: PathBuf,
     listen: String,
     store: String,
     etcd_endpoints: Vec<String>,
+    node_name: String,
+    runtime: String,
+    pod_cidr: String,
+    sandbox_image: Option<String>,
+}
+
+fn default_node_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| capstan_core::validation::is_dns1123_subdomain(h).is_ok())
+        .unwrap_or_else(|| "capstan".into())
 }
 
 fn parse_up(args: &[String]) -> Result<UpOptions, String> {
@@ -26,6 +43,10 @@ fn parse_up(args: &[String]) -> Result<UpOptions, String> {
         listen: "127.0.0.1:6443".into(),
         store: "embedded".into(),
         etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+        node_name: default_node_name(),
+        runtime: "auto".into(),
+        pod_cidr: "10.244.0.0/24".into(),
+        sandbox_image: None,
     };
     let mut rest = args.iter();
     while let Some(flag) = rest.next() {
@@ -46,6 +67,10 @@ fn parse_up(args: &[String]) -> Result<UpOptions, String> {
             "--etcd-endpoints" => {
                 options.etcd_endpoints = value()?.split(',').map(str::to_string).collect()
             }
+            "--node-name" => options.node_name = value()?,
+            "--runtime" => options.runtime = value()?,
+            "--pod-cidr" => options.pod_cidr = value()?,
+            "--sandbox-image" => options.sandbox_image = Some(value()?),
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
@@ -84,6 +109,42 @@ async fn open_store(options: &UpOptions) -> Result<Arc<dyn Store>, String> {
         }
         other => Err(format!(
             "unknown store {other:?}: choose embedded, memory or etcd"
+        )),
+    }
+}
+
+/// The container runtime for `--runtime`: `auto` uses Docker when its socket answers and the
+/// simulated runtime otherwise.
+async fn open_runtime(options: &UpOptions) -> Result<(Arc<dyn ContainerRuntime>, String), String> {
+    let docker = || async {
+        let mut config = capstan_runtime_docker::DockerRuntimeConfig::new(&options.node_name);
+        config.pod_cidr = Some(options.pod_cidr.clone());
+        config.sandbox_image = options.sandbox_image.clone();
+        capstan_runtime_docker::DockerRuntime::connect(config).await
+    };
+    match options.runtime.as_str() {
+        "docker" => {
+            let runtime = docker()
+                .await
+                .map_err(|e| format!("cannot use Docker: {e}"))?;
+            Ok((Arc::new(runtime), "docker".into()))
+        }
+        "sim" => Ok((
+            Arc::new(SimRuntime::default()),
+            "sim (simulated containers)".into(),
+        )),
+        "auto" => match docker().await {
+            Ok(runtime) => Ok((
+                Arc::new(runtime),
+                "docker (auto: the Docker engine answered)".into(),
+            )),
+            Err(err) => Ok((
+                Arc::new(SimRuntime::default()),
+                format!("sim (auto: no usable Docker engine: {err})"),
+            )),
+        },
+        other => Err(format!(
+            "unknown runtime {other:?}: choose auto, docker or sim"
         )),
     }
 }
@@ -138,21 +199,43 @@ async fn up(options: UpOptions) -> Result<(), String> {
         .build()
         .await
         .map_err(|e| format!("cannot start the API server: {e}"))?;
+    let router = server.router();
+    let serving = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    });
+    println!(
+        "capstan: API server listening on http://{address} (store: {})",
+        options.store
+    );
+    let (runtime, runtime_description) = open_runtime(&options).await?;
+    println!("capstan: runtime: {runtime_description}");
+    let mut node_config = NodeConfig::new(&options.node_name);
+    node_config.root_dir = std::path::absolute(options.data_dir.join("node"))
+        .unwrap_or_else(|_| options.data_dir.join("node"));
+    node_config.pod_cidr = Some(options.pod_cidr.clone());
+    let agent = NodeAgent::new(server.client(), runtime, node_config)
+        .start()
+        .await
+        .map_err(|e| format!("cannot start the node agent: {e}"))?;
+    println!(
+        "capstan: node {} ready (agent server on {})",
+        options.node_name,
+        agent.server_address()
+    );
     let kubeconfig_path = options.data_dir.join("kubeconfig");
     std::fs::write(&kubeconfig_path, kubeconfig(&format!("http://{address}")))
         .map_err(|e| format!("cannot write {}: {e}", kubeconfig_path.display()))?;
     let absolute = std::fs::canonicalize(&kubeconfig_path).unwrap_or(kubeconfig_path);
     println!(
-        "capstan: API server listening on http://{address} (store: {})",
-        options.store
-    );
-    println!(
-        "capstan: use it with\n  kubectl --kubeconfig {} get namespaces",
+        "capstan: use it with\n  kubectl --kubeconfig {} get nodes",
         absolute.display()
     );
-    axum::serve(listener, server.router())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+    let served = serving.await;
+    agent.stop().await;
+    served
+        .map_err(|e| format!("server task failed: {e}"))?
         .map_err(|e| format!("server error: {e}"))?;
     println!("capstan: stopped");
     Ok(())
