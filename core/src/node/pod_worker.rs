@@ -57,6 +57,8 @@ struct PodWorker {
     last_status: Option<Value>,
     start_time: Option<String>,
     terminal_cleanup_done: bool,
+    /// Whether this sync started a container (the status then reads the runtime again).
+    started_in_sync: bool,
 }
 
 /// Runs the worker of one pod until the pod is gone or `cancel` fires.
@@ -97,6 +99,7 @@ pub(crate) async fn run(
         waiting: HashMap::new(),
         volumes: None,
         terminal_cleanup_done: false,
+        started_in_sync: false,
     };
     let _entered = span.clone();
     loop {
@@ -227,6 +230,7 @@ impl PodWorker {
         let sandbox = self.ensure_sandbox().await?;
         self.ensure_volumes().await?;
         let instances = self.instances().await?;
+        self.started_in_sync = false;
         let mut next = self.shared.config.resync_period;
         let spec = self.pod.spec.clone().unwrap_or_default();
         let policy = restart_policy(&self.pod).to_string();
@@ -323,7 +327,12 @@ impl PodWorker {
             }
         }
 
-        // Phase.
+        // Phase, from the runtime's view after what this sync started.
+        let instances = if self.started_in_sync {
+            self.instances().await?
+        } else {
+            instances
+        };
         let app_states: Vec<Option<&ContainerState>> = spec
             .containers
             .iter()
@@ -485,6 +494,7 @@ impl PodWorker {
         match self.try_start(sandbox, container, restart_count).await {
             Ok(()) => {
                 self.waiting.remove(&container.name);
+                self.started_in_sync = true;
             }
             Err(err) => {
                 tracing::info!(container = %container.name, "starting container failed: {err}");

@@ -299,70 +299,116 @@ pub(crate) async fn collect_stats(shared: Arc<AgentShared>, cancel: Cancellation
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let pods: Vec<_> = shared
-            .pods
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        let mut summary = StatsSummary {
-            node_name: shared.config.name.clone(),
-            timestamp: super::pod_status::time_string(SystemTime::now()),
-            window_seconds: shared.config.stats_interval.as_secs().max(1),
-            ..StatsSummary::default()
+        // A round can take a while on a busy engine; stopping the agent does not wait for it.
+        let round = tokio::select! {
+            _ = cancel.cancelled() => return,
+            round = sample_usage(&shared, &previous) => round,
         };
-        let mut seen = HashMap::new();
-        for pod in pods {
-            let uid = pod.metadata.uid.clone().unwrap_or_default();
-            let selector = BTreeMap::from([(labels::POD_UID.to_string(), uid)]);
-            let Ok(containers) = shared.runtime.list_containers(&selector).await else {
-                continue;
-            };
-            let mut usage = PodUsage {
-                namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-                name: pod.metadata.name.clone().unwrap_or_default(),
-                containers: Vec::new(),
-            };
-            for container in containers {
-                if !matches!(container.state, ContainerState::Running { .. }) {
-                    continue;
-                }
-                let Ok(stats) = shared.runtime.stats(&container.id).await else {
-                    continue;
-                };
-                let nano_cores = match previous.get(&container.id) {
-                    Some((cpu, at)) => {
-                        let elapsed = stats
-                            .timestamp
-                            .duration_since(*at)
-                            .unwrap_or_default()
-                            .as_nanos()
-                            .max(1);
-                        (u128::from(stats.cpu_usage_nanos.saturating_sub(*cpu)) * 1_000_000_000
-                            / elapsed) as u64
-                    }
-                    None => 0,
-                };
-                seen.insert(
-                    container.id.clone(),
-                    (stats.cpu_usage_nanos, stats.timestamp),
-                );
-                summary.node_usage_nano_cores += nano_cores;
-                summary.node_working_set_bytes += stats.memory_bytes;
-                usage.containers.push(ContainerUsage {
-                    name: container.container_name().to_string(),
-                    usage_nano_cores: nano_cores,
-                    working_set_bytes: stats.memory_bytes,
-                });
-            }
-            if !usage.containers.is_empty() {
-                summary.pods.push(usage);
-            }
+        if let Some((summary, seen)) = round {
+            previous = seen;
+            *shared.stats.lock().unwrap_or_else(|p| p.into_inner()) = summary;
         }
-        previous = seen;
-        *shared.stats.lock().unwrap_or_else(|p| p.into_inner()) = summary;
     }
+}
+
+/// How many containers' stats are read from the runtime at once.
+const STATS_CONCURRENCY: usize = 8;
+
+/// One sampling round: the node's running containers (one listing), their stats read
+/// concurrently, CPU rates against `previous`. `None` when the runtime cannot list.
+async fn sample_usage(
+    shared: &AgentShared,
+    previous: &HashMap<String, (u64, SystemTime)>,
+) -> Option<(StatsSummary, HashMap<String, (u64, SystemTime)>)> {
+    let pods: HashMap<String, (String, String)> = shared
+        .pods
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .filter_map(|pod| {
+            Some((
+                pod.metadata.uid.clone()?,
+                (
+                    pod.metadata.namespace.clone().unwrap_or_default(),
+                    pod.metadata.name.clone().unwrap_or_default(),
+                ),
+            ))
+        })
+        .collect();
+    let selector = BTreeMap::from([(labels::NODE.to_string(), shared.config.name.clone())]);
+    let containers = match shared.runtime.list_containers(&selector).await {
+        Ok(containers) => containers,
+        Err(err) => {
+            tracing::debug!("stats: listing containers failed: {err}");
+            return None;
+        }
+    };
+    let running = containers.into_iter().filter(|c| {
+        matches!(c.state, ContainerState::Running { .. })
+            && c.labels
+                .get(labels::POD_UID)
+                .is_some_and(|uid| pods.contains_key(uid))
+    });
+    let sampled: Vec<(ContainerInfo, crate::runtime::ContainerStats)> =
+        futures::stream::iter(running)
+            .map(|container| async move {
+                let stats = shared.runtime.stats(&container.id).await.ok()?;
+                Some((container, stats))
+            })
+            .buffer_unordered(STATS_CONCURRENCY)
+            .filter_map(|sample| async move { sample })
+            .collect()
+            .await;
+    let mut summary = StatsSummary {
+        node_name: shared.config.name.clone(),
+        timestamp: super::pod_status::time_string(SystemTime::now()),
+        window_seconds: shared.config.stats_interval.as_secs().max(1),
+        ..StatsSummary::default()
+    };
+    let mut seen = HashMap::new();
+    let mut by_pod: BTreeMap<String, PodUsage> = BTreeMap::new();
+    for (container, stats) in sampled {
+        let nano_cores = match previous.get(&container.id) {
+            Some((cpu, at)) => {
+                let elapsed = stats
+                    .timestamp
+                    .duration_since(*at)
+                    .unwrap_or_default()
+                    .as_nanos()
+                    .max(1);
+                (u128::from(stats.cpu_usage_nanos.saturating_sub(*cpu)) * 1_000_000_000 / elapsed)
+                    as u64
+            }
+            None => 0,
+        };
+        seen.insert(
+            container.id.clone(),
+            (stats.cpu_usage_nanos, stats.timestamp),
+        );
+        summary.node_usage_nano_cores += nano_cores;
+        summary.node_working_set_bytes += stats.memory_bytes;
+        let uid = container
+            .labels
+            .get(labels::POD_UID)
+            .cloned()
+            .unwrap_or_default();
+        let (namespace, name) = pods.get(&uid).cloned().unwrap_or_default();
+        let usage = by_pod.entry(uid).or_insert_with(|| PodUsage {
+            namespace,
+            name,
+            containers: Vec::new(),
+        });
+        usage.containers.push(ContainerUsage {
+            name: container.container_name().to_string(),
+            usage_nano_cores: nano_cores,
+            working_set_bytes: stats.memory_bytes,
+        });
+    }
+    summary.pods = by_pod.into_values().collect();
+    for pod in &mut summary.pods {
+        pod.containers.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    Some((summary, seen))
 }
 
 #[cfg(test)]

@@ -199,6 +199,11 @@ async fn up(options: UpOptions) -> Result<(), String> {
         .build()
         .await
         .map_err(|e| format!("cannot start the API server: {e}"))?;
+    // The kubeconfig exists before the "listening" line, so whoever waits for that line can use it.
+    let kubeconfig_path = options.data_dir.join("kubeconfig");
+    std::fs::write(&kubeconfig_path, kubeconfig(&format!("http://{address}")))
+        .map_err(|e| format!("cannot write {}: {e}", kubeconfig_path.display()))?;
+    let absolute = std::fs::canonicalize(&kubeconfig_path).unwrap_or(kubeconfig_path);
     let router = server.router();
     let serving = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -224,10 +229,6 @@ async fn up(options: UpOptions) -> Result<(), String> {
         options.node_name,
         agent.server_address()
     );
-    let kubeconfig_path = options.data_dir.join("kubeconfig");
-    std::fs::write(&kubeconfig_path, kubeconfig(&format!("http://{address}")))
-        .map_err(|e| format!("cannot write {}: {e}", kubeconfig_path.display()))?;
-    let absolute = std::fs::canonicalize(&kubeconfig_path).unwrap_or(kubeconfig_path);
     println!(
         "capstan: use it with\n  kubectl --kubeconfig {} get nodes",
         absolute.display()
