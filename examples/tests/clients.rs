@@ -801,8 +801,55 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Runs `kubectl port-forward pod/<pod> :<port>` and returns what an HTTP GET through the
+/// forwarded local port answers.
+fn port_forward_get(k: &Kubectl, pod: &str, port: u16) -> String {
+    port_forward_run(k, pod, port).0
+}
+
+/// Runs `kubectl port-forward pod/<pod> :<port>`, sends an HTTP GET through it and returns the
+/// answer and what kubectl wrote on stderr.
+fn port_forward_run(k: &Kubectl, pod: &str, port: u16) -> (String, String) {
+    use std::io::{BufRead, Read, Write};
+    let mut child = Command::new(&k.binary)
+        .arg("--kubeconfig")
+        .arg(&k.kubeconfig)
+        .args(["port-forward", &format!("pod/{pod}"), &format!(":{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    // "Forwarding from 127.0.0.1:40123 -> 8080"
+    let local: Option<u16> = first
+        .strip_prefix("Forwarding from 127.0.0.1:")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok());
+    let answer = local.map(|local| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream
+            .write_all(b"GET /index.html HTTP/1.0\r\nHost: pod\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        let _ = stream.read_to_string(&mut body);
+        body
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    let answer =
+        answer.unwrap_or_else(|| panic!("kubectl port-forward did not start: {first:?} {stderr}"));
+    (answer, stderr)
+}
+
 /// `capstan up` with the Docker runtime, then what users do with running pods through kubectl
-/// 1.33: logs (--tail, -c, -f, --previous), exec (output and exit code), top; and a clear
+/// 1.33: logs (--tail, -c, -f, --previous), exec (output and exit code), port-forward (also
+/// with 1.27, and a refused port), top; and a clear
 /// error for kubectl 1.27's SPDY exec.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_logs_exec_and_top_on_docker() {
@@ -855,7 +902,7 @@ async fn kubectl_logs_exec_and_top_on_docker() {
             std::thread::sleep(Duration::from_millis(200));
         }
         let manifest = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker}}\nspec:\n  nodeName: e2e-node\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {TEST_IMAGE}\n    command: [sh, -c, 'i=0; while true; do echo line-$i; i=$((i+1)); sleep 0.2; done']\n  - name: side\n    image: {TEST_IMAGE}\n    command: [sleep, '3600']\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: crasher}}\nspec:\n  nodeName: e2e-node\n  containers:\n  - name: main\n    image: {TEST_IMAGE}\n    command: [sh, -c, 'echo boom; exit 1']\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker}}\nspec:\n  nodeName: e2e-node\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {TEST_IMAGE}\n    command: [sh, -c, 'i=0; while true; do echo line-$i; i=$((i+1)); sleep 0.2; done']\n  - name: side\n    image: {TEST_IMAGE}\n    command: [sh, -c, 'mkdir -p /www && echo forwarded-ok > /www/index.html && exec httpd -f -p 8080 -h /www']\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: crasher}}\nspec:\n  nodeName: e2e-node\n  containers:\n  - name: main\n    image: {TEST_IMAGE}\n    command: [sh, -c, 'echo boom; exit 1']\n"
         );
         k.ok(&["apply", "-f", "-"], Some(&manifest), &["pod/talker created"]);
         k.ok(
@@ -914,6 +961,16 @@ async fn kubectl_logs_exec_and_top_on_docker() {
             &["10.244.203."],
         );
         old.fails(&["exec", "talker", "-c", "main", "--", "echo", "hi"], None, &["SPDY"]);
+
+        // port-forward: kubectl 1.33 (websocket offer declined, SPDY fallback) and 1.27 (SPDY).
+        for kubectl in [&k, &old] {
+            for _ in 0..2 {
+                let body = port_forward_get(kubectl, "talker", 8080);
+                assert!(body.contains("forwarded-ok"), "{body}");
+            }
+        }
+        let (_, stderr) = port_forward_run(&k, "talker", 9999);
+        assert!(stderr.contains("error forwarding port 9999 to pod default/talker"), "{stderr}");
 
         // logs --previous after a crash.
         let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -36,6 +36,8 @@ pub(crate) struct Ctx {
     pub body_problems: Vec<String>,
     /// A websocket upgrade offered by the client (exec, attach).
     pub websocket: Option<axum::extract::ws::WebSocketUpgrade>,
+    /// The connection upgrade of a SPDY request (port-forward).
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 /// The router's single entry point.
@@ -57,6 +59,16 @@ pub(crate) async fn handle(
     } else {
         None
     };
+    let upgrade = if parts
+        .headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("spdy/"))
+    {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
     let path = parts.uri.path().to_string();
     let span = tracing::debug_span!("request", method = %parts.method, path = %path);
     let method = parts.method.clone();
@@ -70,7 +82,8 @@ pub(crate) async fn handle(
         // in-flight limit.
         let long_lived = query.bool("watch").unwrap_or(false)
             || query.bool("follow").unwrap_or(false)
-            || websocket.is_some();
+            || websocket.is_some()
+            || upgrade.is_some();
         let _permit = if long_lived {
             None
         } else {
@@ -142,6 +155,7 @@ pub(crate) async fn handle(
                     field_validation: FieldValidation::parse(query_field_validation.as_deref())?,
                     body_problems: duplicate_fields(&body),
                     websocket,
+                    upgrade,
                 };
                 resource_request(ctx, &parts.method, body).await
             }
@@ -301,6 +315,9 @@ async fn resource_request(
         }
         ("get" | "create", Some("attach")) => {
             return node_proxy::pod_stream(&mut ctx, &name, true).await
+        }
+        ("get" | "create", Some("portforward")) => {
+            return super::port_forward::serve(&mut ctx, &name).await
         }
         ("watch", _) => return watch::watch(ctx).await,
         ("get", None | Some("status")) => (

@@ -1,6 +1,7 @@
 //! The API server's side of what only nodes have: `pods/log` (streamed), `pods/exec` and
 //! `pods/attach` over websockets (`v5.channel.k8s.io`, `v4.channel.k8s.io`), and the
 //! `metrics.k8s.io` API (PodMetrics, NodeMetrics) built from each node's `/stats/summary`.
+//! `pods/portforward` lives in `port_forward`.
 //!
 //! It finds a pod's node through the Node object (InternalIP and
 //! `status.daemonEndpoints.kubeletEndpoint.Port`) and calls the node agent's server over HTTP.
@@ -32,7 +33,7 @@ pub(crate) fn node_client() -> NodeClient {
 /// The subprotocols of the exec/attach websocket, most preferred first.
 const STREAM_PROTOCOLS: [&str; 3] = ["v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io"];
 
-async fn node_base(state: &ApiState, node_name: &str) -> Result<String, ApiError> {
+pub(super) async fn node_base(state: &ApiState, node_name: &str) -> Result<String, ApiError> {
     let registry = state.registry();
     let nodes = registry
         .get("", "v1", "nodes")
@@ -65,7 +66,7 @@ fn node_base_of(node: &Value) -> Option<String> {
     Some(format!("http://{host}:{port}"))
 }
 
-fn encode(value: &str) -> String {
+pub(super) fn encode(value: &str) -> String {
     let mut out = String::new();
     for byte in value.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
@@ -160,17 +161,20 @@ async fn call_node(
         return Ok(response);
     }
     let code = response.status();
-    let text = response
-        .into_body()
-        .collect()
-        .await
-        .map(|b| String::from_utf8_lossy(&b.to_bytes()).to_string())
-        .unwrap_or_default();
+    let text = body_text(response.into_body()).await;
     Err(match code {
         StatusCode::NOT_FOUND => ApiError::bad_request(text),
         c if c.is_client_error() => ApiError::bad_request(text),
         _ => ApiError::internal(text),
     })
+}
+
+/// A node agent's answer body as text (its error message); empty when it cannot be read.
+pub(super) async fn body_text(body: hyper::body::Incoming) -> String {
+    body.collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).to_string())
+        .unwrap_or_default()
 }
 
 /// `GET pods/{name}/log`: the container's output as `text/plain`, streamed while following.

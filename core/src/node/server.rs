@@ -1,7 +1,9 @@
 //! The node agent's HTTP server, which the API server calls for what only the node has:
 //! container logs (`/containerLogs/{ns}/{pod}/{container}`), command execution
-//! (`/exec/{ns}/{pod}/{container}?command=…`, answered as a stream of [`ExecFrame`]s) and
-//! resource usage (`/stats/summary`, a [`StatsSummary`] sampled every `stats_interval`).
+//! (`/exec/{ns}/{pod}/{container}?command=…`, answered as a stream of [`ExecFrame`]s), port
+//! forwarding (`POST /portForward/{ns}/{pod}?port=N`, upgraded to a raw TCP tunnel into the
+//! pod's network namespace) and resource usage (`/stats/summary`, a [`StatsSummary`] sampled
+//! every `stats_interval`).
 //!
 //! It reads the runtime and the agent's pod table; it never writes to the API.
 
@@ -111,6 +113,7 @@ pub(crate) async fn serve(
         )
         .route("/exec/{namespace}/{pod}/{container}", post(exec))
         .route("/stats/summary", get(stats_summary))
+        .route("/portForward/{namespace}/{pod}", post(port_forward))
         .with_state(shared);
     let result = axum::serve(listener, router)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
@@ -288,6 +291,78 @@ async fn stats_summary(State(shared): State<Arc<AgentShared>>) -> Response {
         .clone();
     let body = serde_json::to_vec(&summary).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// `POST /portForward/{namespace}/{pod}?port=N` with `Upgrade: tcp`: connects to the pod's
+/// port through the runtime, answers 101 and relays bytes both ways until either side closes.
+async fn port_forward(
+    State(shared): State<Arc<AgentShared>>,
+    Path((namespace, pod)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    mut request: axum::extract::Request,
+) -> Result<Response, Failure> {
+    let query = parse_query(query.as_deref())?;
+    let port: u16 = query
+        .get("port")
+        .and_then(|p| p.parse().ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "a port between 1 and 65535 is required",
+            )
+        })?;
+    let upgrade = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "port forwarding needs Upgrade: tcp",
+            )
+        })?;
+    let found = shared.pod(&namespace, &pod).ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod} is not on this node"),
+        )
+    })?;
+    let uid = found.metadata.uid.clone().unwrap_or_default();
+    let selector = BTreeMap::from([(labels::POD_UID.to_string(), uid)]);
+    let sandbox = shared
+        .runtime
+        .list_sandboxes(&selector)
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .into_iter()
+        .find(|s| s.ready)
+        .ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("pod {namespace}/{pod} has no running sandbox"),
+            )
+        })?;
+    let mut connection = shared.runtime.connect(&sandbox, port).await.map_err(|e| {
+        error(
+            StatusCode::BAD_GATEWAY,
+            format!("error forwarding port {port} to pod {namespace}/{pod}: {e}"),
+        )
+    })?;
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let mut upgraded = hyper_util::rt::TokioIo::new(upgraded);
+                let _ = tokio::io::copy_bidirectional(&mut upgraded, &mut connection).await;
+            }
+            Err(err) => tracing::debug!("port-forward upgrade failed: {err}"),
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "tcp")
+        .body(Body::empty())
+        .unwrap_or_default())
 }
 
 /// Samples every running container's usage each `stats_interval` and keeps the summary.

@@ -31,6 +31,13 @@ pub(super) fn kinds() -> Vec<ResourceKind> {
             .with_foreign_subresource("log", "", "v1", "Pod", &["get"])
             .with_foreign_subresource("exec", "", "v1", "PodExecOptions", &["create", "get"])
             .with_foreign_subresource("attach", "", "v1", "PodAttachOptions", &["create", "get"])
+            .with_foreign_subresource(
+                "portforward",
+                "",
+                "v1",
+                "PodPortForwardOptions",
+                &["create", "get"],
+            )
             .with_fields([
                 f("spec.nodeName"),
                 f("spec.restartPolicy"),
