@@ -48,6 +48,11 @@ fn figure(case: &str, metric: &'static str, value: f64, unit: &'static str, base
     .print();
 }
 
+/// Says on stderr which phase the harness is in (the figures go to stdout).
+fn progress(what: &str) {
+    eprintln!("podstart-perf: {what}");
+}
+
 /// Records when each pod of a namespace is first seen Running.
 struct RunningWatch {
     seen: Arc<Mutex<HashMap<String, Instant>>>,
@@ -199,6 +204,7 @@ fn docker_cli_pod(network: &str, sandbox_image: &str, index: usize) -> f64 {
 
 async fn docker_cases(mode: Mode, runtime: DockerRuntime) {
     clean(&runtime).await;
+    progress("docker: starting");
     let server = ApiServer::builder(Arc::new(MemoryStore::default()))
         .build()
         .await
@@ -298,7 +304,9 @@ async fn docker_cases(mode: Mode, runtime: DockerRuntime) {
     );
 
     drop(watch);
+    progress("docker: stopping the node agent");
     agent.stop().await;
+    progress("docker: removing the pods");
     let _ = pods
         .delete_collection(&DeleteParams::default(), &Default::default())
         .await;
@@ -337,6 +345,10 @@ async fn sim_case(mode: Mode) {
         );
     }
     let registration = registered.elapsed().as_secs_f64();
+    progress(&format!(
+        "sim: {nodes} nodes registered; creating {} pods",
+        nodes * per_node
+    ));
     let watch = RunningWatch::start(client.clone(), "default").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let total = nodes * per_node;
@@ -355,6 +367,7 @@ async fn sim_case(mode: Mode) {
     });
     creates.await;
     let created = started.elapsed().as_secs_f64();
+    progress("sim: pods created; waiting for Running");
     let deadline = Instant::now() + Duration::from_secs(900);
     while watch.count() < total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -373,6 +386,7 @@ async fn sim_case(mode: Mode) {
         None,
     );
     drop(watch);
+    progress("sim: stopping the node agents");
     for agent in agents {
         agent.stop().await;
     }

@@ -194,14 +194,27 @@ impl RunningNode {
         self.server_address
     }
 
-    /// Stops every task of the agent and waits for them.
+    /// Stops every task of the agent and waits for them, at most [`STOP_GRACE`]; what is still
+    /// running then (say, a client holding a followed log open) is aborted. Containers keep
+    /// running: a new agent adopts them.
     pub async fn stop(mut self) {
         self.cancel.cancel();
-        for task in std::mem::take(&mut self.tasks) {
-            let _ = task.await;
+        let tasks = std::mem::take(&mut self.tasks);
+        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+        if tokio::time::timeout(STOP_GRACE, futures::future::join_all(tasks))
+            .await
+            .is_err()
+        {
+            tracing::warn!("node agent tasks did not stop within {STOP_GRACE:?}; aborting them");
+            for abort in aborts {
+                abort.abort();
+            }
         }
     }
 }
+
+/// How long [`RunningNode::stop`] waits for the agent's tasks before aborting them.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 impl Drop for RunningNode {
     fn drop(&mut self) {
