@@ -202,15 +202,20 @@ fn docker_cli_pod(network: &str, sandbox_image: &str, index: usize) -> f64 {
     elapsed
 }
 
-async fn docker_cases(mode: Mode, runtime: DockerRuntime) {
-    clean(&runtime).await;
-    progress("docker: starting");
+/// An API server on a memory store, its in-process client, and a directory for node roots.
+async fn in_memory_api() -> (ApiServer, kube::Client, tempfile::TempDir) {
     let server = ApiServer::builder(Arc::new(MemoryStore::default()))
         .build()
         .await
         .expect("API server");
     let client = server.client();
-    let dir = tempfile::tempdir().expect("temp dir");
+    (server, client, tempfile::tempdir().expect("temp dir"))
+}
+
+async fn docker_cases(mode: Mode, runtime: DockerRuntime) {
+    clean(&runtime).await;
+    progress("docker: starting");
+    let (_server, client, dir) = in_memory_api().await;
     let mut config = NodeConfig::new("podstart-bench");
     config.root_dir = dir.path().to_path_buf();
     config.pod_cidr = Some("10.244.210.0/24".into());
@@ -316,12 +321,7 @@ async fn docker_cases(mode: Mode, runtime: DockerRuntime) {
 async fn sim_case(mode: Mode) {
     let nodes = mode.pick(100, 1000);
     let per_node = mode.pick(10, 30);
-    let server = ApiServer::builder(Arc::new(MemoryStore::default()))
-        .build()
-        .await
-        .expect("API server");
-    let client = server.client();
-    let dir = tempfile::tempdir().expect("temp dir");
+    let (_server, client, dir) = in_memory_api().await;
     let mut agents: Vec<RunningNode> = Vec::with_capacity(nodes);
     let registered = Instant::now();
     for n in 0..nodes {
