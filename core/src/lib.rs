@@ -6,6 +6,7 @@
 //! Docker, no etcd, no protoc and no root.
 
 pub mod apiserver;
+pub mod controller;
 pub mod node;
 pub mod patch;
 pub mod quantity;

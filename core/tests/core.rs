@@ -2,6 +2,7 @@
 //! backends. One test binary for the crate keeps link time down.
 
 mod apiserver;
+mod controllers;
 mod node_agent;
 mod registry_storage;
 mod store_embedded;

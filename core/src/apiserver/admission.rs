@@ -84,6 +84,7 @@ pub fn builtin_plugins() -> Vec<Arc<dyn AdmissionPlugin>> {
         Arc::new(NamespaceLifecycle),
         Arc::new(ServiceAccountDefault),
         Arc::new(PriorityClassResolution),
+        Arc::new(DefaultTolerationSeconds),
     ]
 }
 
@@ -265,6 +266,62 @@ impl AdmissionPlugin for PriorityClassResolution {
                 Value::String("PreemptLowerPriority".into())
             };
             spec.insert("preemptionPolicy".into(), policy);
+        }
+        Ok(())
+    }
+}
+
+/// Gives new pods tolerations of the `node.kubernetes.io/not-ready` and
+/// `node.kubernetes.io/unreachable` NoExecute taints for 300 seconds, unless they tolerate
+/// them already — so a pod outlives a short node outage but is replaced after a long one.
+pub struct DefaultTolerationSeconds;
+
+/// The tolerationSeconds [`DefaultTolerationSeconds`] gives.
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+#[async_trait]
+impl AdmissionPlugin for DefaultTolerationSeconds {
+    fn name(&self) -> &str {
+        "DefaultTolerationSeconds"
+    }
+
+    async fn mutate(
+        &self,
+        request: &AdmissionRequest<'_>,
+        object: &mut Value,
+    ) -> Result<(), ApiError> {
+        if !request.creates_pod() {
+            return Ok(());
+        }
+        let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else {
+            return Ok(());
+        };
+        let tolerations = spec
+            .entry("tolerations")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if tolerations.is_null() {
+            *tolerations = Value::Array(Vec::new());
+        }
+        let Some(list) = tolerations.as_array_mut() else {
+            return Ok(());
+        };
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
+            let covered = list.iter().any(|t| {
+                let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+                let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
+                let tkey = t.get("key").and_then(Value::as_str).unwrap_or("");
+                (effect.is_empty() || effect == "NoExecute")
+                    && ((tkey.is_empty() && exists) || tkey == key)
+            });
+            if !covered {
+                list.push(serde_json::json!({
+                    "key": key, "operator": "Exists", "effect": "NoExecute",
+                    "tolerationSeconds": DEFAULT_TOLERATION_SECONDS,
+                }));
+            }
         }
         Ok(())
     }

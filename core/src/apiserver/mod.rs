@@ -26,7 +26,10 @@ mod table;
 mod watch;
 mod watch_cache;
 
-pub use admission::{builtin_plugins, AdmissionPlugin, AdmissionRequest, Operation};
+pub use admission::{
+    builtin_plugins, AdmissionPlugin, AdmissionRequest, DefaultTolerationSeconds, Operation,
+    DEFAULT_TOLERATION_SECONDS,
+};
 pub use auth::{AllowAll, Authenticator, Authorizer, RequestAttributes, UserInfo};
 pub use error::{ApiError, Cause, ErrorDetails};
 pub use request::{parse_path, Query, ResourcePath, Target};

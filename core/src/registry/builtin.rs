@@ -8,6 +8,9 @@ use k8s_openapi::api::{
 
 const STATUS: &[&str] = &["get", "patch", "update"];
 
+/// How long Events live after their last write (kube-apiserver's `--event-ttl` default).
+pub const EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
 fn scaled(kind: ResourceKind) -> ResourceKind {
     kind.with_subresource("status", STATUS)
         .with_foreign_subresource("scale", "autoscaling", "v1", "Scale", STATUS)
@@ -61,6 +64,7 @@ pub(super) fn kinds() -> Vec<ResourceKind> {
         ResourceKind::of::<core::v1::Secret>().with_fields([f("type")]),
         ResourceKind::of::<core::v1::Event>()
             .with_short_names(&["ev"])
+            .with_ttl(EVENT_TTL)
             .with_fields([
                 f("involvedObject.kind"),
                 f("involvedObject.namespace"),
@@ -112,6 +116,7 @@ pub(super) fn kinds() -> Vec<ResourceKind> {
         ResourceKind::of::<discovery::v1::EndpointSlice>(),
         ResourceKind::of::<events::v1::Event>()
             .with_short_names(&["ev"])
+            .with_ttl(EVENT_TTL)
             .with_fields([
                 f("regarding.kind"),
                 f("regarding.namespace"),

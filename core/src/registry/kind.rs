@@ -85,6 +85,8 @@ pub struct ResourceKind {
     pub field_selectors: Vec<FieldSpec>,
     /// JSON schema of the kind, when known (user kinds, CRDs).
     pub schema: Option<Value>,
+    /// How long objects of the kind live after their last write (Events: one hour), if limited.
+    pub ttl: Option<std::time::Duration>,
 }
 
 impl ResourceKind {
@@ -102,6 +104,7 @@ impl ResourceKind {
             subresources: Vec::new(),
             field_selectors: Vec::new(),
             schema: None,
+            ttl: None,
         }
     }
 
@@ -168,6 +171,12 @@ impl ResourceKind {
             kind: kind.to_string(),
             verbs: verbs.iter().map(|s| s.to_string()).collect(),
         });
+        self
+    }
+
+    /// Limits how long objects of the kind live after their last write.
+    pub fn with_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.ttl = Some(ttl);
         self
     }
 

@@ -12,6 +12,7 @@
 mod error;
 mod key;
 mod object;
+mod ttl_leases;
 
 pub use error::StorageError;
 pub use key::{object_key, object_prefix};
@@ -57,12 +58,16 @@ pub enum ObjectEvent {
 #[derive(Clone)]
 pub struct ObjectStorage {
     store: Arc<dyn Store>,
+    leases: Arc<ttl_leases::TtlLeases>,
 }
 
 impl ObjectStorage {
     /// Storage over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        ObjectStorage { store }
+        ObjectStorage {
+            store,
+            leases: Arc::new(ttl_leases::TtlLeases::default()),
+        }
     }
 
     /// The underlying store.
@@ -81,7 +86,11 @@ impl ObjectStorage {
             attempts += 1;
             let name = meta_str(&object, "name").unwrap_or_default();
             let key = object_key(kind, namespace.as_deref(), &name)?;
-            match self.store.create(&key, encode(&object)?, None).await {
+            let lease = match kind.ttl {
+                Some(ttl) => Some(self.leases.lease_for(&self.store, ttl).await?),
+                None => None,
+            };
+            match self.store.create(&key, encode(&object)?, lease).await {
                 Ok(kv) => return decode(&kv),
                 // A generated name that collided: draw another, as Kubernetes retries.
                 Err(StoreError::AlreadyExists { .. })
@@ -195,9 +204,14 @@ impl ObjectStorage {
         }
         let stored = decode(&current)?;
         prepare_update(kind, &stored, &mut object)?;
+        // A write renews a limited object's time to live.
+        let lease = match kind.ttl {
+            Some(ttl) => Some(self.leases.lease_for(&self.store, ttl).await?),
+            None => current.lease,
+        };
         match self
             .store
-            .update(&key, encode(&object)?, expected, current.lease)
+            .update(&key, encode(&object)?, expected, lease)
             .await
         {
             Ok(kv) => decode(&kv),

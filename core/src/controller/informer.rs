@@ -1,0 +1,353 @@
+//! Shared informers: one list+watch and one indexed cache per kind in a process, shared by every
+//! controller that asks for it, and joinable after start.
+//!
+//! The watch is kube-runtime's [`watcher`]: it resumes from the last resourceVersion, relists
+//! on `410 Gone`, asks for bookmarks and backs off with jitter on errors. Each informer feeds an
+//! indexed [`Cache`](super::cache) and broadcasts every change; a subscriber that falls behind
+//! gets [`Change::Resync`] and re-reads the cache, so nothing is silently lost. Informers never
+//! write to the API.
+
+use super::cache::{Cache, IndexFn};
+use super::ObjectKey;
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Changes buffered per subscriber before it must resync from the cache.
+const CHANGE_BUFFER: usize = 16 * 1024;
+
+/// What changed in an informer's cache.
+pub enum Change<K> {
+    /// Created or modified (`old` is the previous cached state, if any).
+    Applied {
+        /// The state before, if the object was cached.
+        old: Option<Arc<K>>,
+        /// The state now.
+        new: Arc<K>,
+    },
+    /// Deleted (the last known state).
+    Deleted(Arc<K>),
+    /// Changes were missed (the subscriber fell behind): re-read the whole cache.
+    Resync,
+}
+
+impl<K> Clone for Change<K> {
+    fn clone(&self) -> Self {
+        match self {
+            Change::Applied { old, new } => Change::Applied {
+                old: old.clone(),
+                new: new.clone(),
+            },
+            Change::Deleted(o) => Change::Deleted(o.clone()),
+            Change::Resync => Change::Resync,
+        }
+    }
+}
+
+impl<K> Change<K> {
+    /// The object the change is about (`None` for [`Change::Resync`]).
+    pub fn object(&self) -> Option<&Arc<K>> {
+        match self {
+            Change::Applied { new, .. } => Some(new),
+            Change::Deleted(o) => Some(o),
+            Change::Resync => None,
+        }
+    }
+}
+
+/// A stream of an informer's changes.
+pub struct Subscription<K> {
+    receiver: broadcast::Receiver<Change<K>>,
+}
+
+impl<K> Subscription<K> {
+    /// The next change; `None` once the informer has stopped.
+    pub async fn next(&mut self) -> Option<Change<K>> {
+        match self.receiver.recv().await {
+            Ok(change) => Some(change),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some(Change::Resync),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
+
+struct Shared<K> {
+    cache: RwLock<Cache<K>>,
+    changes: broadcast::Sender<Change<K>>,
+    synced: watch::Sender<bool>,
+}
+
+/// A cached, indexed, continuously updated view of one kind. Cloning shares it.
+pub struct Informer<K> {
+    shared: Arc<Shared<K>>,
+}
+
+impl<K> Clone for Informer<K> {
+    fn clone(&self) -> Self {
+        Informer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K> Informer<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    /// Starts an informer over `api`; it stops when `stop` is cancelled.
+    pub fn start(api: Api<K>, config: watcher::Config, stop: CancellationToken) -> Self {
+        let (changes, _) = broadcast::channel(CHANGE_BUFFER);
+        let shared = Arc::new(Shared {
+            cache: RwLock::new(Cache::new()),
+            changes,
+            synced: watch::channel(false).0,
+        });
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            let mut events = watcher(api, config).default_backoff().boxed();
+            let mut listing: Option<Vec<K>> = None;
+            loop {
+                let event = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    event = events.next() => event,
+                };
+                let Some(shared) = weak.upgrade() else { break };
+                match event {
+                    None => break,
+                    Some(Err(err)) => {
+                        tracing::debug!(error = %err, "informer watch failed; retrying");
+                    }
+                    Some(Ok(event)) => apply_event(&shared, event, &mut listing),
+                }
+            }
+        });
+        Informer { shared }
+    }
+
+    /// The cached object at `key`.
+    pub fn get(&self, key: &ObjectKey) -> Option<Arc<K>> {
+        self.read().get(key)
+    }
+
+    /// Every cached object.
+    pub fn list(&self) -> Vec<Arc<K>> {
+        self.read().all()
+    }
+
+    /// Every cached key.
+    pub fn keys(&self) -> Vec<ObjectKey> {
+        self.read().keys()
+    }
+
+    /// The number of cached objects.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The cached objects in `namespace`.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
+        self.by_index(super::cache::BY_NAMESPACE, namespace)
+    }
+
+    /// The cached objects with an owner reference to `uid`.
+    pub fn owned_by(&self, uid: &str) -> Vec<Arc<K>> {
+        self.by_index(super::cache::BY_OWNER, uid)
+    }
+
+    /// The cached objects whose index `name` has `value` (empty for an unknown index).
+    pub fn by_index(&self, name: &str, value: &str) -> Vec<Arc<K>> {
+        self.read().by_index(name, value)
+    }
+
+    /// Adds an index (built at once over what is cached). Adding a name twice keeps the first.
+    pub fn add_index(&self, name: &str, function: IndexFn<K>) {
+        let mut cache = self.shared.cache.write().unwrap_or_else(|p| p.into_inner());
+        if !cache.has_index(name) {
+            cache.add_index(name, function);
+        }
+    }
+
+    /// Subscribes to changes from now on. Subscribe first, then read the cache, to miss nothing.
+    pub fn subscribe(&self) -> Subscription<K> {
+        Subscription {
+            receiver: self.shared.changes.subscribe(),
+        }
+    }
+
+    /// Whether the first complete list has been cached.
+    pub fn is_synced(&self) -> bool {
+        *self.shared.synced.borrow()
+    }
+
+    /// Waits until the first complete list has been cached.
+    pub async fn wait_synced(&self) {
+        let mut synced = self.shared.synced.subscribe();
+        let _ = synced.wait_for(|s| *s).await;
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Cache<K>> {
+        self.shared.cache.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn apply_event<K>(shared: &Shared<K>, event: watcher::Event<K>, listing: &mut Option<Vec<K>>)
+where
+    K: Resource + Clone,
+{
+    let send = |change: Change<K>| {
+        let _ = shared.changes.send(change);
+    };
+    match event {
+        watcher::Event::Init => *listing = Some(Vec::new()),
+        watcher::Event::InitApply(object) => listing.get_or_insert_with(Vec::new).push(object),
+        watcher::Event::InitDone => {
+            let listed = listing.take().unwrap_or_default();
+            let mut cache = shared.cache.write().unwrap_or_else(|p| p.into_inner());
+            let mut gone: HashMap<ObjectKey, ()> =
+                cache.keys().into_iter().map(|k| (k, ())).collect();
+            let mut changes = Vec::new();
+            for object in listed {
+                let key = ObjectKey::of(&object);
+                gone.remove(&key);
+                let new = Arc::new(object);
+                let old = cache.insert(new.clone());
+                let unchanged = old.as_ref().is_some_and(|o| {
+                    o.meta().resource_version == new.meta().resource_version
+                });
+                if !unchanged {
+                    changes.push(Change::Applied { old, new });
+                }
+            }
+            for key in gone.into_keys() {
+                if let Some(old) = cache.remove(&key) {
+                    changes.push(Change::Deleted(old));
+                }
+            }
+            drop(cache);
+            changes.into_iter().for_each(send);
+            shared.synced.send_replace(true);
+        }
+        watcher::Event::Apply(object) => {
+            let new = Arc::new(object);
+            let old = shared
+                .cache
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(new.clone());
+            send(Change::Applied { old, new });
+        }
+        watcher::Event::Delete(object) => {
+            let key = ObjectKey::of(&object);
+            shared
+                .cache
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            send(Change::Deleted(Arc::new(object)));
+        }
+    }
+}
+
+type InformerKey = (TypeId, String);
+
+struct FactoryInner {
+    client: Client,
+    informers: Mutex<HashMap<InformerKey, Box<dyn Any + Send + Sync>>>,
+    stop: CancellationToken,
+}
+
+impl Drop for FactoryInner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Hands out one shared [`Informer`] per kind; informers start on first request and stop when
+/// the factory (every clone of it) is dropped or [`InformerFactory::stop`] is called.
+#[derive(Clone)]
+pub struct InformerFactory {
+    inner: Arc<FactoryInner>,
+}
+
+impl InformerFactory {
+    /// A factory whose informers list and watch through `client`.
+    pub fn new(client: Client) -> Self {
+        InformerFactory {
+            inner: Arc::new(FactoryInner {
+                client,
+                informers: Mutex::new(HashMap::new()),
+                stop: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// The client the informers use.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The shared informer of a built-in or derived kind, across all namespaces.
+    pub fn informer<K>(&self) -> Informer<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        self.shared((TypeId::of::<K>(), String::new()), || {
+            Api::all(self.inner.client.clone())
+        })
+    }
+
+    /// The shared informer of a kind known only at run time (from discovery), across all
+    /// namespaces.
+    pub fn dynamic(&self, resource: &ApiResource) -> Informer<DynamicObject> {
+        let key = format!(
+            "{}/{}/{}",
+            resource.group, resource.version, resource.plural
+        );
+        self.shared((TypeId::of::<DynamicObject>(), key), || {
+            Api::all_with(self.inner.client.clone(), resource)
+        })
+    }
+
+    fn shared<K>(&self, key: InformerKey, api: impl FnOnce() -> Api<K>) -> Informer<K>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        let mut informers = self
+            .inner
+            .informers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = informers
+            .get(&key)
+            .and_then(|i| i.downcast_ref::<Informer<K>>())
+        {
+            return existing.clone();
+        }
+        let informer = Informer::start(
+            api(),
+            watcher::Config::default(),
+            self.inner.stop.child_token(),
+        );
+        informers.insert(key, Box::new(informer.clone()));
+        informer
+    }
+
+    /// Stops every informer.
+    pub fn stop(&self) {
+        self.inner.stop.cancel();
+    }
+}

@@ -1,0 +1,157 @@
+//! The controller manager: runs the built-in controllers over one set of shared informers,
+//! optionally only while holding a leader-election Lease (so several replicas can run and one
+//! works).
+
+use super::runner::{run_workers, ReconcileCounters, Reconciler};
+use super::{
+    ControllerContext, DeploymentController, EndpointSliceController, EndpointsController,
+    GarbageCollector, LeaderElectionConfig, LeaderElector, NodeLifecycleConfig,
+    NodeLifecycleController, QueueConfig, ReplicaSetController, WorkQueue,
+};
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of a [`ControllerManager`].
+#[derive(Debug, Clone)]
+pub struct ControllerManagerConfig {
+    /// Concurrent reconciles per controller.
+    pub workers: usize,
+    /// Work queue settings of every controller.
+    pub queue: QueueConfig,
+    /// Node health settings.
+    pub node_lifecycle: NodeLifecycleConfig,
+    /// When set, the controllers run only while this candidate holds the Lease.
+    pub leader_election: Option<LeaderElectionConfig>,
+    /// The component name on recorded Events.
+    pub component: String,
+}
+
+impl Default for ControllerManagerConfig {
+    fn default() -> Self {
+        ControllerManagerConfig {
+            workers: 4,
+            queue: QueueConfig::default(),
+            node_lifecycle: NodeLifecycleConfig::default(),
+            leader_election: None,
+            component: "capstan-controller-manager".into(),
+        }
+    }
+}
+
+/// Runs ReplicaSet, Deployment, garbage collector, Endpoints, EndpointSlice and node lifecycle
+/// controllers against an API.
+pub struct ControllerManager {
+    client: kube::Client,
+    config: ControllerManagerConfig,
+}
+
+/// Named counters of the running controllers.
+pub type ControllerCounters = Vec<(&'static str, Arc<ReconcileCounters>)>;
+
+/// Running controllers; [`RunningControllers::stop`] stops them.
+pub struct RunningControllers {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    counters: ControllerCounters,
+}
+
+impl RunningControllers {
+    /// Stops every controller and waits for in-flight reconciles.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Reconciles run so far, over every controller.
+    pub fn reconciles(&self) -> u64 {
+        self.counters.iter().map(|(_, c)| c.total()).sum()
+    }
+
+    /// Reconcile counters by controller name.
+    pub fn counters(&self) -> &ControllerCounters {
+        &self.counters
+    }
+}
+
+const NAMES: [&str; 5] = ["replicaset", "deployment", "endpoints", "endpointslice", "node-lifecycle"];
+
+impl ControllerManager {
+    /// A manager writing and reading through `client`.
+    pub fn new(client: kube::Client, config: ControllerManagerConfig) -> Self {
+        ControllerManager { client, config }
+    }
+
+    /// Starts the controllers (campaigning first, when leader election is configured).
+    pub fn start(self) -> RunningControllers {
+        let stop = CancellationToken::new();
+        let counters: ControllerCounters = NAMES
+            .iter()
+            .map(|n| (*n, Arc::new(ReconcileCounters::default())))
+            .collect();
+        let task = {
+            let stop = stop.clone();
+            let counters = counters.clone();
+            let config = self.config.clone();
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                match config.leader_election.clone() {
+                    None => run_term(client, config, counters, stop).await,
+                    Some(election) => {
+                        let elector = LeaderElector::new(client.clone(), election);
+                        elector
+                            .run(stop, move |term| {
+                                run_term(client.clone(), config.clone(), counters.clone(), term)
+                            })
+                            .await
+                    }
+                }
+            })
+        };
+        RunningControllers {
+            stop,
+            task,
+            counters,
+        }
+    }
+}
+
+/// One term: fresh informers and every controller, until `stop`.
+async fn run_term(
+    client: kube::Client,
+    config: ControllerManagerConfig,
+    counters: ControllerCounters,
+    stop: CancellationToken,
+) {
+    let ctx = ControllerContext::new(client, &config.component);
+    let counter = |name: &str| {
+        counters
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default()
+    };
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    let mut spawn = |reconciler: Arc<dyn Reconciler>, triggers: &dyn Fn(&Arc<WorkQueue<super::ObjectKey>>) -> Vec<JoinHandle<()>>| {
+        let queue = Arc::new(WorkQueue::new(config.queue.clone()));
+        tasks.extend(triggers(&queue));
+        let counters = counter(reconciler.name());
+        tasks.push(tokio::spawn(run_workers(queue, reconciler, config.workers, counters, stop.clone())));
+    };
+    let rs = Arc::new(ReplicaSetController::new(&ctx));
+    spawn(rs.clone(), &|q| rs.triggers(q, &stop));
+    let deployments = Arc::new(DeploymentController::new(&ctx));
+    spawn(deployments.clone(), &|q| deployments.triggers(q, &stop));
+    let endpoints = Arc::new(EndpointsController::new(&ctx));
+    spawn(endpoints.clone(), &|q| endpoints.triggers(q, &stop));
+    let slices = Arc::new(EndpointSliceController::new(&ctx));
+    spawn(slices.clone(), &|q| slices.triggers(q, &stop));
+    let nodes = Arc::new(NodeLifecycleController::new(&ctx, config.node_lifecycle.clone()));
+    spawn(nodes.clone(), &|q| nodes.triggers(q, &stop));
+    tasks.push(tokio::spawn(GarbageCollector::new(&ctx).run(config.workers, stop.clone())));
+    stop.cancelled().await;
+    ctx.informers.stop();
+    for task in tasks {
+        let _ = task.await;
+    }
+}
