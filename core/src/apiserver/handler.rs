@@ -1141,19 +1141,34 @@ async fn delete_object(
     if !finalizers.is_empty() || pod_grace.is_some() {
         let mut marked = object.clone();
         let grace = pod_grace.unwrap_or(0);
-        if !already_deleting
-            || pod_grace.is_some_and(|g| {
-                object
-                    .pointer("/metadata/deletionGracePeriodSeconds")
-                    .and_then(Value::as_i64)
-                    .is_none_or(|old| g < old)
-            })
-        {
+        let old_grace = object
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64);
+        // A deletion with a shorter grace period (down to zero: the kubelet confirming the pod
+        // stopped) shortens a pending graceful deletion.
+        let shortened = already_deleting
+            && match pod_grace {
+                Some(g) => old_grace.is_none_or(|old| g < old),
+                None => options.grace == Some(0) && old_grace.is_some_and(|old| old > 0),
+            };
+        if !already_deleting || shortened {
             marked["metadata"]["deletionTimestamp"] = json!(stamp(grace));
             marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
         }
         marked["metadata"]["finalizers"] = Value::Array(finalizers);
-        if ctx.dry_run {
+        // Deleting again what is already being deleted, with nothing to change, writes nothing
+        // (a kubelet repeating its final delete must not make an endless stream of updates).
+        let unchanged = marked.pointer("/metadata") == object.pointer("/metadata")
+            || (already_deleting
+                && marked.pointer("/metadata/deletionTimestamp")
+                    == object.pointer("/metadata/deletionTimestamp")
+                && marked.pointer("/metadata/deletionGracePeriodSeconds")
+                    == object.pointer("/metadata/deletionGracePeriodSeconds")
+                && marked.pointer("/metadata/finalizers")
+                    == object
+                        .pointer("/metadata/finalizers")
+                        .or(Some(&Value::Array(Vec::new()))));
+        if ctx.dry_run || unchanged {
             return Ok(marked);
         }
         return Ok(ctx.state.storage.update(&ctx.kind, marked).await?);

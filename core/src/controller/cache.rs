@@ -175,7 +175,10 @@ mod tests {
         assert!(cache.by_index(BY_LABEL, "app=web").is_empty());
         assert_eq!(cache.len(), 1);
         // An index added late covers what is already cached.
-        cache.add_index("name", Arc::new(|p: &Pod| p.metadata.name.iter().cloned().collect()));
+        cache.add_index(
+            "name",
+            Arc::new(|p: &Pod| p.metadata.name.iter().cloned().collect()),
+        );
         assert_eq!(cache.by_index("name", "one").len(), 1);
     }
 }

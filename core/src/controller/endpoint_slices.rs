@@ -4,7 +4,9 @@
 //! terminating pods, with `ready: false`, `serving` from the pod's readiness and
 //! `terminating: true`, so proxies can drain them.
 
-use super::endpoints::{pod_reference, service_endpoints, services_for_pod, PodEndpoint};
+use super::endpoints::{
+    pod_reference, service_endpoints, services_for_pod, PodEndpoint, ServedPort,
+};
 use super::informer::{Change, Informer};
 use super::runner::{Action, Reconciler};
 use super::{ControllerContext, ControllerError, ObjectKey, WorkQueue};
@@ -71,25 +73,40 @@ impl EndpointSliceController {
         stop: &CancellationToken,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let services = self.services.clone();
-        let own = super::triggers::enqueue_changes(&self.services, queue.clone(), stop.clone(), move |change| match change {
-            Change::Resync => services.keys(),
-            other => other.object().map(|o| ObjectKey::of(o.as_ref())).into_iter().collect(),
-        });
+        let own = super::triggers::enqueue_changes(
+            &self.services,
+            queue.clone(),
+            stop.clone(),
+            move |change| match change {
+                Change::Resync => services.keys(),
+                other => other
+                    .object()
+                    .map(|o| ObjectKey::of(o.as_ref()))
+                    .into_iter()
+                    .collect(),
+            },
+        );
         let services = self.services.clone();
-        let pods = super::triggers::enqueue_changes(&self.pods, queue.clone(), stop.clone(), move |change| {
-            services_for_pod(&services, change)
-        });
-        let slices = super::triggers::enqueue_changes(&self.slices, queue.clone(), stop.clone(), |change| {
-            let Some(slice) = change.object() else { return Vec::new() };
-            let labels = slice.metadata.labels.clone().unwrap_or_default();
-            match (labels.get(SERVICE_NAME_LABEL), labels.get(MANAGED_BY_LABEL)) {
-                (Some(service), Some(by)) if by == MANAGED_BY => vec![ObjectKey::namespaced(
-                    slice.metadata.namespace.clone().unwrap_or_default(),
-                    service.clone(),
-                )],
-                _ => Vec::new(),
-            }
-        });
+        let pods = super::triggers::enqueue_changes(
+            &self.pods,
+            queue.clone(),
+            stop.clone(),
+            move |change| services_for_pod(&services, change),
+        );
+        let slices =
+            super::triggers::enqueue_changes(&self.slices, queue.clone(), stop.clone(), |change| {
+                let Some(slice) = change.object() else {
+                    return Vec::new();
+                };
+                let labels = slice.metadata.labels.clone().unwrap_or_default();
+                match (labels.get(SERVICE_NAME_LABEL), labels.get(MANAGED_BY_LABEL)) {
+                    (Some(service), Some(by)) if by == MANAGED_BY => vec![ObjectKey::namespaced(
+                        slice.metadata.namespace.clone().unwrap_or_default(),
+                        service.clone(),
+                    )],
+                    _ => Vec::new(),
+                }
+            });
         vec![own, pods, slices]
     }
 }
@@ -110,7 +127,7 @@ fn endpoint(e: &PodEndpoint) -> Endpoint {
 
 /// The slices' contents: (ports, endpoints) per slice.
 fn desired_slices(endpoints: &[PodEndpoint]) -> Vec<(Vec<EndpointPort>, Vec<Endpoint>)> {
-    let mut groups: BTreeMap<Vec<(Option<String>, i32, String, Option<String>)>, Vec<Endpoint>> = BTreeMap::new();
+    let mut groups: BTreeMap<Vec<ServedPort>, Vec<Endpoint>> = BTreeMap::new();
     for e in endpoints {
         let mut ports = e.ports.clone();
         ports.sort();
@@ -159,7 +176,8 @@ impl Reconciler for EndpointSliceController {
     async fn reconcile(&self, key: &ObjectKey) -> Result<Action, ControllerError> {
         let namespace = key.namespace_or_empty();
         let api: Api<EndpointSlice> = Api::namespaced(self.ctx.client.clone(), namespace);
-        let mut existing: Vec<Arc<EndpointSlice>> = self.slices.by_index(BY_SERVICE, &key.to_string());
+        let mut existing: Vec<Arc<EndpointSlice>> =
+            self.slices.by_index(BY_SERVICE, &key.to_string());
         existing.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         let service = self.services.get(key);
         let wanted = match &service {
@@ -196,7 +214,13 @@ impl Reconciler for EndpointSliceController {
             block_owner_deletion: Some(true),
         };
         // A Service with no selected endpoints still gets one (empty) slice.
-        let wanted = if wanted.is_empty() && service.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some_and(|s| !s.is_empty()) {
+        let wanted = if wanted.is_empty()
+            && service
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .is_some_and(|s| !s.is_empty())
+        {
             vec![(Vec::new(), Vec::new())]
         } else {
             wanted
@@ -218,7 +242,9 @@ impl Reconciler for EndpointSliceController {
                 ports: Some(ports),
             };
             kept.push(name.clone());
-            let current = existing.iter().find(|s| s.metadata.name.as_deref() == Some(name.as_str()));
+            let current = existing
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(name.as_str()));
             if let Some(current) = current {
                 let same = current.endpoints == slice.endpoints
                     && current.ports.clone().unwrap_or_default()

@@ -17,6 +17,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// A service port as a pod serves it: (name, port, protocol, appProtocol).
+pub(crate) type ServedPort = (Option<String>, i32, String, Option<String>);
+
 /// One pod behind a Service, with the service ports it serves.
 #[derive(Debug, Clone)]
 pub(crate) struct PodEndpoint {
@@ -26,7 +29,7 @@ pub(crate) struct PodEndpoint {
     pub serving: bool,
     pub terminating: bool,
     /// (name, port, protocol, appProtocol) per service port this pod serves.
-    pub ports: Vec<(Option<String>, i32, String, Option<String>)>,
+    pub ports: Vec<ServedPort>,
 }
 
 fn resolve_port(pod: &Pod, target: Option<&IntOrString>, port: i32, protocol: &str) -> Option<i32> {
@@ -104,7 +107,10 @@ pub(crate) fn pod_reference(pod: &Pod) -> ObjectReference {
 
 /// Keys of the Services in the pod's namespace whose selector matches the pod (before or
 /// after the change).
-pub(crate) fn services_for_pod(services: &Informer<Service>, change: &Change<Pod>) -> Vec<ObjectKey> {
+pub(crate) fn services_for_pod(
+    services: &Informer<Service>,
+    change: &Change<Pod>,
+) -> Vec<ObjectKey> {
     let pods: Vec<&Arc<Pod>> = match change {
         Change::Resync => return services.keys(),
         Change::Applied { old, new } => old.iter().chain(std::iter::once(new)).collect(),
@@ -119,7 +125,9 @@ pub(crate) fn services_for_pod(services: &Informer<Service>, change: &Change<Pod
                 .spec
                 .as_ref()
                 .and_then(|s| s.selector.as_ref())
-                .is_some_and(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
+                .is_some_and(|sel| {
+                    !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+                });
             let key = ObjectKey::of(service.as_ref());
             if selects && !keys.contains(&key) {
                 keys.push(key);
@@ -154,31 +162,49 @@ impl EndpointsController {
         stop: &CancellationToken,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let services = self.services.clone();
-        let own = super::triggers::enqueue_changes(&self.services, queue.clone(), stop.clone(), move |change| match change {
-            Change::Resync => services.keys(),
-            other => other.object().map(|o| ObjectKey::of(o.as_ref())).into_iter().collect(),
-        });
+        let own = super::triggers::enqueue_changes(
+            &self.services,
+            queue.clone(),
+            stop.clone(),
+            move |change| match change {
+                Change::Resync => services.keys(),
+                other => other
+                    .object()
+                    .map(|o| ObjectKey::of(o.as_ref()))
+                    .into_iter()
+                    .collect(),
+            },
+        );
         let services = self.services.clone();
-        let pods = super::triggers::enqueue_changes(&self.pods, queue.clone(), stop.clone(), move |change| {
-            services_for_pod(&services, change)
-        });
+        let pods = super::triggers::enqueue_changes(
+            &self.pods,
+            queue.clone(),
+            stop.clone(),
+            move |change| services_for_pod(&services, change),
+        );
         // A changed or deleted Endpoints object is put back.
         let services = self.services.clone();
-        let endpoints = super::triggers::enqueue_changes(&self.endpoints, queue.clone(), stop.clone(), move |change| {
-            change
-                .object()
-                .map(|o| ObjectKey::of(o.as_ref()))
-                .filter(|k| services.get(k).is_some())
-                .into_iter()
-                .collect()
-        });
+        let endpoints = super::triggers::enqueue_changes(
+            &self.endpoints,
+            queue.clone(),
+            stop.clone(),
+            move |change| {
+                change
+                    .object()
+                    .map(|o| ObjectKey::of(o.as_ref()))
+                    .filter(|k| services.get(k).is_some())
+                    .into_iter()
+                    .collect()
+            },
+        );
         vec![own, pods, endpoints]
     }
 }
 
 fn subsets(endpoints: &[PodEndpoint], publish_not_ready: bool) -> Vec<EndpointSubset> {
     // One subset per distinct port set, as Kubernetes repacks them.
-    let mut groups: BTreeMap<Vec<(Option<String>, i32, String, Option<String>)>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> = BTreeMap::new();
+    type Addresses = (Vec<EndpointAddress>, Vec<EndpointAddress>);
+    let mut groups: BTreeMap<Vec<ServedPort>, Addresses> = BTreeMap::new();
     for endpoint in endpoints {
         if endpoint.ports.is_empty() || (endpoint.terminating && !publish_not_ready) {
             continue;
@@ -273,7 +299,8 @@ impl Reconciler for EndpointsController {
             Some(existing) => {
                 object.metadata.resource_version = existing.metadata.resource_version.clone();
                 object.metadata.annotations = existing.metadata.annotations.clone();
-                api.replace(&key.name, &PostParams::default(), &object).await?;
+                api.replace(&key.name, &PostParams::default(), &object)
+                    .await?;
             }
             None => match api.create(&PostParams::default(), &object).await {
                 Ok(_) => {}
@@ -281,7 +308,8 @@ impl Reconciler for EndpointsController {
                 Err(err) if super::error::is_conflict(&err) => {
                     let current = api.get(&key.name).await?;
                     object.metadata.resource_version = current.metadata.resource_version;
-                    api.replace(&key.name, &PostParams::default(), &object).await?;
+                    api.replace(&key.name, &PostParams::default(), &object)
+                        .await?;
                 }
                 Err(err) => return Err(err.into()),
             },

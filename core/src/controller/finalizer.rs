@@ -20,7 +20,11 @@ fn guarded_patch<K: Resource>(object: &K, finalizers: Vec<String>) -> json_patch
 
 /// Adds `finalizer` to `object` (no request when it is already there); returns the object as
 /// stored.
-pub async fn add_finalizer<K>(api: &Api<K>, object: &K, finalizer: &str) -> Result<K, ControllerError>
+pub async fn add_finalizer<K>(
+    api: &Api<K>,
+    object: &K,
+    finalizer: &str,
+) -> Result<K, ControllerError>
 where
     K: Resource + Clone + DeserializeOwned + Debug + serde::Serialize,
 {
@@ -31,13 +35,21 @@ where
     finalizers.push(finalizer.to_string());
     let name = object.meta().name.clone().unwrap_or_default();
     Ok(api
-        .patch(&name, &PatchParams::default(), &Patch::<()>::Json(guarded_patch(object, finalizers)))
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::<()>::Json(guarded_patch(object, finalizers)),
+        )
         .await?)
 }
 
 /// Removes `finalizer` from `object` (no request when it is absent). Removing the last finalizer
 /// of an object being deleted lets the API server remove it.
-pub async fn remove_finalizer<K>(api: &Api<K>, object: &K, finalizer: &str) -> Result<(), ControllerError>
+pub async fn remove_finalizer<K>(
+    api: &Api<K>,
+    object: &K,
+    finalizer: &str,
+) -> Result<(), ControllerError>
 where
     K: Resource + Clone + DeserializeOwned + Debug + serde::Serialize,
 {
@@ -48,7 +60,11 @@ where
     let kept: Vec<String> = finalizers.into_iter().filter(|f| f != finalizer).collect();
     let name = object.meta().name.clone().unwrap_or_default();
     match api
-        .patch(&name, &PatchParams::default(), &Patch::<()>::Json(guarded_patch(object, kept)))
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::<()>::Json(guarded_patch(object, kept)),
+        )
         .await
     {
         Ok(_) => Ok(()),

@@ -15,7 +15,9 @@ use super::informer::{Change, Informer, InformerFactory};
 use super::work_queue::{QueueConfig, WorkQueue};
 use super::{ControllerContext, ControllerError, ObjectKey};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy,
+};
 use kube::discovery::{verbs, Discovery, Scope};
 use kube::Client;
 use serde_json::json;
@@ -57,7 +59,10 @@ pub struct GarbageCollector {
 }
 
 fn resource_id(resource: &ApiResource) -> String {
-    format!("{}/{}/{}", resource.group, resource.version, resource.plural)
+    format!(
+        "{}/{}/{}",
+        resource.group, resource.version, resource.plural
+    )
 }
 
 fn is_deleting(object: &DynamicObject) -> bool {
@@ -143,7 +148,12 @@ impl GarbageCollector {
                     continue;
                 }
                 let id = resource_id(&resource);
-                if self.watched.read().unwrap_or_else(|p| p.into_inner()).contains_key(&id) {
+                if self
+                    .watched
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(&id)
+                {
                     continue;
                 }
                 let informer = self.informers.dynamic(&resource);
@@ -155,7 +165,10 @@ impl GarbageCollector {
                 self.kinds
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(format!("{}/{}", resource.api_version, resource.kind), id.clone());
+                    .insert(
+                        format!("{}/{}", resource.api_version, resource.kind),
+                        id.clone(),
+                    );
                 self.watched
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
@@ -189,11 +202,16 @@ impl GarbageCollector {
 
     fn resync(&self, id: &str, informer: &Informer<DynamicObject>) {
         for object in informer.list() {
-            let interesting = object.metadata.owner_references.as_ref().is_some_and(|r| !r.is_empty())
+            let interesting = object
+                .metadata
+                .owner_references
+                .as_ref()
+                .is_some_and(|r| !r.is_empty())
                 || has_finalizer(&object, FOREGROUND)
                 || has_finalizer(&object, ORPHAN);
             if interesting {
-                self.queue.add((id.to_string(), ObjectKey::of(object.as_ref())));
+                self.queue
+                    .add((id.to_string(), ObjectKey::of(object.as_ref())));
             }
         }
     }
@@ -208,11 +226,17 @@ impl GarbageCollector {
                     o.metadata.deletion_timestamp != new.metadata.deletion_timestamp
                         || o.metadata.finalizers != new.metadata.finalizers
                 });
-                let has_refs = new.metadata.owner_references.as_ref().is_some_and(|r| !r.is_empty());
+                let has_refs = new
+                    .metadata
+                    .owner_references
+                    .as_ref()
+                    .is_some_and(|r| !r.is_empty());
                 if (refs_changed && has_refs)
-                    || (deletion_changed && (has_finalizer(new, FOREGROUND) || has_finalizer(new, ORPHAN)))
+                    || (deletion_changed
+                        && (has_finalizer(new, FOREGROUND) || has_finalizer(new, ORPHAN)))
                 {
-                    self.queue.add((id.to_string(), ObjectKey::of(new.as_ref())));
+                    self.queue
+                        .add((id.to_string(), ObjectKey::of(new.as_ref())));
                 }
             }
             Change::Deleted(object) => {
@@ -296,12 +320,20 @@ impl GarbageCollector {
             return Ok(OwnerState::Absent);
         };
         let key = ObjectKey {
-            namespace: if watched.namespaced { namespace.map(str::to_string) } else { None },
+            namespace: if watched.namespaced {
+                namespace.map(str::to_string)
+            } else {
+                None
+            },
             name: owner.name.clone(),
         };
         let object = match watched.informer.get(&key) {
             Some(o) if o.metadata.uid.as_deref() == Some(&owner.uid) => Some(o.as_ref().clone()),
-            _ => match self.api(&watched, key.namespace.as_deref()).get(&owner.name).await {
+            _ => match self
+                .api(&watched, key.namespace.as_deref())
+                .get(&owner.name)
+                .await
+            {
                 Ok(o) => Some(o),
                 Err(err) if is_not_found(&err) => None,
                 Err(err) => return Err(err.into()),
@@ -320,15 +352,21 @@ impl GarbageCollector {
     }
 
     async fn process(&self, (id, key): &Item) -> Result<(), ControllerError> {
-        let Some(watched) = self.watched_of(id) else { return Ok(()) };
-        let Some(object) = watched.informer.get(key) else { return Ok(()) };
+        let Some(watched) = self.watched_of(id) else {
+            return Ok(());
+        };
+        let Some(object) = watched.informer.get(key) else {
+            return Ok(());
+        };
         let api = self.api(&watched, key.namespace.as_deref());
         let uid = object.metadata.uid.clone().unwrap_or_default();
 
         // As an owner being deleted with a propagation policy.
         if is_deleting(&object) && has_finalizer(&object, ORPHAN) {
             for (dep_id, dependent) in self.dependents(&uid) {
-                let Some(dep_watched) = self.watched_of(&dep_id) else { continue };
+                let Some(dep_watched) = self.watched_of(&dep_id) else {
+                    continue;
+                };
                 let refs: Vec<OwnerReference> = dependent
                     .metadata
                     .owner_references
@@ -359,7 +397,9 @@ impl GarbageCollector {
                 if is_deleting(dependent) {
                     continue;
                 }
-                let Some(dep_watched) = self.watched_of(dep_id) else { continue };
+                let Some(dep_watched) = self.watched_of(dep_id) else {
+                    continue;
+                };
                 let dep_api = self.api(&dep_watched, dependent.metadata.namespace.as_deref());
                 let name = dependent.metadata.name.clone().unwrap_or_default();
                 let params = DeleteParams {
@@ -397,8 +437,10 @@ impl GarbageCollector {
         if solid > 0 {
             // Still owned: only references to owners that are gone are removed.
             if !absent.is_empty() {
-                let kept: Vec<OwnerReference> =
-                    refs.into_iter().filter(|r| !absent.contains(&r.uid)).collect();
+                let kept: Vec<OwnerReference> = refs
+                    .into_iter()
+                    .filter(|r| !absent.contains(&r.uid))
+                    .collect();
                 patch_owner_references(&api, &object, kept).await?;
             }
             return Ok(());
@@ -437,7 +479,10 @@ async fn patch_owner_references(
     ]);
     let patch: json_patch::Patch = serde_json::from_value(patch)?;
     let name = object.metadata.name.clone().unwrap_or_default();
-    match api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(err) if is_not_found(&err) => Ok(()),
         Err(err) => Err(err.into()),
@@ -463,7 +508,10 @@ async fn remove_finalizer(
     ]);
     let patch: json_patch::Patch = serde_json::from_value(patch)?;
     let name = object.metadata.name.clone().unwrap_or_default();
-    match api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(err) if is_not_found(&err) => Ok(()),
         Err(err) => Err(err.into()),

@@ -225,9 +225,9 @@ where
                 gone.remove(&key);
                 let new = Arc::new(object);
                 let old = cache.insert(new.clone());
-                let unchanged = old.as_ref().is_some_and(|o| {
-                    o.meta().resource_version == new.meta().resource_version
-                });
+                let unchanged = old
+                    .as_ref()
+                    .is_some_and(|o| o.meta().resource_version == new.meta().resource_version);
                 if !unchanged {
                     changes.push(Change::Applied { old, new });
                 }

@@ -110,7 +110,8 @@ impl LeaderElector {
                     at: Instant::now(),
                 });
             }
-            let lease_for = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(duration).max(1) as u64);
+            let lease_for =
+                Duration::from_secs(spec.lease_duration_seconds.unwrap_or(duration).max(1) as u64);
             observed
                 .as_ref()
                 .is_some_and(|o| o.at + lease_for <= Instant::now())

@@ -74,7 +74,13 @@ impl RunningControllers {
     }
 }
 
-const NAMES: [&str; 5] = ["replicaset", "deployment", "endpoints", "endpointslice", "node-lifecycle"];
+const NAMES: [&str; 5] = [
+    "replicaset",
+    "deployment",
+    "endpoints",
+    "endpointslice",
+    "node-lifecycle",
+];
 
 impl ControllerManager {
     /// A manager writing and reading through `client`.
@@ -116,6 +122,9 @@ impl ControllerManager {
     }
 }
 
+/// Connects a controller's informers to its queue.
+type Triggers<'a> = &'a dyn Fn(&Arc<WorkQueue<super::ObjectKey>>) -> Vec<JoinHandle<()>>;
+
 /// One term: fresh informers and every controller, until `stop`.
 async fn run_term(
     client: kube::Client,
@@ -132,11 +141,17 @@ async fn run_term(
             .unwrap_or_default()
     };
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-    let mut spawn = |reconciler: Arc<dyn Reconciler>, triggers: &dyn Fn(&Arc<WorkQueue<super::ObjectKey>>) -> Vec<JoinHandle<()>>| {
+    let mut spawn = |reconciler: Arc<dyn Reconciler>, triggers: Triggers<'_>| {
         let queue = Arc::new(WorkQueue::new(config.queue.clone()));
         tasks.extend(triggers(&queue));
         let counters = counter(reconciler.name());
-        tasks.push(tokio::spawn(run_workers(queue, reconciler, config.workers, counters, stop.clone())));
+        tasks.push(tokio::spawn(run_workers(
+            queue,
+            reconciler,
+            config.workers,
+            counters,
+            stop.clone(),
+        )));
     };
     let rs = Arc::new(ReplicaSetController::new(&ctx));
     spawn(rs.clone(), &|q| rs.triggers(q, &stop));
@@ -146,9 +161,14 @@ async fn run_term(
     spawn(endpoints.clone(), &|q| endpoints.triggers(q, &stop));
     let slices = Arc::new(EndpointSliceController::new(&ctx));
     spawn(slices.clone(), &|q| slices.triggers(q, &stop));
-    let nodes = Arc::new(NodeLifecycleController::new(&ctx, config.node_lifecycle.clone()));
+    let nodes = Arc::new(NodeLifecycleController::new(
+        &ctx,
+        config.node_lifecycle.clone(),
+    ));
     spawn(nodes.clone(), &|q| nodes.triggers(q, &stop));
-    tasks.push(tokio::spawn(GarbageCollector::new(&ctx).run(config.workers, stop.clone())));
+    tasks.push(tokio::spawn(
+        GarbageCollector::new(&ctx).run(config.workers, stop.clone()),
+    ));
     stop.cancelled().await;
     ctx.informers.stop();
     for task in tasks {

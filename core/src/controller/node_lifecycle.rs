@@ -51,12 +51,17 @@ pub struct NodeLifecycleController {
 }
 
 fn since(time: &k8s_openapi::jiff::Timestamp) -> Duration {
-    Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(*time)).unwrap_or_default()
+    Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(*time))
+        .unwrap_or_default()
 }
 
 /// Whether `toleration` tolerates `taint`.
 pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if toleration.effect.as_deref().is_some_and(|e| !e.is_empty() && e != taint.effect) {
+    if toleration
+        .effect
+        .as_deref()
+        .is_some_and(|e| !e.is_empty() && e != taint.effect)
+    {
         return false;
     }
     let exists = toleration.operator.as_deref() == Some("Exists");
@@ -64,7 +69,9 @@ pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
         None | Some("") => exists,
         Some(key) => {
             key == taint.key
-                && (exists || toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""))
+                && (exists
+                    || toleration.value.as_deref().unwrap_or("")
+                        == taint.value.as_deref().unwrap_or(""))
         }
     }
 }
@@ -80,7 +87,8 @@ fn eviction_delay(pod: &Pod, taints: &[Taint]) -> Option<Duration> {
         .unwrap_or_default();
     let mut delay: Option<Duration> = None;
     for taint in taints.iter().filter(|t| t.effect == "NoExecute") {
-        let matching: Vec<&Toleration> = tolerations.iter().filter(|t| tolerates(t, taint)).collect();
+        let matching: Vec<&Toleration> =
+            tolerations.iter().filter(|t| tolerates(t, taint)).collect();
         if matching.is_empty() {
             return Some(Duration::ZERO);
         }
@@ -91,7 +99,11 @@ fn eviction_delay(pod: &Pod, taints: &[Taint]) -> Option<Duration> {
         if matching.iter().any(|t| t.toleration_seconds.is_none()) {
             continue;
         }
-        let added = taint.time_added.as_ref().map(|t| since(&t.0)).unwrap_or_default();
+        let added = taint
+            .time_added
+            .as_ref()
+            .map(|t| since(&t.0))
+            .unwrap_or_default();
         let remaining = Duration::from_secs(seconds.max(0) as u64).saturating_sub(added);
         delay = Some(delay.map_or(remaining, |d| d.min(remaining)));
     }
@@ -128,28 +140,46 @@ impl NodeLifecycleController {
         stop: &CancellationToken,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let nodes = self.nodes.clone();
-        let own = super::triggers::enqueue_changes(&self.nodes, queue.clone(), stop.clone(), move |change| match change {
-            Change::Resync => nodes.keys(),
-            other => other.object().map(|o| ObjectKey::of(o.as_ref())).into_iter().collect(),
-        });
-        let leases = super::triggers::enqueue_changes(&self.leases, queue.clone(), stop.clone(), |change| {
-            change
-                .object()
-                .filter(|l| l.metadata.namespace.as_deref() == Some(LEASE_NAMESPACE))
-                .map(|l| ObjectKey::cluster(l.metadata.name.clone().unwrap_or_default()))
-                .into_iter()
-                .collect()
-        });
+        let own = super::triggers::enqueue_changes(
+            &self.nodes,
+            queue.clone(),
+            stop.clone(),
+            move |change| match change {
+                Change::Resync => nodes.keys(),
+                other => other
+                    .object()
+                    .map(|o| ObjectKey::of(o.as_ref()))
+                    .into_iter()
+                    .collect(),
+            },
+        );
+        let leases =
+            super::triggers::enqueue_changes(&self.leases, queue.clone(), stop.clone(), |change| {
+                change
+                    .object()
+                    .filter(|l| l.metadata.namespace.as_deref() == Some(LEASE_NAMESPACE))
+                    .map(|l| ObjectKey::cluster(l.metadata.name.clone().unwrap_or_default()))
+                    .into_iter()
+                    .collect()
+            });
         // A pod landing on a tainted node may have to leave.
-        let pods = super::triggers::enqueue_changes(&self.pods, queue.clone(), stop.clone(), |change| {
-            let Change::Applied { old, new } = change else { return Vec::new() };
-            let node = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
-            let moved = old.as_ref().is_none_or(|o| node(o) != node(new));
-            match (moved, node(new)) {
-                (true, Some(name)) => vec![ObjectKey::cluster(name)],
-                _ => Vec::new(),
-            }
-        });
+        let pods =
+            super::triggers::enqueue_changes(&self.pods, queue.clone(), stop.clone(), |change| {
+                let Change::Applied { old, new } = change else {
+                    return Vec::new();
+                };
+                let node = |p: &Pod| {
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.clone())
+                        .filter(|n| !n.is_empty())
+                };
+                let moved = old.as_ref().is_none_or(|o| node(o) != node(new));
+                match (moved, node(new)) {
+                    (true, Some(name)) => vec![ObjectKey::cluster(name)],
+                    _ => Vec::new(),
+                }
+            });
         vec![own, leases, pods]
     }
 
@@ -179,7 +209,9 @@ impl NodeLifecycleController {
             .and_then(|s| s.conditions.clone())
             .unwrap_or_default();
         for condition in conditions.iter_mut() {
-            if ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"].contains(&condition.type_.as_str()) {
+            if ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"]
+                .contains(&condition.type_.as_str())
+            {
                 condition.status = "Unknown".into();
                 condition.reason = Some("NodeStatusUnknown".into());
                 condition.message = Some("Kubelet stopped posting node status.".into());
@@ -197,15 +229,29 @@ impl NodeLifecycleController {
             });
         }
         let api: Api<Node> = Api::all(self.ctx.client.clone());
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": conditions}})))
-            .await?;
-        self.ctx.recorder.record_for(node, EventType::Normal, "NodeNotReady", &format!("Node {name} status is now: NodeNotReady"));
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": conditions}})),
+        )
+        .await?;
+        self.ctx.recorder.record_for(
+            node,
+            EventType::Normal,
+            "NodeNotReady",
+            &format!("Node {name} status is now: NodeNotReady"),
+        );
         // Its pods are no longer known to be ready.
         for pod in self.pods.by_index(BY_NODE, &name) {
-            let Some(status) = pod.status.as_ref() else { continue };
+            let Some(status) = pod.status.as_ref() else {
+                continue;
+            };
             let mut conditions = status.conditions.clone().unwrap_or_default();
             let mut changed = false;
-            for c in conditions.iter_mut().filter(|c| c.type_ == "Ready" && c.status != "False") {
+            for c in conditions
+                .iter_mut()
+                .filter(|c| c.type_ == "Ready" && c.status != "False")
+            {
                 c.status = "False".into();
                 c.reason = Some("NodeNotReady".into());
                 c.last_transition_time = Some(now.clone());
@@ -214,10 +260,17 @@ impl NodeLifecycleController {
             if !changed {
                 continue;
             }
-            let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), pod.metadata.namespace.as_deref().unwrap_or_default());
+            let pods: Api<Pod> = Api::namespaced(
+                self.ctx.client.clone(),
+                pod.metadata.namespace.as_deref().unwrap_or_default(),
+            );
             let pod_name = pod.metadata.name.clone().unwrap_or_default();
             match pods
-                .patch_status(&pod_name, &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": conditions}})))
+                .patch_status(
+                    &pod_name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {"conditions": conditions}})),
+                )
                 .await
             {
                 Ok(_) => {}
@@ -228,11 +281,22 @@ impl NodeLifecycleController {
         Ok(())
     }
 
-    async fn set_taints(&self, node: &Node, wanted_key: Option<&str>) -> Result<Vec<Taint>, ControllerError> {
-        let current = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+    async fn set_taints(
+        &self,
+        node: &Node,
+        wanted_key: Option<&str>,
+    ) -> Result<Vec<Taint>, ControllerError> {
+        let current = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
         let mut taints: Vec<Taint> = current
             .iter()
-            .filter(|t| !([UNREACHABLE, NOT_READY].contains(&t.key.as_str()) && Some(t.key.as_str()) != wanted_key))
+            .filter(|t| {
+                !([UNREACHABLE, NOT_READY].contains(&t.key.as_str())
+                    && Some(t.key.as_str()) != wanted_key)
+            })
             .cloned()
             .collect();
         if let Some(key) = wanted_key {
@@ -242,7 +306,8 @@ impl NodeLifecycleController {
                         key: key.into(),
                         effect: effect.into(),
                         value: None,
-                        time_added: (effect == "NoExecute").then(|| Time(k8s_openapi::jiff::Timestamp::now())),
+                        time_added: (effect == "NoExecute")
+                            .then(|| Time(k8s_openapi::jiff::Timestamp::now())),
                     });
                 }
             }
@@ -251,19 +316,29 @@ impl NodeLifecycleController {
             return Ok(taints);
         }
         let name = node.metadata.name.clone().unwrap_or_default();
+        let set = if node.spec.is_some() {
+            json!({"op": "add", "path": "/spec/taints", "value": taints})
+        } else {
+            json!({"op": "add", "path": "/spec", "value": {"taints": taints}})
+        };
         let patch = json!([
             {"op": "test", "path": "/metadata/resourceVersion", "value": node.metadata.resource_version},
-            {"op": "add", "path": "/spec/taints", "value": taints},
+            set,
         ]);
         let patch: json_patch::Patch = serde_json::from_value(patch)?;
         let api: Api<Node> = Api::all(self.ctx.client.clone());
-        api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch)).await?;
+        api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await?;
         Ok(taints)
     }
 
     /// Deletes the node's pods whose time under its NoExecute taints is up; returns when the
     /// next one is due.
-    async fn evict(&self, node: &str, taints: &[Taint]) -> Result<Option<Duration>, ControllerError> {
+    async fn evict(
+        &self,
+        node: &str,
+        taints: &[Taint],
+    ) -> Result<Option<Duration>, ControllerError> {
         if !taints.iter().any(|t| t.effect == "NoExecute") {
             return Ok(None);
         }
@@ -307,7 +382,10 @@ impl Reconciler for NodeLifecycleController {
             return Ok(Action::Done);
         };
         let grace = self.config.grace_period;
-        let silent_for = self.last_heard(&node).map(|t| since(&t)).unwrap_or_default();
+        let silent_for = self
+            .last_heard(&node)
+            .map(|t| since(&t))
+            .unwrap_or_default();
         let ready = node
             .status
             .as_ref()
@@ -330,8 +408,17 @@ impl Reconciler for NodeLifecycleController {
                     .spec
                     .as_ref()
                     .and_then(|s| s.taints.as_ref())
-                    .and_then(|ts| ts.iter().find(|t| t.key == UNREACHABLE || t.key == NOT_READY))
-                    .map(|t| if t.key == UNREACHABLE { UNREACHABLE } else { NOT_READY }),
+                    .and_then(|ts| {
+                        ts.iter()
+                            .find(|t| t.key == UNREACHABLE || t.key == NOT_READY)
+                    })
+                    .map(|t| {
+                        if t.key == UNREACHABLE {
+                            UNREACHABLE
+                        } else {
+                            NOT_READY
+                        }
+                    }),
             }
         };
         let taints = self.set_taints(&node, taint).await?;
@@ -352,7 +439,12 @@ mod tests {
     use super::*;
 
     fn taint(key: &str, effect: &str) -> Taint {
-        Taint { key: key.into(), effect: effect.into(), value: None, time_added: None }
+        Taint {
+            key: key.into(),
+            effect: effect.into(),
+            value: None,
+            time_added: None,
+        }
     }
 
     fn pod_with(tolerations: serde_json::Value) -> Pod {
@@ -361,7 +453,10 @@ mod tests {
 
     #[test]
     fn tolerations_match_by_key_operator_and_effect() {
-        let t: Toleration = serde_json::from_value(json!({"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute"})).unwrap();
+        let t: Toleration = serde_json::from_value(
+            json!({"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute"}),
+        )
+        .unwrap();
         assert!(tolerates(&t, &taint(UNREACHABLE, "NoExecute")));
         assert!(!tolerates(&t, &taint(UNREACHABLE, "NoSchedule")));
         assert!(!tolerates(&t, &taint(NOT_READY, "NoExecute")));
@@ -378,12 +473,24 @@ mod tests {
     #[test]
     fn eviction_is_immediate_without_toleration_and_delayed_with_seconds() {
         let taints = [taint(UNREACHABLE, "NoExecute")];
-        assert_eq!(eviction_delay(&pod_with(json!([])), &taints), Some(Duration::ZERO));
-        let forever = pod_with(json!([{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute"}]));
+        assert_eq!(
+            eviction_delay(&pod_with(json!([])), &taints),
+            Some(Duration::ZERO)
+        );
+        let forever =
+            pod_with(json!([{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute"}]));
         assert_eq!(eviction_delay(&forever, &taints), None);
-        let bounded = pod_with(json!([{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}]));
-        assert_eq!(eviction_delay(&bounded, &taints), Some(Duration::from_secs(30)));
+        let bounded = pod_with(
+            json!([{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}]),
+        );
+        assert_eq!(
+            eviction_delay(&bounded, &taints),
+            Some(Duration::from_secs(30))
+        );
         // NoSchedule taints never evict.
-        assert_eq!(eviction_delay(&pod_with(json!([])), &[taint(UNREACHABLE, "NoSchedule")]), None);
+        assert_eq!(
+            eviction_delay(&pod_with(json!([])), &[taint(UNREACHABLE, "NoSchedule")]),
+            None
+        );
     }
 }

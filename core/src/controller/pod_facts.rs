@@ -112,18 +112,25 @@ mod tests {
     #[test]
     fn surplus_pods_are_deleted_unscheduled_pending_not_ready_and_newest_first() {
         let unscheduled = pod(json!({"metadata": {"name": "u"}, "spec": {"containers": []}}));
-        let pending = pod(json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n", "containers": []}, "status": {"phase": "Pending"}}));
-        let not_ready = pod(json!({"metadata": {"name": "r"}, "spec": {"nodeName": "n", "containers": []}, "status": {"phase": "Running"}}));
-        let ready = |name: &str, created: &str| pod(json!({"metadata": {"name": name, "creationTimestamp": created}, "spec": {"nodeName": "n", "containers": []}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2020-01-01T00:00:00Z"}]}}));
+        let pending = pod(
+            json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n", "containers": []}, "status": {"phase": "Pending"}}),
+        );
+        let not_ready = pod(
+            json!({"metadata": {"name": "r"}, "spec": {"nodeName": "n", "containers": []}, "status": {"phase": "Running"}}),
+        );
+        let ready = |name: &str, created: &str| {
+            pod(
+                json!({"metadata": {"name": name, "creationTimestamp": created}, "spec": {"nodeName": "n", "containers": []}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2020-01-01T00:00:00Z"}]}}),
+            )
+        };
         let old = ready("old", "2020-01-01T00:00:00Z");
         let new = ready("new", "2021-01-01T00:00:00Z");
-        let mut pods = vec![old, ready_clone(&new), not_ready, pending, unscheduled];
+        let mut pods = [old, new, not_ready, pending, unscheduled];
         pods.sort_by(deletion_order);
-        let names: Vec<_> = pods.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
+        let names: Vec<_> = pods
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
         assert_eq!(names, ["u", "p", "r", "new", "old"]);
-    }
-
-    fn ready_clone(p: &Pod) -> Pod {
-        p.clone()
     }
 }

@@ -6,8 +6,8 @@
 use super::expectations::Expectations;
 use super::informer::{Change, Informer};
 use super::pod_facts::{self, controller_of};
-use super::{ControllerContext, ControllerError, EventType, ObjectKey};
 use super::runner::{Action, Reconciler};
+use super::{ControllerContext, ControllerError, EventType, ObjectKey};
 use crate::selector::LabelSelector;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
@@ -64,7 +64,11 @@ impl ReplicaSetController {
             stop.clone(),
             move |change| match change {
                 Change::Resync => replica_sets.keys(),
-                other => other.object().map(|o| ObjectKey::of(o.as_ref())).into_iter().collect(),
+                other => other
+                    .object()
+                    .map(|o| ObjectKey::of(o.as_ref()))
+                    .into_iter()
+                    .collect(),
             },
         );
         let replica_sets = self.replica_sets.clone();
@@ -84,7 +88,12 @@ impl ReplicaSetController {
         rs: &ReplicaSet,
         owned: &[Arc<Pod>],
     ) -> Result<(), ControllerError> {
-        let desired = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as usize;
+        let desired = rs
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1)
+            .max(0) as usize;
         let namespace = key.namespace_or_empty();
         let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), namespace);
         if owned.len() < desired {
@@ -98,10 +107,9 @@ impl ReplicaSetController {
             while created < missing {
                 let count = batch.min(missing - created);
                 let params = PostParams::default();
-                let results = futures::future::join_all(
-                    (0..count).map(|_| pods.create(&params, &template)),
-                )
-                .await;
+                let results =
+                    futures::future::join_all((0..count).map(|_| pods.create(&params, &template)))
+                        .await;
                 let mut failure = None;
                 for result in results {
                     match result {
@@ -185,9 +193,14 @@ impl ReplicaSetController {
             return;
         }
         conditions.push(condition);
-        let api: Api<ReplicaSet> = Api::namespaced(self.ctx.client.clone(), key.namespace_or_empty());
+        let api: Api<ReplicaSet> =
+            Api::namespaced(self.ctx.client.clone(), key.namespace_or_empty());
         let _ = api
-            .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+            .patch_status(
+                &key.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
             .await;
     }
 }
@@ -203,7 +216,12 @@ fn pod_owner_keys(
     let owner_key = |pod: &Pod| {
         controller_of(&pod.metadata)
             .filter(|r| r.kind == "ReplicaSet")
-            .map(|r| ObjectKey::namespaced(pod.metadata.namespace.clone().unwrap_or_default(), r.name.clone()))
+            .map(|r| {
+                ObjectKey::namespaced(
+                    pod.metadata.namespace.clone().unwrap_or_default(),
+                    r.name.clone(),
+                )
+            })
     };
     let matching = |pod: &Pod| -> Vec<ObjectKey> {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
@@ -227,7 +245,9 @@ fn pod_owner_keys(
             let owner = owner_key(new);
             if let Some(owner) = &owner {
                 let newly_deleting = new.metadata.deletion_timestamp.is_some()
-                    && old.as_ref().is_none_or(|o| o.metadata.deletion_timestamp.is_none());
+                    && old
+                        .as_ref()
+                        .is_none_or(|o| o.metadata.deletion_timestamp.is_none());
                 if old.is_none() {
                     expectations.creation_observed(owner);
                 }
@@ -301,7 +321,10 @@ pub(crate) async fn set_owner_references(
     ]);
     let patch: json_patch::Patch = serde_json::from_value(patch)?;
     let name = pod.metadata.name.clone().unwrap_or_default();
-    match pods.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+    match pods
+        .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(err) if super::error::is_not_found(&err) => Ok(()),
         Err(err) => Err(err.into()),
@@ -375,7 +398,9 @@ impl Reconciler for ReplicaSetController {
             .iter()
             .filter(|p| {
                 let labels = p.metadata.labels.clone().unwrap_or_default();
-                template_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+                template_labels
+                    .iter()
+                    .all(|(k, v)| labels.get(k) == Some(v))
             })
             .count() as i32;
         let ready = owned.iter().filter(|p| pod_facts::is_ready(p)).count() as i32;

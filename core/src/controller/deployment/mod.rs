@@ -22,7 +22,9 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use revision::{copied_annotation, equal_ignoring_hash, revision_of, DESIRED_REPLICAS, MAX_REPLICAS};
+use revision::{
+    copied_annotation, equal_ignoring_hash, revision_of, DESIRED_REPLICAS, MAX_REPLICAS,
+};
 use rollout::Counts;
 use serde_json::json;
 use status::Progress;
@@ -91,7 +93,11 @@ impl DeploymentController {
             stop.clone(),
             move |change| match change {
                 Change::Resync => deployments.keys(),
-                other => other.object().map(|o| ObjectKey::of(o.as_ref())).into_iter().collect(),
+                other => other
+                    .object()
+                    .map(|o| ObjectKey::of(o.as_ref()))
+                    .into_iter()
+                    .collect(),
             },
         );
         let deployments = self.deployments.clone();
@@ -139,7 +145,9 @@ impl DeploymentController {
                 let namespace = pod.metadata.namespace.clone().unwrap_or_default();
                 controller_of(&pod.metadata)
                     .filter(|r| r.kind == "ReplicaSet")
-                    .and_then(|r| replica_sets.get(&ObjectKey::namespaced(namespace.clone(), r.name.clone())))
+                    .and_then(|r| {
+                        replica_sets.get(&ObjectKey::namespaced(namespace.clone(), r.name.clone()))
+                    })
                     .and_then(|rs| controller_of(&rs.metadata).map(|r| r.name.clone()))
                     .map(|name| vec![ObjectKey::namespaced(namespace, name)])
                     .unwrap_or_default()
@@ -230,7 +238,10 @@ impl DeploymentController {
             .filter(|(k, _)| copied_annotation(k))
             .collect();
         annotations.insert(REVISION.into(), revision.to_string());
-        annotations.insert(DESIRED_REPLICAS.into(), spec.replicas.unwrap_or(1).to_string());
+        annotations.insert(
+            DESIRED_REPLICAS.into(),
+            spec.replicas.unwrap_or(1).to_string(),
+        );
         annotations.insert(MAX_REPLICAS.into(), max_total.to_string());
         let rs = ReplicaSet {
             metadata: kube::api::ObjectMeta {
@@ -329,7 +340,11 @@ impl DeploymentController {
     }
 
     /// Deletes old, empty ReplicaSets beyond `revisionHistoryLimit`, oldest revision first.
-    async fn clean_up_history(&self, d: &Deployment, old: &[&ReplicaSet]) -> Result<(), ControllerError> {
+    async fn clean_up_history(
+        &self,
+        d: &Deployment,
+        old: &[&ReplicaSet],
+    ) -> Result<(), ControllerError> {
         let limit = d
             .spec
             .as_ref()
@@ -388,7 +403,10 @@ async fn set_owner_references(
     ]);
     let patch: json_patch::Patch = serde_json::from_value(patch)?;
     let name = rs.metadata.name.clone().unwrap_or_default();
-    match api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(err) if super::error::is_not_found(&err) => Ok(()),
         Err(err) => Err(err.into()),
@@ -423,7 +441,8 @@ impl Reconciler for DeploymentController {
         }
         let owned = self.claim_replica_sets(&d, &selector).await?;
         let desired = spec.replicas.unwrap_or(1).max(0);
-        let (surge, max_unavailable) = rollout::surge_and_unavailable(spec.strategy.as_ref(), desired);
+        let (surge, max_unavailable) =
+            rollout::surge_and_unavailable(spec.strategy.as_ref(), desired);
         let recreate = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
         let max_total = if recreate { desired } else { desired + surge };
         let mut new_rs: Option<ReplicaSet> = owned
@@ -555,11 +574,14 @@ impl Reconciler for DeploymentController {
                 .and_then(|a| a.get(REVISION))
                 .cloned();
             if current != Some(revision.to_string()) {
-                let api: Api<Deployment> = Api::namespaced(self.ctx.client.clone(), key.namespace_or_empty());
+                let api: Api<Deployment> =
+                    Api::namespaced(self.ctx.client.clone(), key.namespace_or_empty());
                 api.patch(
                     &key.name,
                     &PatchParams::default(),
-                    &Patch::Merge(json!({"metadata": {"annotations": {REVISION: revision.to_string()}}})),
+                    &Patch::Merge(
+                        json!({"metadata": {"annotations": {REVISION: revision.to_string()}}}),
+                    ),
                 )
                 .await?;
             }
@@ -567,9 +589,14 @@ impl Reconciler for DeploymentController {
 
         let (status, recheck) = status::compute(&d, new_rs.as_ref(), &old_refs, progress);
         if Some(&status) != d.status.as_ref() {
-            let api: Api<Deployment> = Api::namespaced(self.ctx.client.clone(), key.namespace_or_empty());
+            let api: Api<Deployment> =
+                Api::namespaced(self.ctx.client.clone(), key.namespace_or_empty());
             match api
-                .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+                .patch_status(
+                    &key.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": status})),
+                )
                 .await
             {
                 Ok(_) => {}

@@ -37,12 +37,19 @@ fn without_hash(template: &PodTemplateSpec) -> Value {
     {
         labels.remove(POD_TEMPLATE_HASH);
         if labels.is_empty() {
-            if let Some(meta) = value.pointer_mut("/metadata").and_then(Value::as_object_mut) {
+            if let Some(meta) = value
+                .pointer_mut("/metadata")
+                .and_then(Value::as_object_mut)
+            {
                 meta.remove("labels");
             }
         }
     }
-    if value.pointer("/metadata").and_then(Value::as_object).is_some_and(|m| m.is_empty()) {
+    if value
+        .pointer("/metadata")
+        .and_then(Value::as_object)
+        .is_some_and(|m| m.is_empty())
+    {
         if let Some(object) = value.as_object_mut() {
             object.remove("metadata");
         }

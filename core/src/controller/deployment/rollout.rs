@@ -22,7 +22,11 @@ fn resolve(value: Option<&IntOrString>, total: i32, round_up: bool) -> i32 {
         Some(IntOrString::String(s)) => {
             let percent: f64 = s.trim_end_matches('%').parse().unwrap_or(25.0);
             let exact = total as f64 * percent / 100.0;
-            let rounded = if round_up { exact.ceil() } else { exact.floor() };
+            let rounded = if round_up {
+                exact.ceil()
+            } else {
+                exact.floor()
+            };
             rounded.max(0.0) as i32
         }
     }
@@ -33,7 +37,11 @@ fn resolve(value: Option<&IntOrString>, total: i32, round_up: bool) -> i32 {
 pub fn surge_and_unavailable(strategy: Option<&DeploymentStrategy>, desired: i32) -> (i32, i32) {
     let rolling = strategy.and_then(|s| s.rolling_update.as_ref());
     let surge = resolve(rolling.and_then(|r| r.max_surge.as_ref()), desired, true);
-    let unavailable = resolve(rolling.and_then(|r| r.max_unavailable.as_ref()), desired, false);
+    let unavailable = resolve(
+        rolling.and_then(|r| r.max_unavailable.as_ref()),
+        desired,
+        false,
+    );
     if surge == 0 && unavailable == 0 {
         (0, 1)
     } else {
@@ -122,7 +130,10 @@ mod tests {
 
     #[test]
     fn percentages_round_surge_up_and_unavailability_down() {
-        let s = strategy(IntOrString::String("25%".into()), IntOrString::String("25%".into()));
+        let s = strategy(
+            IntOrString::String("25%".into()),
+            IntOrString::String("25%".into()),
+        );
         assert_eq!(surge_and_unavailable(Some(&s), 10), (3, 2));
         let none = strategy(IntOrString::Int(0), IntOrString::Int(0));
         assert_eq!(surge_and_unavailable(Some(&none), 3), (0, 1));
@@ -139,12 +150,46 @@ mod tests {
 
     #[test]
     fn old_replica_sets_shrink_unhealthy_first_then_within_availability() {
-        let new = Counts { replicas: 1, available: 0 };
+        let new = Counts {
+            replicas: 1,
+            available: 0,
+        };
         // 3 desired, 1 unavailable allowed: one old pod may go while the new one starts.
-        assert_eq!(scale_down_old(3, 1, new, &[Counts { replicas: 3, available: 3 }]), [2]);
+        assert_eq!(
+            scale_down_old(
+                3,
+                1,
+                new,
+                &[Counts {
+                    replicas: 3,
+                    available: 3
+                }]
+            ),
+            [2]
+        );
         // An old ReplicaSet whose pods are not available is scaled down first.
-        let old = [Counts { replicas: 2, available: 0 }, Counts { replicas: 3, available: 3 }];
-        assert_eq!(scale_down_old(3, 0, Counts { replicas: 0, available: 0 }, &old), [0, 3]);
+        let old = [
+            Counts {
+                replicas: 2,
+                available: 0,
+            },
+            Counts {
+                replicas: 3,
+                available: 3,
+            },
+        ];
+        assert_eq!(
+            scale_down_old(
+                3,
+                0,
+                Counts {
+                    replicas: 0,
+                    available: 0
+                },
+                &old
+            ),
+            [0, 3]
+        );
     }
 
     proptest! {

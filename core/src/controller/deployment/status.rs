@@ -64,7 +64,10 @@ pub fn compute(
     let status_of = |rs: &ReplicaSet| rs.status.clone().unwrap_or_default();
     let replicas: i32 = all.iter().map(|rs| status_of(rs).replicas).sum();
     let updated = new_rs.map(|rs| status_of(rs).replicas).unwrap_or(0);
-    let ready: i32 = all.iter().map(|rs| status_of(rs).ready_replicas.unwrap_or(0)).sum();
+    let ready: i32 = all
+        .iter()
+        .map(|rs| status_of(rs).ready_replicas.unwrap_or(0))
+        .sum();
     let available: i32 = all
         .iter()
         .map(|rs| status_of(rs).available_replicas.unwrap_or(0))
@@ -79,12 +82,22 @@ pub fn compute(
     if available >= desired - max_unavailable {
         set_condition(
             &mut conditions,
-            condition("Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.".into()),
+            condition(
+                "Available",
+                "True",
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.".into(),
+            ),
         );
     } else {
         set_condition(
             &mut conditions,
-            condition("Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into()),
+            condition(
+                "Available",
+                "False",
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.".into(),
+            ),
         );
     }
     let rs_name = new_rs
@@ -98,17 +111,32 @@ pub fn compute(
     if spec.paused == Some(true) {
         set_condition(
             &mut conditions,
-            condition("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused".into()),
+            condition(
+                "Progressing",
+                "Unknown",
+                "DeploymentPaused",
+                "Deployment is paused".into(),
+            ),
         );
     } else if complete && new_rs.is_some() {
         set_condition(
             &mut conditions,
-            condition("Progressing", "True", "NewReplicaSetAvailable", format!("ReplicaSet \"{rs_name}\" has successfully progressed.")),
+            condition(
+                "Progressing",
+                "True",
+                "NewReplicaSetAvailable",
+                format!("ReplicaSet \"{rs_name}\" has successfully progressed."),
+            ),
         );
     } else if progress == Progress::Created {
         set_condition(
             &mut conditions,
-            condition("Progressing", "True", "NewReplicaSetCreated", format!("Created new replica set \"{rs_name}\"")),
+            condition(
+                "Progressing",
+                "True",
+                "NewReplicaSetCreated",
+                format!("Created new replica set \"{rs_name}\""),
+            ),
         );
     } else if progress == Progress::Scaled
         || updated > old_status.updated_replicas.unwrap_or(0)
@@ -116,7 +144,12 @@ pub fn compute(
         || available > old_status.available_replicas.unwrap_or(0)
     {
         // Any forward movement refreshes the progress clock.
-        let mut c = condition("Progressing", "True", "ReplicaSetUpdated", format!("ReplicaSet \"{rs_name}\" is progressing."));
+        let mut c = condition(
+            "Progressing",
+            "True",
+            "ReplicaSetUpdated",
+            format!("ReplicaSet \"{rs_name}\" is progressing."),
+        );
         c.last_update_time = Some(now());
         if let Some(existing) = conditions.iter_mut().find(|c| c.type_ == "Progressing") {
             if existing.status == "True" {
@@ -128,7 +161,10 @@ pub fn compute(
         }
     }
     if let (Some(deadline), false) = (deadline, complete || spec.paused == Some(true)) {
-        let progressing = conditions.iter().find(|c| c.type_ == "Progressing").cloned();
+        let progressing = conditions
+            .iter()
+            .find(|c| c.type_ == "Progressing")
+            .cloned();
         if let Some(progressing) = progressing.filter(|c| c.status == "True") {
             let since = progressing
                 .last_update_time
@@ -139,7 +175,12 @@ pub fn compute(
             if since >= deadline {
                 set_condition(
                     &mut conditions,
-                    condition("Progressing", "False", "ProgressDeadlineExceeded", format!("ReplicaSet \"{rs_name}\" has timed out progressing.")),
+                    condition(
+                        "Progressing",
+                        "False",
+                        "ProgressDeadlineExceeded",
+                        format!("ReplicaSet \"{rs_name}\" has timed out progressing."),
+                    ),
                 );
             } else {
                 recheck = Some(deadline - since + Duration::from_millis(100));
