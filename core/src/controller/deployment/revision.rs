@@ -28,9 +28,30 @@ pub fn copied_annotation(key: &str) -> bool {
     !NOT_COPIED.contains(&key)
 }
 
-/// The template as JSON without the `pod-template-hash` label.
+/// Removes nulls, empty objects and empty arrays, recursively: Kubernetes' Go types cannot tell
+/// them from absent fields, so neither may template comparison (kubectl's `rollout undo` sends
+/// `resources: {}` where the stored template has nothing).
+fn prune_empty(value: &mut Value) -> bool {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !prune_empty(v));
+            map.is_empty()
+        }
+        Value::Array(items) => {
+            for item in items.iter_mut() {
+                prune_empty(item);
+            }
+            items.is_empty()
+        }
+        Value::Null => true,
+        _ => false,
+    }
+}
+
+/// The template as JSON without the `pod-template-hash` label or empty fields.
 fn without_hash(template: &PodTemplateSpec) -> Value {
     let mut value = serde_json::to_value(template).unwrap_or(Value::Null);
+    prune_empty(&mut value);
     if let Some(labels) = value
         .pointer_mut("/metadata/labels")
         .and_then(Value::as_object_mut)
@@ -113,6 +134,11 @@ mod tests {
         assert_eq!(template_hash(&a, None), template_hash(&labelled, None));
         assert_ne!(template_hash(&a, None), template_hash(&b, None));
         assert_ne!(template_hash(&a, None), template_hash(&a, Some(1)));
+        // Empty fields are no difference.
+        let mut explicit = a.clone();
+        explicit.spec.as_mut().unwrap().containers[0].resources = Some(Default::default());
+        assert!(equal_ignoring_hash(&a, &explicit));
+        assert_eq!(template_hash(&a, None), template_hash(&explicit, None));
         assert!(template_hash(&a, None)
             .chars()
             .all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)));
