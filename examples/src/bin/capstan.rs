@@ -3,12 +3,14 @@
 //! `capstan up [--data-dir DIR] [--listen ADDR] [--store embedded|memory|etcd]
 //! [--etcd-endpoints URL,…] [--node-name NAME] [--runtime auto|docker|sim]
 //! [--pod-cidr CIDR] [--sandbox-image IMAGE]` runs the API server on the embedded durable
-//! store (default `./.capstan/store.redb`) and one node agent (Docker when its socket answers,
+//! store (default `./.capstan/store.redb`), the controller manager (under a leader-election
+//! Lease) and one node agent (Docker when its socket answers,
 //! otherwise the simulated runtime), writes `DIR/kubeconfig`, prints the kubectl command to
 //! use, and stops cleanly on SIGINT or SIGTERM (containers keep running and are adopted on the
 //! next start). Until authentication lands it serves loopback addresses only.
 
 use capstan_core::apiserver::{ApiConfig, ApiServer};
+use capstan_core::controller::{ControllerManager, ControllerManagerConfig, LeaderElectionConfig};
 use capstan_core::node::{NodeAgent, NodeConfig};
 use capstan_core::runtime::sim::SimRuntime;
 use capstan_core::runtime::ContainerRuntime;
@@ -214,6 +216,22 @@ async fn up(options: UpOptions) -> Result<(), String> {
         "capstan: API server listening on http://{address} (store: {})",
         options.store
     );
+    // The controller manager campaigns for its Lease, so several `capstan up` sharing one
+    // store run one set of controllers.
+    let identity = format!("{}-{}", options.node_name, std::process::id());
+    let controllers = ControllerManager::new(
+        server.client(),
+        ControllerManagerConfig {
+            leader_election: Some(LeaderElectionConfig::new(
+                "kube-system",
+                "capstan-controller-manager",
+                &identity,
+            )),
+            ..ControllerManagerConfig::default()
+        },
+    )
+    .start();
+    println!("capstan: controller manager started (replicasets, deployments, garbage collector, endpoints, endpointslices, node lifecycle)");
     let (runtime, runtime_description) = open_runtime(&options).await?;
     println!("capstan: runtime: {runtime_description}");
     let mut node_config = NodeConfig::new(&options.node_name);
@@ -235,6 +253,7 @@ async fn up(options: UpOptions) -> Result<(), String> {
     );
     let served = serving.await;
     agent.stop().await;
+    controllers.stop().await;
     served
         .map_err(|e| format!("server task failed: {e}"))?
         .map_err(|e| format!("server error: {e}"))?;
