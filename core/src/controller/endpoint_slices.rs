@@ -7,7 +7,7 @@
 use super::endpoints::{
     pod_reference, service_endpoints, services_for_pod, PodEndpoint, ServedPort,
 };
-use super::informer::{Change, Informer};
+use super::informer::Informer;
 use super::runner::{Action, Reconciler};
 use super::{ControllerContext, ControllerError, ObjectKey, WorkQueue};
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -72,20 +72,7 @@ impl EndpointSliceController {
         queue: &Arc<WorkQueue<ObjectKey>>,
         stop: &CancellationToken,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        let services = self.services.clone();
-        let own = super::triggers::enqueue_changes(
-            &self.services,
-            queue.clone(),
-            stop.clone(),
-            move |change| match change {
-                Change::Resync => services.keys(),
-                other => other
-                    .object()
-                    .map(|o| ObjectKey::of(o.as_ref()))
-                    .into_iter()
-                    .collect(),
-            },
-        );
+        let own = super::triggers::enqueue_own(&self.services, queue.clone(), stop.clone());
         let services = self.services.clone();
         let pods = super::triggers::enqueue_changes(
             &self.pods,

@@ -161,20 +161,7 @@ impl EndpointsController {
         queue: &Arc<WorkQueue<ObjectKey>>,
         stop: &CancellationToken,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        let services = self.services.clone();
-        let own = super::triggers::enqueue_changes(
-            &self.services,
-            queue.clone(),
-            stop.clone(),
-            move |change| match change {
-                Change::Resync => services.keys(),
-                other => other
-                    .object()
-                    .map(|o| ObjectKey::of(o.as_ref()))
-                    .into_iter()
-                    .collect(),
-            },
-        );
+        let own = super::triggers::enqueue_own(&self.services, queue.clone(), stop.clone());
         let services = self.services.clone();
         let pods = super::triggers::enqueue_changes(
             &self.pods,

@@ -11,16 +11,15 @@
 
 use super::cache::BY_OWNER;
 use super::error::is_not_found;
+use super::finalizer::remove_finalizer;
 use super::informer::{Change, Informer, InformerFactory};
+use super::metadata_patch::{set_metadata_field, Guard};
 use super::work_queue::{QueueConfig, WorkQueue};
 use super::{ControllerContext, ControllerError, ObjectKey};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy,
-};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, PropagationPolicy};
 use kube::discovery::{verbs, Discovery, Scope};
 use kube::Client;
-use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -376,9 +375,16 @@ impl GarbageCollector {
                     .filter(|r| r.uid != uid)
                     .collect();
                 let dep_api = self.api(&dep_watched, dependent.metadata.namespace.as_deref());
-                patch_owner_references(&dep_api, &dependent, refs).await?;
+                set_metadata_field(
+                    &dep_api,
+                    &dependent.metadata,
+                    "ownerReferences",
+                    refs,
+                    Guard::Uid,
+                )
+                .await?;
             }
-            remove_finalizer(&api, &object, ORPHAN).await?;
+            remove_finalizer(&api, object.as_ref(), ORPHAN).await?;
             return Ok(());
         }
         if is_deleting(&object) && has_finalizer(&object, FOREGROUND) {
@@ -413,7 +419,7 @@ impl GarbageCollector {
                 }
             }
             if blocking == 0 {
-                remove_finalizer(&api, &object, FOREGROUND).await?;
+                remove_finalizer(&api, object.as_ref(), FOREGROUND).await?;
             }
             // Otherwise each dependent's deletion wakes this owner again.
             return Ok(());
@@ -441,7 +447,8 @@ impl GarbageCollector {
                     .into_iter()
                     .filter(|r| !absent.contains(&r.uid))
                     .collect();
-                patch_owner_references(&api, &object, kept).await?;
+                set_metadata_field(&api, &object.metadata, "ownerReferences", kept, Guard::Uid)
+                    .await?;
             }
             return Ok(());
         }
@@ -465,55 +472,5 @@ impl GarbageCollector {
             Err(err) if is_not_found(&err) => Ok(()),
             Err(err) => Err(err.into()),
         }
-    }
-}
-
-async fn patch_owner_references(
-    api: &Api<DynamicObject>,
-    object: &DynamicObject,
-    refs: Vec<OwnerReference>,
-) -> Result<(), ControllerError> {
-    let patch = json!([
-        {"op": "test", "path": "/metadata/uid", "value": object.metadata.uid},
-        {"op": "add", "path": "/metadata/ownerReferences", "value": refs},
-    ]);
-    let patch: json_patch::Patch = serde_json::from_value(patch)?;
-    let name = object.metadata.name.clone().unwrap_or_default();
-    match api
-        .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(err) if is_not_found(&err) => Ok(()),
-        Err(err) => Err(err.into()),
-    }
-}
-
-async fn remove_finalizer(
-    api: &Api<DynamicObject>,
-    object: &DynamicObject,
-    finalizer: &str,
-) -> Result<(), ControllerError> {
-    let kept: Vec<String> = object
-        .metadata
-        .finalizers
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|f| f != finalizer)
-        .collect();
-    let patch = json!([
-        {"op": "test", "path": "/metadata/resourceVersion", "value": object.metadata.resource_version},
-        {"op": "add", "path": "/metadata/finalizers", "value": kept},
-    ]);
-    let patch: json_patch::Patch = serde_json::from_value(patch)?;
-    let name = object.metadata.name.clone().unwrap_or_default();
-    match api
-        .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(err) if is_not_found(&err) => Ok(()),
-        Err(err) => Err(err.into()),
     }
 }

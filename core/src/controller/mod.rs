@@ -22,6 +22,7 @@ mod garbage_collector;
 mod informer;
 mod leader_election;
 mod manager;
+mod metadata_patch;
 mod node_lifecycle;
 mod object_key;
 pub mod pod_facts;
@@ -46,7 +47,7 @@ pub use node_lifecycle::{NodeLifecycleConfig, NodeLifecycleController};
 pub use object_key::ObjectKey;
 pub use replica_set::ReplicaSetController;
 pub use runner::{run_workers, Action, ReconcileCounters, Reconciler};
-pub use triggers::enqueue_changes;
+pub use triggers::{enqueue_changes, enqueue_own};
 pub use work_queue::{QueueConfig, WorkQueue};
 
 /// What every built-in controller shares: the client it writes with, the shared informers it

@@ -139,20 +139,7 @@ impl NodeLifecycleController {
         queue: &Arc<WorkQueue<ObjectKey>>,
         stop: &CancellationToken,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        let nodes = self.nodes.clone();
-        let own = super::triggers::enqueue_changes(
-            &self.nodes,
-            queue.clone(),
-            stop.clone(),
-            move |change| match change {
-                Change::Resync => nodes.keys(),
-                other => other
-                    .object()
-                    .map(|o| ObjectKey::of(o.as_ref()))
-                    .into_iter()
-                    .collect(),
-            },
-        );
+        let own = super::triggers::enqueue_own(&self.nodes, queue.clone(), stop.clone());
         let leases =
             super::triggers::enqueue_changes(&self.leases, queue.clone(), stop.clone(), |change| {
                 change

@@ -5,6 +5,7 @@
 
 use super::expectations::Expectations;
 use super::informer::{Change, Informer};
+use super::metadata_patch::{set_metadata_field, Guard};
 use super::pod_facts::{self, controller_of};
 use super::runner::{Action, Reconciler};
 use super::{ControllerContext, ControllerError, EventType, ObjectKey};
@@ -57,20 +58,8 @@ impl ReplicaSetController {
         queue: &Arc<super::WorkQueue<ObjectKey>>,
         stop: &tokio_util::sync::CancellationToken,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        let replica_sets = self.replica_sets.clone();
-        let rs_trigger = super::triggers::enqueue_changes(
-            &self.replica_sets,
-            queue.clone(),
-            stop.clone(),
-            move |change| match change {
-                Change::Resync => replica_sets.keys(),
-                other => other
-                    .object()
-                    .map(|o| ObjectKey::of(o.as_ref()))
-                    .into_iter()
-                    .collect(),
-            },
-        );
+        let rs_trigger =
+            super::triggers::enqueue_own(&self.replica_sets, queue.clone(), stop.clone());
         let replica_sets = self.replica_sets.clone();
         let expectations = self.expectations.clone();
         let pod_trigger = super::triggers::enqueue_changes(
@@ -309,28 +298,6 @@ fn with_owner(pod: &Pod, owner: OwnerReference) -> Vec<OwnerReference> {
     refs
 }
 
-/// Patches a pod's owner references, guarded by its resourceVersion.
-pub(crate) async fn set_owner_references(
-    pods: &Api<Pod>,
-    pod: &Pod,
-    refs: Vec<OwnerReference>,
-) -> Result<(), ControllerError> {
-    let patch = json!([
-        {"op": "test", "path": "/metadata/resourceVersion", "value": pod.metadata.resource_version},
-        {"op": "add", "path": "/metadata/ownerReferences", "value": refs},
-    ]);
-    let patch: json_patch::Patch = serde_json::from_value(patch)?;
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    match pods
-        .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(err) if super::error::is_not_found(&err) => Ok(()),
-        Err(err) => Err(err.into()),
-    }
-}
-
 #[async_trait::async_trait]
 impl Reconciler for ReplicaSetController {
     fn name(&self) -> &str {
@@ -363,7 +330,7 @@ impl Reconciler for ReplicaSetController {
                         owned.push(pod);
                     } else if !deleting {
                         // Release: the pod no longer matches.
-                        let refs = pod
+                        let refs: Vec<OwnerReference> = pod
                             .metadata
                             .owner_references
                             .clone()
@@ -371,13 +338,26 @@ impl Reconciler for ReplicaSetController {
                             .into_iter()
                             .filter(|r| r.uid != uid)
                             .collect();
-                        set_owner_references(&pods_api, &pod, refs).await?;
+                        set_metadata_field(
+                            &pods_api,
+                            &pod.metadata,
+                            "ownerReferences",
+                            refs,
+                            Guard::ResourceVersion,
+                        )
+                        .await?;
                     }
                 }
                 Some(_) => {}
                 None if matches && !deleting => {
-                    set_owner_references(&pods_api, &pod, with_owner(&pod, owner_reference(&rs)))
-                        .await?;
+                    set_metadata_field(
+                        &pods_api,
+                        &pod.metadata,
+                        "ownerReferences",
+                        with_owner(&pod, owner_reference(&rs)),
+                        Guard::ResourceVersion,
+                    )
+                    .await?;
                     owned.push(pod);
                 }
                 None => {}

@@ -45,3 +45,24 @@ where
         }
     })
 }
+
+/// Queues each changed object's own key (every cached key on resync): the trigger of a
+/// controller's primary kind.
+pub fn enqueue_own<K>(
+    informer: &Informer<K>,
+    queue: Arc<WorkQueue<ObjectKey>>,
+    stop: CancellationToken,
+) -> JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let all = informer.clone();
+    enqueue_changes(informer, queue, stop, move |change| match change {
+        Change::Resync => all.keys(),
+        other => other
+            .object()
+            .map(|o| ObjectKey::of(o.as_ref()))
+            .into_iter()
+            .collect(),
+    })
+}

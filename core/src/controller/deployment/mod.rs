@@ -14,6 +14,7 @@ mod status;
 pub use revision::{template_hash, POD_TEMPLATE_HASH, REVISION};
 
 use super::informer::{Change, Informer};
+use super::metadata_patch::{set_metadata_field, Guard};
 use super::pod_facts::controller_of;
 use super::runner::{Action, Reconciler};
 use super::{ControllerContext, ControllerError, EventType, ObjectKey, WorkQueue};
@@ -86,20 +87,7 @@ impl DeploymentController {
         queue: &Arc<WorkQueue<ObjectKey>>,
         stop: &CancellationToken,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        let deployments = self.deployments.clone();
-        let own = super::triggers::enqueue_changes(
-            &self.deployments,
-            queue.clone(),
-            stop.clone(),
-            move |change| match change {
-                Change::Resync => deployments.keys(),
-                other => other
-                    .object()
-                    .map(|o| ObjectKey::of(o.as_ref()))
-                    .into_iter()
-                    .collect(),
-            },
-        );
+        let own = super::triggers::enqueue_own(&self.deployments, queue.clone(), stop.clone());
         let deployments = self.deployments.clone();
         let rs_trigger = super::triggers::enqueue_changes(
             &self.replica_sets,
@@ -188,14 +176,28 @@ impl DeploymentController {
                             .into_iter()
                             .filter(|r| r.uid != uid)
                             .collect();
-                        set_owner_references(&api, &rs, refs).await?;
+                        set_metadata_field(
+                            &api,
+                            &rs.metadata,
+                            "ownerReferences",
+                            refs,
+                            Guard::ResourceVersion,
+                        )
+                        .await?;
                     }
                 }
                 Some(_) => {}
                 None if matches && !deleting && rs.metadata.deletion_timestamp.is_none() => {
                     let mut refs = rs.metadata.owner_references.clone().unwrap_or_default();
                     refs.push(owner_reference(d));
-                    set_owner_references(&api, &rs, refs).await?;
+                    set_metadata_field(
+                        &api,
+                        &rs.metadata,
+                        "ownerReferences",
+                        refs,
+                        Guard::ResourceVersion,
+                    )
+                    .await?;
                     owned.push(rs);
                 }
                 None => {}
@@ -388,28 +390,6 @@ impl DeploymentController {
                 .iter()
                 .any(|p| !super::pod_facts::is_terminal(p))
         })
-    }
-}
-
-/// Patches an object's owner references, guarded by its resourceVersion.
-async fn set_owner_references(
-    api: &Api<ReplicaSet>,
-    rs: &ReplicaSet,
-    refs: Vec<OwnerReference>,
-) -> Result<(), ControllerError> {
-    let patch = json!([
-        {"op": "test", "path": "/metadata/resourceVersion", "value": rs.metadata.resource_version},
-        {"op": "add", "path": "/metadata/ownerReferences", "value": refs},
-    ]);
-    let patch: json_patch::Patch = serde_json::from_value(patch)?;
-    let name = rs.metadata.name.clone().unwrap_or_default();
-    match api
-        .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(err) if super::error::is_not_found(&err) => Ok(()),
-        Err(err) => Err(err.into()),
     }
 }
 
