@@ -55,7 +55,7 @@ async fn cluster_with(config: ControllerManagerConfig) -> Cluster {
     let client = server.client();
     let kubelet = CancellationToken::new();
     tokio::spawn(simulated_kubelet(client.clone(), kubelet.clone()));
-    let controllers = ControllerManager::new(client.clone(), config).start();
+    let controllers = ControllerManager::in_process(&server, config).start();
     Cluster {
         _server: server,
         client,
@@ -1147,6 +1147,23 @@ async fn one_leader_at_a_time_and_stopping_hands_over() {
     let spec = lease.spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("b"));
     assert_eq!(spec.lease_transitions, Some(1));
+    // Losing the lease (another holder took it) stops the leader's work.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let mut stolen = leases.get("test-leader").await.unwrap();
+    let spec = stolen.spec.as_mut().unwrap();
+    spec.holder_identity = Some("intruder".into());
+    spec.lease_duration_seconds = Some(60);
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    leases
+        .replace("test-leader", &PostParams::default(), &stolen)
+        .await
+        .unwrap();
+    eventually(5, "b stops working after losing the lease", || async {
+        leading.lock().unwrap().is_empty().then_some(())
+    })
+    .await;
     stops[1].cancel();
     for t in tasks {
         t.await.unwrap();

@@ -399,3 +399,39 @@ async fn object_storage_pages_watches_and_round_trips_unknown_kinds() {
         Err(StorageError::Invalid { .. })
     ));
 }
+
+#[tokio::test]
+async fn objects_of_kinds_with_a_ttl_expire_after_their_last_write() {
+    let registry = Registry::with_builtins();
+    let events = registry.get("", "v1", "events").unwrap();
+    assert_eq!(
+        events.ttl,
+        Some(std::time::Duration::from_secs(3600)),
+        "Events live an hour"
+    );
+    let short = (**events)
+        .clone()
+        .with_ttl(std::time::Duration::from_secs(1));
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let storage = ObjectStorage::new(store);
+    let event = serde_json::json!({"metadata": {"name": "e", "namespace": "default"}, "involvedObject": {"kind": "Pod", "name": "p"}, "reason": "Tested"});
+    let created = storage.create(&short, event).await.unwrap();
+    // A write renews the time to live.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let mut updated = created.clone();
+    updated["count"] = serde_json::json!(2);
+    storage.update(&short, updated).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(
+        storage.get(&short, Some("default"), "e").await.is_ok(),
+        "renewed by the update"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while storage.get(&short, Some("default"), "e").await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the event did not expire"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -121,9 +121,9 @@ async fn with_controllers(deployments: usize) -> (f64, f64, ApiServer) {
     let server = server().await;
     let client = server.client();
     let controllers =
-        ControllerManager::new(client.clone(), ControllerManagerConfig::default()).start();
+        ControllerManager::in_process(&server, ControllerManagerConfig::default()).start();
     // Watch progress through separate informers, synced before the burst.
-    let observer = InformerFactory::new(client.clone());
+    let observer = InformerFactory::in_process(&server);
     let pods = observer.informer::<Pod>();
     let sets = observer.informer::<ReplicaSet>();
     pods.wait_synced().await;
@@ -176,7 +176,7 @@ async fn informer_memory(server: &ApiServer) -> (f64, f64, usize) {
     let count = items.len();
     drop(items);
     let before = heap_bytes();
-    let factory = InformerFactory::new(client);
+    let factory = InformerFactory::in_process(server);
     let informer = factory.informer::<Pod>();
     informer.wait_synced().await;
     // Let the listing's transient buffers go.

@@ -13,6 +13,7 @@ mod discovery;
 mod error;
 mod handler;
 mod list;
+mod local_watch;
 mod metrics;
 mod node_proxy;
 mod openapi;
@@ -32,6 +33,7 @@ pub use admission::{
 };
 pub use auth::{AllowAll, Authenticator, Authorizer, RequestAttributes, UserInfo};
 pub use error::{ApiError, Cause, ErrorDetails};
+pub use local_watch::{LocalEvent, LocalWatch};
 pub use request::{parse_path, Query, ResourcePath, Target};
 pub use service_ips::{Ipv4Cidr, ServiceAllocator};
 

@@ -17,8 +17,7 @@ pub(crate) struct Selection {
 
 impl Selection {
     /// A selection from parsed selectors.
-    #[cfg(test)]
-    pub(crate) fn new(labels: LabelSelector, fields: FieldSelector) -> Self {
+    pub(crate) fn from_parts(labels: LabelSelector, fields: FieldSelector) -> Self {
         Selection { labels, fields }
     }
 

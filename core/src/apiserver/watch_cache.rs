@@ -573,7 +573,7 @@ mod tests {
     use serde_json::json;
 
     fn everything() -> Selection {
-        Selection::new(LabelSelector::everything(), FieldSelector::everything())
+        Selection::from_parts(LabelSelector::everything(), FieldSelector::everything())
     }
 
     #[tokio::test]
@@ -602,7 +602,7 @@ mod tests {
                     .0,
             );
         }
-        let on_n1 = Selection::new(
+        let on_n1 = Selection::from_parts(
             LabelSelector::everything(),
             FieldSelector::parse("spec.nodeName=n1").unwrap(),
         );

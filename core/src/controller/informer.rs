@@ -1,14 +1,18 @@
 //! Shared informers: one list+watch and one indexed cache per kind in a process, shared by every
 //! controller that asks for it, and joinable after start.
 //!
-//! The watch is kube-runtime's [`watcher`]: it resumes from the last resourceVersion, relists
-//! on `410 Gone`, asks for bookmarks and backs off with jitter on errors. Each informer feeds an
+//! Over a client, the watch is kube-runtime's [`watcher`]: it resumes from the last
+//! resourceVersion, relists on `410 Gone`, asks for bookmarks and backs off with jitter on
+//! errors. In the API server's own process ([`InformerFactory::in_process`]) informers are fed
+//! straight from its watch cache instead, with the same resume-then-relist rule. Each informer feeds an
 //! indexed [`Cache`](super::cache) and broadcasts every change; a subscriber that falls behind
 //! gets [`Change::Resync`] and re-reads the cache, so nothing is silently lost. Informers never
 //! write to the API.
 
 use super::cache::{Cache, IndexFn};
 use super::ObjectKey;
+use crate::apiserver::{ApiServer, LocalEvent};
+use crate::store::Revision;
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::watcher::{self, watcher};
@@ -19,6 +23,7 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -127,6 +132,88 @@ where
                         tracing::debug!(error = %err, "informer watch failed; retrying");
                     }
                     Some(Ok(event)) => apply_event(&shared, event, &mut listing),
+                }
+            }
+        });
+        Informer { shared }
+    }
+
+    /// Starts an informer fed straight from `server`'s watch cache (no HTTP, no re-encoding):
+    /// every object of `group/version/plural`. It resumes after the last revision it saw when
+    /// its feed closes and relists when that history is gone; it stops when `stop` is
+    /// cancelled.
+    pub fn start_local(
+        server: ApiServer,
+        resource: (String, String, String),
+        stop: CancellationToken,
+    ) -> Self {
+        let (changes, _) = broadcast::channel(CHANGE_BUFFER);
+        let shared = Arc::new(Shared {
+            cache: RwLock::new(Cache::new()),
+            changes,
+            synced: watch::channel(false).0,
+        });
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            let (group, version, plural) = resource;
+            let mut last: Option<Revision> = None;
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let subscribed = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    w = server.watch_local(&group, &version, &plural, last) => w,
+                };
+                let mut feed = match subscribed {
+                    Ok(feed) => feed,
+                    Err(err) if err.code == 410 => {
+                        last = None;
+                        continue;
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, %plural, "in-process watch failed; retrying");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                };
+                backoff = Duration::from_millis(100);
+                {
+                    let Some(shared) = weak.upgrade() else { return };
+                    let mut listing = None;
+                    if last.is_none() {
+                        apply_event(&shared, watcher::Event::Init, &mut listing);
+                        for event in std::mem::take(&mut feed.initial) {
+                            if let LocalEvent::Added(bytes) = event {
+                                if let Some(object) = decode::<K>(&bytes) {
+                                    apply_event(
+                                        &shared,
+                                        watcher::Event::InitApply(object),
+                                        &mut listing,
+                                    );
+                                }
+                            }
+                        }
+                        apply_event(&shared, watcher::Event::InitDone, &mut listing);
+                    } else {
+                        for event in std::mem::take(&mut feed.initial) {
+                            apply_local(&shared, event, &mut listing);
+                        }
+                    }
+                }
+                last = Some(feed.revision);
+                loop {
+                    let event = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        event = feed.live.recv() => event,
+                    };
+                    let Some(event) = event else { break };
+                    let Some(shared) = weak.upgrade() else { return };
+                    if let Some(revision) = apply_local(&shared, event, &mut None) {
+                        last = Some(revision);
+                    }
                 }
             }
         });
@@ -262,10 +349,50 @@ where
     }
 }
 
+fn decode<K: DeserializeOwned>(bytes: &[u8]) -> Option<K> {
+    match serde_json::from_slice(bytes) {
+        Ok(object) => Some(object),
+        Err(err) => {
+            tracing::warn!(error = %err, "an object from the watch cache does not decode");
+            None
+        }
+    }
+}
+
+/// Applies an in-process watch event; returns the revision it brings the informer to.
+fn apply_local<K>(
+    shared: &Shared<K>,
+    event: LocalEvent,
+    listing: &mut Option<Vec<K>>,
+) -> Option<Revision>
+where
+    K: Resource + Clone + DeserializeOwned,
+{
+    let (object, deleted) = match event {
+        LocalEvent::Bookmark(revision) => return Some(revision),
+        LocalEvent::Added(bytes) | LocalEvent::Modified(bytes) => (decode::<K>(&bytes)?, false),
+        LocalEvent::Deleted(bytes) => (decode::<K>(&bytes)?, true),
+    };
+    let revision = object
+        .meta()
+        .resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse().ok());
+    let event = if deleted {
+        watcher::Event::Delete(object)
+    } else {
+        watcher::Event::Apply(object)
+    };
+    apply_event(shared, event, listing);
+    revision
+}
+
 type InformerKey = (TypeId, String);
 
 struct FactoryInner {
     client: Client,
+    /// When set, informers are fed straight from this server's watch cache.
+    local: Option<ApiServer>,
     informers: Mutex<HashMap<InformerKey, Box<dyn Any + Send + Sync>>>,
     stop: CancellationToken,
 }
@@ -289,6 +416,20 @@ impl InformerFactory {
         InformerFactory {
             inner: Arc::new(FactoryInner {
                 client,
+                local: None,
+                informers: Mutex::new(HashMap::new()),
+                stop: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// A factory for components in `server`'s own process: informers are fed straight from
+    /// its watch cache; writes go through its in-process client.
+    pub fn in_process(server: &ApiServer) -> Self {
+        InformerFactory {
+            inner: Arc::new(FactoryInner {
+                client: server.client(),
+                local: Some(server.clone()),
                 informers: Mutex::new(HashMap::new()),
                 stop: CancellationToken::new(),
             }),
@@ -305,7 +446,12 @@ impl InformerFactory {
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     {
-        self.shared((TypeId::of::<K>(), String::new()), || {
+        let resource = (
+            K::group(&()).into_owned(),
+            K::version(&()).into_owned(),
+            K::plural(&()).into_owned(),
+        );
+        self.shared((TypeId::of::<K>(), String::new()), resource, || {
             Api::all(self.inner.client.clone())
         })
     }
@@ -317,12 +463,22 @@ impl InformerFactory {
             "{}/{}/{}",
             resource.group, resource.version, resource.plural
         );
-        self.shared((TypeId::of::<DynamicObject>(), key), || {
+        let names = (
+            resource.group.clone(),
+            resource.version.clone(),
+            resource.plural.clone(),
+        );
+        self.shared((TypeId::of::<DynamicObject>(), key), names, || {
             Api::all_with(self.inner.client.clone(), resource)
         })
     }
 
-    fn shared<K>(&self, key: InformerKey, api: impl FnOnce() -> Api<K>) -> Informer<K>
+    fn shared<K>(
+        &self,
+        key: InformerKey,
+        resource: (String, String, String),
+        api: impl FnOnce() -> Api<K>,
+    ) -> Informer<K>
     where
         K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     {
@@ -337,11 +493,11 @@ impl InformerFactory {
         {
             return existing.clone();
         }
-        let informer = Informer::start(
-            api(),
-            watcher::Config::default(),
-            self.inner.stop.child_token(),
-        );
+        let stop = self.inner.stop.child_token();
+        let informer = match &self.inner.local {
+            Some(server) => Informer::start_local(server.clone(), resource, stop),
+            None => Informer::start(api(), watcher::Config::default(), stop),
+        };
         informers.insert(key, Box::new(informer.clone()));
         informer
     }

@@ -8,6 +8,7 @@ use super::{
     GarbageCollector, LeaderElectionConfig, LeaderElector, NodeLifecycleConfig,
     NodeLifecycleController, QueueConfig, ReplicaSetController, WorkQueue,
 };
+use crate::apiserver::ApiServer;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,8 @@ impl Default for ControllerManagerConfig {
 /// controllers against an API.
 pub struct ControllerManager {
     client: kube::Client,
+    /// Set when running in the API server's process: informers read its watch cache.
+    server: Option<ApiServer>,
     config: ControllerManagerConfig,
 }
 
@@ -85,7 +88,21 @@ const NAMES: [&str; 5] = [
 impl ControllerManager {
     /// A manager writing and reading through `client`.
     pub fn new(client: kube::Client, config: ControllerManagerConfig) -> Self {
-        ControllerManager { client, config }
+        ControllerManager {
+            client,
+            server: None,
+            config,
+        }
+    }
+
+    /// A manager in `server`'s own process: informers fed straight from its watch cache,
+    /// writes through its in-process client.
+    pub fn in_process(server: &ApiServer, config: ControllerManagerConfig) -> Self {
+        ControllerManager {
+            client: server.client(),
+            server: Some(server.clone()),
+            config,
+        }
     }
 
     /// Starts the controllers (campaigning first, when leader election is configured).
@@ -100,14 +117,21 @@ impl ControllerManager {
             let counters = counters.clone();
             let config = self.config.clone();
             let client = self.client.clone();
+            let server = self.server.clone();
             tokio::spawn(async move {
                 match config.leader_election.clone() {
-                    None => run_term(client, config, counters, stop).await,
+                    None => run_term(client, server, config, counters, stop).await,
                     Some(election) => {
                         let elector = LeaderElector::new(client.clone(), election);
                         elector
                             .run(stop, move |term| {
-                                run_term(client.clone(), config.clone(), counters.clone(), term)
+                                run_term(
+                                    client.clone(),
+                                    server.clone(),
+                                    config.clone(),
+                                    counters.clone(),
+                                    term,
+                                )
                             })
                             .await
                     }
@@ -128,11 +152,15 @@ type Triggers<'a> = &'a dyn Fn(&Arc<WorkQueue<super::ObjectKey>>) -> Vec<JoinHan
 /// One term: fresh informers and every controller, until `stop`.
 async fn run_term(
     client: kube::Client,
+    server: Option<ApiServer>,
     config: ControllerManagerConfig,
     counters: ControllerCounters,
     stop: CancellationToken,
 ) {
-    let ctx = ControllerContext::new(client, &config.component);
+    let ctx = match &server {
+        Some(server) => ControllerContext::in_process(server, &config.component),
+        None => ControllerContext::new(client, &config.component),
+    };
     let counter = |name: &str| {
         counters
             .iter()

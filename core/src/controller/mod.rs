@@ -72,4 +72,15 @@ impl ControllerContext {
             client,
         }
     }
+
+    /// A context for controllers in `server`'s own process: informers fed straight from its
+    /// watch cache, writes through its in-process client.
+    pub fn in_process(server: &crate::apiserver::ApiServer, component: &str) -> Self {
+        let client = server.client();
+        ControllerContext {
+            informers: InformerFactory::in_process(server),
+            recorder: EventRecorder::new(client.clone(), component),
+            client,
+        }
+    }
 }

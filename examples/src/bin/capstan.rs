@@ -219,8 +219,8 @@ async fn up(options: UpOptions) -> Result<(), String> {
     // The controller manager campaigns for its Lease, so several `capstan up` sharing one
     // store run one set of controllers.
     let identity = format!("{}-{}", options.node_name, std::process::id());
-    let controllers = ControllerManager::new(
-        server.client(),
+    let controllers = ControllerManager::in_process(
+        &server,
         ControllerManagerConfig {
             leader_election: Some(LeaderElectionConfig::new(
                 "kube-system",
