@@ -12,9 +12,11 @@ pub mod patch;
 pub mod quantity;
 pub mod registry;
 pub mod runtime;
+pub mod scheduler;
 pub mod selector;
 #[cfg(feature = "testkit")]
 pub mod service_gate;
 pub mod storage;
 pub mod store;
+pub mod taints;
 pub mod validation;

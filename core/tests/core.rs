@@ -5,5 +5,6 @@ mod apiserver;
 mod controllers;
 mod node_agent;
 mod registry_storage;
+mod scheduler;
 mod store_embedded;
 mod store_memory;

@@ -9,6 +9,7 @@
 use super::informer::{Change, Informer};
 use super::runner::{Action, Reconciler};
 use super::{ControllerContext, ControllerError, EventType, ObjectKey, WorkQueue};
+use crate::taints::tolerates;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -53,27 +54,6 @@ pub struct NodeLifecycleController {
 fn since(time: &k8s_openapi::jiff::Timestamp) -> Duration {
     Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(*time))
         .unwrap_or_default()
-}
-
-/// Whether `toleration` tolerates `taint`.
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if toleration
-        .effect
-        .as_deref()
-        .is_some_and(|e| !e.is_empty() && e != taint.effect)
-    {
-        return false;
-    }
-    let exists = toleration.operator.as_deref() == Some("Exists");
-    match toleration.key.as_deref() {
-        None | Some("") => exists,
-        Some(key) => {
-            key == taint.key
-                && (exists
-                    || toleration.value.as_deref().unwrap_or("")
-                        == taint.value.as_deref().unwrap_or(""))
-        }
-    }
 }
 
 /// How long a pod may stay on a node with these NoExecute taints: `None` forever, zero when a

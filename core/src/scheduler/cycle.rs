@@ -1,0 +1,269 @@
+//! One scheduling cycle's decision, as a pure function of a profile, a pod and a snapshot:
+//! pre-filter, filter (over nodes, stopping once enough are feasible, in parallel on large
+//! clusters), pre-score, score with normalization and weights, and a seeded tie-break. No I/O;
+//! reserving and binding happen around it.
+
+use super::framework::{Code, CycleState, Rejection, MAX_NODE_SCORE};
+use super::node_info::NodeInfo;
+use super::pod_info::PodInfo;
+use super::profile::{feasible_nodes_to_find, Profile};
+use super::snapshot::Snapshot;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Nodes per parallel filtering chunk.
+const CHUNK: usize = 256;
+
+/// Why a pod fits nowhere.
+#[derive(Debug, Clone)]
+pub struct Unschedulable {
+    /// The message `kubectl describe` shows, e.g. `0/5 nodes are available: 3 Insufficient
+    /// cpu, 2 node(s) had untolerated taint {k: v}.`
+    pub message: String,
+    /// The plugins that rejected (whose registered events may make the pod schedulable).
+    pub plugins: HashSet<String>,
+    /// The rejection per node, for post-filter plugins (preemption).
+    pub by_node: HashMap<String, Rejection>,
+    /// Whether a plugin failed (rather than rejected).
+    pub error: bool,
+}
+
+/// The outcome of a cycle's decision.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Place the pod here.
+    Fits {
+        /// The chosen node.
+        node: String,
+        /// The cycle state, for reserve/permit/unreserve.
+        state: Box<CycleStateHolder>,
+        /// Nodes evaluated (filtered).
+        evaluated: usize,
+        /// Nodes found feasible.
+        feasible: usize,
+    },
+    /// No node passed.
+    Unschedulable(Unschedulable),
+}
+
+/// A [`CycleState`] carried out of the decision (it is not `Debug`).
+pub struct CycleStateHolder(pub CycleState);
+
+impl std::fmt::Debug for CycleStateHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CycleState")
+    }
+}
+
+impl Clone for CycleStateHolder {
+    fn clone(&self) -> Self {
+        CycleStateHolder(self.0.clone())
+    }
+}
+
+fn summarize(total: usize, rejections: &HashMap<String, Rejection>) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for rejection in rejections.values() {
+        for reason in &rejection.reasons {
+            *counts.entry(reason.as_str()).or_insert(0) += 1;
+        }
+    }
+    let mut parts: Vec<String> = counts
+        .into_iter()
+        .map(|(reason, n)| format!("{n} {reason}"))
+        .collect();
+    parts.sort();
+    if parts.is_empty() {
+        format!("0/{total} nodes are available.")
+    } else {
+        format!("0/{total} nodes are available: {}.", parts.join(", "))
+    }
+}
+
+fn run_filters(
+    profile: &Profile,
+    state: &CycleState,
+    pod: &PodInfo,
+    node: &NodeInfo,
+) -> Result<(), Rejection> {
+    for (plugin, _) in &profile.plugins {
+        if let Some(filter) = plugin.as_filter() {
+            filter.filter(state, pod, node)?;
+        }
+    }
+    Ok(())
+}
+
+/// The deterministic tie-break between equally scored nodes (splitmix64): the same seed and
+/// inputs give the same decisions.
+pub struct TieBreaker(u64);
+
+impl TieBreaker {
+    /// Seeded.
+    pub fn new(seed: u64) -> Self {
+        TieBreaker(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// Decides where `pod` goes. `start` rotates where filtering begins (so sampling spreads over
+/// the cluster); it is advanced past the nodes evaluated.
+pub fn decide(
+    profile: &Profile,
+    pod: &PodInfo,
+    snapshot: &Snapshot,
+    start: &mut usize,
+    ties: &mut TieBreaker,
+) -> Decision {
+    let nodes = snapshot.nodes();
+    let total = nodes.len();
+    let mut state = CycleState::default();
+    let unschedulable = |rejections: HashMap<String, Rejection>, extra: Option<Rejection>| {
+        let mut plugins: HashSet<String> = rejections.values().map(|r| r.plugin.clone()).collect();
+        let error = extra.as_ref().is_some_and(|r| r.code == Code::Error)
+            || rejections.values().any(|r| r.code == Code::Error);
+        let message = match &extra {
+            Some(r) => {
+                plugins.insert(r.plugin.clone());
+                format!("0/{total} nodes are available: {}.", r.reasons.join(", "))
+            }
+            None => summarize(total, &rejections),
+        };
+        Decision::Unschedulable(Unschedulable {
+            message,
+            plugins,
+            by_node: rejections,
+            error,
+        })
+    };
+    for (plugin, _) in &profile.plugins {
+        if let Some(pre) = plugin.as_pre_filter() {
+            if let Err(rejection) = pre.pre_filter(&mut state, pod, snapshot) {
+                return unschedulable(HashMap::new(), Some(rejection));
+            }
+        }
+    }
+    if total == 0 {
+        return unschedulable(HashMap::new(), None);
+    }
+    let wanted = feasible_nodes_to_find(total, profile.percentage_of_nodes_to_score);
+    let begin = *start % total;
+    let order = |i: usize| (begin + i) % total;
+    let mut feasible: Vec<usize> = Vec::new();
+    let mut rejections: HashMap<String, Rejection> = HashMap::new();
+    let mut evaluated = 0;
+    if total > CHUNK * 2 {
+        // In parallel, a pair of chunks at a time, until enough are feasible.
+        let mut offset = 0;
+        while offset < total && feasible.len() < wanted {
+            let ranges: Vec<(usize, usize)> = (0..2)
+                .map(|c| {
+                    let from = offset + c * CHUNK;
+                    (from.min(total), (from + CHUNK).min(total))
+                })
+                .collect();
+            let results: Vec<Vec<(usize, Result<(), Rejection>)>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = ranges
+                    .iter()
+                    .map(|&(from, to)| {
+                        let state = &state;
+                        scope.spawn(move || {
+                            (from..to)
+                                .map(|i| {
+                                    let index = order(i);
+                                    (index, run_filters(profile, state, pod, &nodes[index]))
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_default())
+                    .collect()
+            });
+            for (index, result) in results.into_iter().flatten() {
+                if feasible.len() >= wanted {
+                    break;
+                }
+                evaluated += 1;
+                match result {
+                    Ok(()) => feasible.push(index),
+                    Err(r) => {
+                        rejections.insert(nodes[index].name.clone(), r);
+                    }
+                }
+            }
+            offset += CHUNK * 2;
+        }
+    } else {
+        for i in 0..total {
+            if feasible.len() >= wanted {
+                break;
+            }
+            let index = order(i);
+            evaluated += 1;
+            match run_filters(profile, &state, pod, &nodes[index]) {
+                Ok(()) => feasible.push(index),
+                Err(r) => {
+                    rejections.insert(nodes[index].name.clone(), r);
+                }
+            }
+        }
+    }
+    *start = begin + evaluated;
+    if feasible.is_empty() {
+        return unschedulable(rejections, None);
+    }
+    let candidates: Vec<&NodeInfo> = feasible.iter().map(|&i| &nodes[i]).collect();
+    for (plugin, _) in &profile.plugins {
+        if let Some(pre) = plugin.as_pre_score() {
+            pre.pre_score(&mut state, pod, &candidates);
+        }
+    }
+    let mut totals = vec![0i64; candidates.len()];
+    if candidates.len() > 1 {
+        for (plugin, weight) in &profile.plugins {
+            let Some(scorer) = plugin.as_score() else {
+                continue;
+            };
+            if *weight == 0 {
+                continue;
+            }
+            let mut scores: Vec<i64> = candidates
+                .iter()
+                .map(|n| scorer.score(&state, pod, n))
+                .collect();
+            scorer.normalize(&state, pod, &mut scores);
+            for (t, s) in totals.iter_mut().zip(scores) {
+                *t += s.clamp(0, MAX_NODE_SCORE) * weight;
+            }
+        }
+    }
+    // The best score; ties broken at random (reservoir sampling), reproducibly by seed.
+    let mut best = 0;
+    let mut seen = 0u64;
+    for (i, total) in totals.iter().enumerate() {
+        if *total > totals[best] {
+            best = i;
+            seen = 1;
+        } else if *total == totals[best] {
+            seen += 1;
+            if ties.next().is_multiple_of(seen) {
+                best = i;
+            }
+        }
+    }
+    Decision::Fits {
+        node: candidates[best].name.clone(),
+        state: Box::new(CycleStateHolder(state)),
+        evaluated,
+        feasible: feasible.len(),
+    }
+}

@@ -1,0 +1,617 @@
+//! The scheduler: assigns pending pods to nodes through the `pods/binding` subresource.
+//!
+//! It reads nodes and pods through shared informers (straight from the watch cache when it runs
+//! in the API server's process) into an incrementally updated [`Snapshot`], takes pods from a
+//! [`SchedulingQueue`] one at a time on a dedicated thread, and runs the [`framework`]'s
+//! extension points of the pod's [`Profile`]: filters (in parallel on large clusters, stopping
+//! once enough nodes are feasible), scores, a seeded tie-break, then *assume* — the placement
+//! is counted in the snapshot at once so the next pod sees it — and an asynchronous bind. A
+//! failed bind un-assumes and requeues the pod; a pod that fits nowhere gets a
+//! `FailedScheduling` Event with every reason and the `PodScheduled=False` condition, and waits
+//! for a cluster event its rejecting plugins registered for. It never writes anything but
+//! bindings, pod conditions and Events.
+
+mod cycle;
+pub mod framework;
+mod node_info;
+pub mod plugins;
+mod pod_info;
+mod profile;
+mod queue;
+mod resources;
+mod snapshot;
+
+pub use cycle::{decide, CycleStateHolder, Decision, TieBreaker, Unschedulable};
+pub use framework::{ClusterEvent, Plugin};
+pub use node_info::NodeInfo;
+pub use pod_info::{HostPort, PodInfo};
+pub use profile::{feasible_nodes_to_find, Profile, DEFAULT_SCHEDULER};
+pub use queue::{Attempt, SchedulingQueue};
+pub use resources::Resources;
+pub use snapshot::Snapshot;
+
+use crate::apiserver::ApiServer;
+use crate::controller::{Change, EventRecorder, EventType, InformerFactory, ObjectKey};
+use framework::{Action, EventResource};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, Patch, PatchParams};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of a [`Scheduler`].
+#[derive(Clone)]
+pub struct SchedulerConfig {
+    /// The profiles, by `spec.schedulerName`. Pods naming no profile here are left alone.
+    pub profiles: Vec<Profile>,
+    /// Seed of the tie-break between equally scored nodes (same inputs, same seed: same
+    /// decisions).
+    pub seed: u64,
+    /// The component name on recorded Events.
+    pub component: String,
+}
+
+impl Default for SchedulerConfig {
+    /// The default profile, seed 0.
+    fn default() -> Self {
+        SchedulerConfig {
+            profiles: vec![Profile::default_profile()],
+            seed: 0,
+            component: DEFAULT_SCHEDULER.into(),
+        }
+    }
+}
+
+/// Counters of a running scheduler.
+#[derive(Debug, Default)]
+pub struct SchedulerCounters {
+    /// Pods bound.
+    pub scheduled: AtomicU64,
+    /// Cycles that found no node.
+    pub unschedulable: AtomicU64,
+    /// Binds that failed.
+    pub bind_failures: AtomicU64,
+}
+
+struct Shared {
+    snapshot: Mutex<Snapshot>,
+    queue: SchedulingQueue,
+    /// Pods placed by this scheduler and not yet seen bound: uid -> node.
+    assumed: Mutex<HashMap<String, String>>,
+    profiles: HashMap<String, Profile>,
+    /// Per event, the plugins (of any profile) that registered for it.
+    interest: HashMap<ClusterEvent, HashSet<String>>,
+    counters: Arc<SchedulerCounters>,
+    recorder: EventRecorder,
+    client: kube::Client,
+}
+
+/// The scheduler; [`Scheduler::start`] runs it.
+pub struct Scheduler {
+    informers: InformerFactory,
+    config: SchedulerConfig,
+}
+
+/// A running scheduler; [`RunningScheduler::stop`] stops it.
+pub struct RunningScheduler {
+    stop: CancellationToken,
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningScheduler {
+    /// Stops scheduling (bindings in flight finish on their own).
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        self.shared.queue.close();
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &SchedulerCounters {
+        &self.shared.counters
+    }
+
+    /// Pods waiting in the queue.
+    pub fn pending(&self) -> usize {
+        self.shared.queue.pending()
+    }
+}
+
+fn assigned_node(pod: &Pod) -> Option<&str> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|n| !n.is_empty())
+}
+
+fn terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+impl Scheduler {
+    /// A scheduler reading and binding through `client`.
+    pub fn new(client: kube::Client, config: SchedulerConfig) -> Self {
+        Scheduler {
+            informers: InformerFactory::new(client),
+            config,
+        }
+    }
+
+    /// A scheduler in `server`'s own process: informers fed straight from its watch cache.
+    pub fn in_process(server: &ApiServer, config: SchedulerConfig) -> Self {
+        Scheduler {
+            informers: InformerFactory::in_process(server),
+            config,
+        }
+    }
+
+    /// Starts watching and scheduling.
+    pub fn start(self) -> RunningScheduler {
+        let client = self.informers.client().clone();
+        // Profiles without a bind plugin bind through the API.
+        let binder: Arc<dyn Plugin> = Arc::new(plugins::DefaultBinder::new(client.clone()));
+        let profiles: Vec<Profile> = self
+            .config
+            .profiles
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                if !p
+                    .plugins
+                    .iter()
+                    .any(|(plugin, _)| plugin.as_bind().is_some())
+                {
+                    p.plugins.push((binder.clone(), 0));
+                }
+                p
+            })
+            .collect();
+        let mut interest: HashMap<ClusterEvent, HashSet<String>> = HashMap::new();
+        for profile in &profiles {
+            for (plugin, _) in &profile.plugins {
+                for event in plugin.events_to_register() {
+                    interest
+                        .entry(event)
+                        .or_default()
+                        .insert(plugin.name().to_string());
+                }
+            }
+        }
+        let shared = Arc::new(Shared {
+            snapshot: Mutex::new(Snapshot::new()),
+            queue: SchedulingQueue::new(),
+            assumed: Mutex::new(HashMap::new()),
+            profiles: profiles
+                .into_iter()
+                .map(|p| (p.scheduler_name.clone(), p))
+                .collect(),
+            interest,
+            counters: Arc::new(SchedulerCounters::default()),
+            recorder: EventRecorder::new(client.clone(), &self.config.component),
+            client,
+        });
+        let stop = CancellationToken::new();
+        let nodes = self.informers.informer::<Node>();
+        let pods = self.informers.informer::<Pod>();
+        let mut tasks = Vec::new();
+        {
+            let shared = shared.clone();
+            let nodes = nodes.clone();
+            let stop = stop.clone();
+            let mut changes = nodes.subscribe();
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = nodes.wait_synced() => {}
+                }
+                for node in nodes.list() {
+                    shared.node_changed(&Change::Applied {
+                        old: None,
+                        new: node,
+                    });
+                }
+                loop {
+                    let change = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        c = changes.next() => c,
+                    };
+                    match change {
+                        None => return,
+                        Some(Change::Resync) => {
+                            for node in nodes.list() {
+                                shared.node_changed(&Change::Applied {
+                                    old: None,
+                                    new: node,
+                                });
+                            }
+                        }
+                        Some(change) => shared.node_changed(&change),
+                    }
+                }
+            }));
+        }
+        {
+            let shared = shared.clone();
+            let pods = pods.clone();
+            let nodes = nodes.clone();
+            let stop = stop.clone();
+            let mut changes = pods.subscribe();
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = async { nodes.wait_synced().await; pods.wait_synced().await } => {}
+                }
+                for pod in pods.list() {
+                    shared.pod_changed(&Change::Applied {
+                        old: None,
+                        new: pod,
+                    });
+                }
+                loop {
+                    let change = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        c = changes.next() => c,
+                    };
+                    match change {
+                        None => return,
+                        Some(Change::Resync) => {
+                            for pod in pods.list() {
+                                shared.pod_changed(&Change::Applied {
+                                    old: None,
+                                    new: pod,
+                                });
+                            }
+                        }
+                        Some(change) => shared.pod_changed(&change),
+                    }
+                }
+            }));
+        }
+        let runtime = tokio::runtime::Handle::current();
+        let thread = {
+            let shared = shared.clone();
+            let stop = stop.clone();
+            let seed = self.config.seed;
+            std::thread::Builder::new()
+                .name("capstan-scheduler".into())
+                .spawn(move || shared.schedule_loop(runtime, stop, seed))
+                .ok()
+        };
+        // The informers stop with the scheduler.
+        let informers = self.informers.clone();
+        let stopped = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            stopped.cancelled().await;
+            informers.stop();
+        }));
+        RunningScheduler {
+            stop,
+            shared,
+            thread,
+            tasks,
+        }
+    }
+}
+
+impl Shared {
+    fn event(&self, resource: EventResource, action: Action) {
+        let event = ClusterEvent::new(resource, action);
+        let empty = HashSet::new();
+        self.queue
+            .on_event(event, self.interest.get(&event).unwrap_or(&empty));
+    }
+
+    fn node_changed(&self, change: &Change<Node>) {
+        match change {
+            Change::Applied { old, new } => {
+                self.snapshot
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .upsert_node(new.clone());
+                let action = if old.is_some() {
+                    Action::Update
+                } else {
+                    Action::Add
+                };
+                self.event(EventResource::Node, action);
+            }
+            Change::Deleted(node) => {
+                let name = node.metadata.name.clone().unwrap_or_default();
+                self.snapshot
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove_node(&name);
+                self.event(EventResource::Node, Action::Delete);
+            }
+            Change::Resync => {}
+        }
+    }
+
+    fn pod_changed(&self, change: &Change<Pod>) {
+        match change {
+            Change::Applied { new, .. } => {
+                let uid = new.metadata.uid.clone().unwrap_or_default();
+                let key = ObjectKey::of(new.as_ref());
+                if let Some(node) = assigned_node(new) {
+                    let node = node.to_string();
+                    self.queue.remove(&key);
+                    self.assumed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&uid);
+                    let mut snapshot = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+                    if terminal(new) {
+                        // Finished pods hold nothing.
+                        if snapshot.remove_pod(&uid).is_some() {
+                            drop(snapshot);
+                            self.event(EventResource::Pod, Action::Delete);
+                        }
+                    } else {
+                        snapshot.add_pod(&node, Arc::new(PodInfo::new(new.clone())));
+                    }
+                    return;
+                }
+                let assumed = self
+                    .assumed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(&uid);
+                let ours = self.profiles.contains_key(
+                    new.spec
+                        .as_ref()
+                        .and_then(|s| s.scheduler_name.as_deref())
+                        .unwrap_or(DEFAULT_SCHEDULER),
+                );
+                if assumed || !ours || terminal(new) || new.metadata.deletion_timestamp.is_some() {
+                    return;
+                }
+                self.queue.add(Arc::new(PodInfo::new(new.clone())));
+            }
+            Change::Deleted(pod) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                self.queue.remove(&ObjectKey::of(pod.as_ref()));
+                self.assumed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&uid);
+                let removed = self
+                    .snapshot
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove_pod(&uid);
+                if removed.is_some() {
+                    self.event(EventResource::Pod, Action::Delete);
+                }
+            }
+            Change::Resync => {}
+        }
+    }
+
+    fn schedule_loop(
+        self: Arc<Self>,
+        runtime: tokio::runtime::Handle,
+        stop: CancellationToken,
+        seed: u64,
+    ) {
+        let mut start = 0usize;
+        let mut ties = cycle::TieBreaker::new(seed);
+        while !stop.is_cancelled() {
+            let Some(attempt) = self.queue.pop(Duration::from_millis(200)) else {
+                continue;
+            };
+            let pod = attempt.info;
+            let Some(profile) = self.profiles.get(pod.scheduler_name()) else {
+                self.queue.done(&pod.key);
+                continue;
+            };
+            let snapshot = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+            // Already placed (bound meanwhile, or assumed): nothing to do.
+            if snapshot.node_of(&pod.uid).is_some() {
+                drop(snapshot);
+                self.queue.done(&pod.key);
+                continue;
+            }
+            let decision = decide(profile, &pod, &snapshot, &mut start, &mut ties);
+            drop(snapshot);
+            match decision {
+                Decision::Fits { node, state, .. } => {
+                    let mut state = state.0;
+                    // Assume: count the pod on the node now, so the next cycle sees it.
+                    let mut bound_pod = (*pod.pod).clone();
+                    if let Some(spec) = bound_pod.spec.as_mut() {
+                        spec.node_name = Some(node.clone());
+                    }
+                    let assumed = Arc::new(PodInfo::new(Arc::new(bound_pod)));
+                    self.snapshot
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .add_pod(&node, assumed);
+                    self.assumed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(pod.uid.clone(), node.clone());
+                    let mut refused = None;
+                    for (plugin, _) in &profile.plugins {
+                        if let Some(reserve) = plugin.as_reserve() {
+                            if let Err(r) = reserve.reserve(&mut state, &pod, &node) {
+                                refused = Some(r);
+                                break;
+                            }
+                        }
+                    }
+                    if refused.is_none() {
+                        for (plugin, _) in &profile.plugins {
+                            if let Some(permit) = plugin.as_permit() {
+                                if let Err(r) = permit.permit(&state, &pod, &node) {
+                                    refused = Some(r);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    if let Some(rejection) = refused {
+                        self.forget(&pod, profile, &mut state, &node);
+                        self.report_unschedulable(
+                            &runtime,
+                            &pod,
+                            &rejection.reasons.join(", "),
+                            [rejection.plugin].into(),
+                        );
+                        continue;
+                    }
+                    let shared = self.clone();
+                    let profile = profile.clone();
+                    runtime.spawn(async move { shared.bind(pod, profile, state, node).await });
+                }
+                Decision::Unschedulable(why) => {
+                    self.counters.unschedulable.fetch_add(1, Ordering::Relaxed);
+                    if why.error {
+                        tracing::warn!(pod = %pod.key, message = %why.message, "a scheduler plugin failed");
+                    }
+                    self.report_unschedulable(&runtime, &pod, &why.message, why.plugins);
+                }
+            }
+        }
+    }
+
+    /// Undoes an assumed placement.
+    fn forget(
+        &self,
+        pod: &PodInfo,
+        profile: &Profile,
+        state: &mut framework::CycleState,
+        node: &str,
+    ) {
+        for (plugin, _) in profile.plugins.iter().rev() {
+            if let Some(reserve) = plugin.as_reserve() {
+                reserve.unreserve(state, pod, node);
+            }
+        }
+        let mut snapshot = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        if snapshot.node_of(&pod.uid) == Some(node) {
+            snapshot.remove_pod(&pod.uid);
+        }
+        drop(snapshot);
+        self.assumed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pod.uid);
+    }
+
+    async fn bind(
+        self: Arc<Self>,
+        pod: Arc<PodInfo>,
+        profile: Profile,
+        mut state: framework::CycleState,
+        node: String,
+    ) {
+        let mut result = Ok(());
+        for (plugin, _) in &profile.plugins {
+            if let Some(pre) = plugin.as_pre_bind() {
+                if let Err(r) = pre.pre_bind(&pod, &node).await {
+                    result = Err(r);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            for (plugin, _) in &profile.plugins {
+                if let Some(binder) = plugin.as_bind() {
+                    match binder.bind(&pod, &node).await {
+                        Ok(true) => break,
+                        Ok(false) => continue,
+                        Err(r) => {
+                            result = Err(r);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        match result {
+            Ok(()) => {
+                self.counters.scheduled.fetch_add(1, Ordering::Relaxed);
+                self.queue.done(&pod.key);
+                for (plugin, _) in &profile.plugins {
+                    if let Some(post) = plugin.as_post_bind() {
+                        post.post_bind(&pod, &node);
+                    }
+                }
+                self.recorder.record_for(
+                    pod.pod.as_ref(),
+                    EventType::Normal,
+                    "Scheduled",
+                    &format!("Successfully assigned {} to {node}", pod.key),
+                );
+            }
+            Err(rejection) => {
+                self.counters.bind_failures.fetch_add(1, Ordering::Relaxed);
+                self.forget(&pod, &profile, &mut state, &node);
+                let message = rejection.reasons.join(", ");
+                // Bound by someone else meanwhile: the informer will show it; never double-book.
+                if message.contains("already assigned") || message.contains("is already") {
+                    self.queue.done(&pod.key);
+                    return;
+                }
+                tracing::debug!(pod = %pod.key, %node, %message, "binding failed; retrying");
+                self.recorder.record_for(
+                    pod.pod.as_ref(),
+                    EventType::Warning,
+                    "FailedScheduling",
+                    &format!("Binding rejected: {message}"),
+                );
+                self.queue.retry(&pod.key);
+            }
+        }
+    }
+
+    fn report_unschedulable(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        pod: &Arc<PodInfo>,
+        message: &str,
+        plugins: HashSet<String>,
+    ) {
+        self.queue.unschedulable(&pod.key, plugins);
+        self.recorder.record_for(
+            pod.pod.as_ref(),
+            EventType::Warning,
+            "FailedScheduling",
+            message,
+        );
+        let already = pod
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"))
+            .is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(message));
+        if already {
+            return;
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), pod.key.namespace_or_empty());
+        let name = pod.key.name.clone();
+        let condition = serde_json::json!({"status": {"conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
+            "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        }]}});
+        runtime.spawn(async move {
+            // A strategic merge keyed on the condition type keeps the other conditions.
+            let _ = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(condition))
+                .await;
+        });
+    }
+}

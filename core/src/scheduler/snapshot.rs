@@ -1,0 +1,100 @@
+//! [`Snapshot`]: every schedulable node's [`NodeInfo`], updated incrementally as nodes and
+//! pods change (and as the scheduler assumes placements), in a stable order so node sampling
+//! can rotate through them.
+
+use super::node_info::NodeInfo;
+use super::pod_info::PodInfo;
+use k8s_openapi::api::core::v1::Node;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The nodes and what is on them.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    nodes: Vec<NodeInfo>,
+    by_name: HashMap<String, usize>,
+    /// Pod uid -> node name and pod, for every placed pod (also those on nodes not known yet).
+    placed: HashMap<String, (String, Arc<PodInfo>)>,
+}
+
+impl Snapshot {
+    /// An empty snapshot.
+    pub fn new() -> Self {
+        Snapshot::default()
+    }
+
+    /// All nodes.
+    pub fn nodes(&self) -> &[NodeInfo] {
+        &self.nodes
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.by_name.get(name).map(|&i| &self.nodes[i])
+    }
+
+    /// The node a pod is counted on.
+    pub fn node_of(&self, uid: &str) -> Option<&str> {
+        self.placed.get(uid).map(|(n, _)| n.as_str())
+    }
+
+    /// Adds or updates a node (its pods stay).
+    pub fn upsert_node(&mut self, node: Arc<Node>) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        match self.by_name.get(&name) {
+            Some(&i) => self.nodes[i].set_node(node),
+            None => {
+                let mut info = NodeInfo::new(node);
+                for (placed_on, pod) in self.placed.values() {
+                    if *placed_on == name {
+                        info.add_pod(pod.clone());
+                    }
+                }
+                self.by_name.insert(name, self.nodes.len());
+                self.nodes.push(info);
+            }
+        }
+    }
+
+    /// Removes a node.
+    pub fn remove_node(&mut self, name: &str) {
+        let Some(index) = self.by_name.remove(name) else {
+            return;
+        };
+        // Its pods stay placed (on a node that is gone) until they are deleted.
+        self.nodes.swap_remove(index);
+        if let Some(moved) = self.nodes.get(index) {
+            self.by_name.insert(moved.name.clone(), index);
+        }
+    }
+
+    /// Counts a pod on `node` (moving it if it was counted elsewhere). A pod on a node the
+    /// snapshot does not know is remembered but counted nowhere.
+    pub fn add_pod(&mut self, node: &str, pod: Arc<PodInfo>) {
+        self.remove_pod(&pod.uid);
+        self.placed
+            .insert(pod.uid.clone(), (node.to_string(), pod.clone()));
+        if let Some(&i) = self.by_name.get(node) {
+            self.nodes[i].add_pod(pod);
+        }
+    }
+
+    /// Stops counting a pod.
+    pub fn remove_pod(&mut self, uid: &str) -> Option<Arc<PodInfo>> {
+        let (node, pod) = self.placed.remove(uid)?;
+        if let Some(&i) = self.by_name.get(&node) {
+            self.nodes[i].remove_pod(uid);
+        }
+        Some(pod)
+    }
+
+    /// The number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether there are no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}

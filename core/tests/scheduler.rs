@@ -1,0 +1,420 @@
+//! The scheduler against the in-process API (nodes as objects, no agents): placement by
+//! resources, node selectors and affinity, taints and tolerations, host ports, pre-bound pods;
+//! `FailedScheduling` events and the `PodScheduled` condition; retries on the cluster events the
+//! rejecting plugins registered for; a custom plugin; and proptests of the framework's
+//! invariants over random clusters.
+
+use capstan_core::apiserver::ApiServer;
+use capstan_core::scheduler::framework::{
+    CycleState, FilterPlugin, Plugin, Rejection, ScorePlugin,
+};
+use capstan_core::scheduler::{
+    decide, Decision, NodeInfo, PodInfo, Profile, Scheduler, SchedulerConfig, Snapshot, TieBreaker,
+};
+use capstan_core::store::MemoryStore;
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn node(name: &str, cpu: &str, labels: Value, taints: Value) -> Node {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"taints": taints},
+        "status": {"allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"}, "capacity": {"cpu": cpu, "memory": "8Gi", "pods": "110"}},
+    }))
+    .unwrap()
+}
+
+fn pod(name: &str, cpu: &str, extra: Value) -> Pod {
+    let mut spec = json!({"containers": [{"name": "c", "image": "x:1", "resources": {"requests": {"cpu": cpu}}}]});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            if k == "ports" {
+                spec["containers"][0]["ports"] = v.clone();
+            } else {
+                spec.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+}
+
+async fn eventually<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+async fn node_of(pods: &Api<Pod>, name: &str) -> String {
+    eventually(10, &format!("{name} is scheduled"), || async {
+        pods.get(name).await.ok()?.spec?.node_name
+    })
+    .await
+}
+
+async fn failed_scheduling(events: &Api<Event>, pod: &str, fragment: &str) -> String {
+    eventually(
+        10,
+        &format!("{pod} gets FailedScheduling mentioning {fragment:?}"),
+        || async {
+            let list = events
+                .list(&ListParams::default().fields(&format!("involvedObject.name={pod}")))
+                .await
+                .ok()?;
+            list.items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("FailedScheduling"))
+                .filter_map(|e| e.message)
+                .find(|m| m.contains(fragment))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn pods_land_where_resources_selectors_taints_and_ports_allow() {
+    let server = ApiServer::builder(Arc::new(MemoryStore::default()))
+        .build()
+        .await
+        .unwrap();
+    let client = server.client();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    for n in [
+        node("small", "2", json!({"zone": "a"}), json!([])),
+        node("medium", "4", json!({"zone": "b"}), json!([])),
+        node(
+            "gpu",
+            "8",
+            json!({}),
+            json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]),
+        ),
+    ] {
+        nodes.create(&PostParams::default(), &n).await.unwrap();
+    }
+    let scheduler = Scheduler::in_process(&server, SchedulerConfig::default()).start();
+
+    // A pod bound by hand counts against its node: 1.5 of small's 2 cpus are taken.
+    let mut prebound = pod("prebound", "1500m", json!({}));
+    prebound.spec.as_mut().unwrap().node_name = Some("small".into());
+    pods.create(&PostParams::default(), &prebound)
+        .await
+        .unwrap();
+
+    pods.create(&PostParams::default(), &pod("big", "3", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        node_of(&pods, "big").await,
+        "medium",
+        "the tainted node is off limits"
+    );
+    pods.create(&PostParams::default(), &pod("tolerant", "6", json!({"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]}))).await.unwrap();
+    assert_eq!(node_of(&pods, "tolerant").await, "gpu");
+    pods.create(
+        &PostParams::default(),
+        &pod("zoned", "100m", json!({"nodeSelector": {"zone": "a"}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(node_of(&pods, "zoned").await, "small");
+    pods.create(&PostParams::default(), &pod("affine", "100m", json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}]}}}}))).await.unwrap();
+    assert_eq!(node_of(&pods, "affine").await, "medium");
+
+    // small has 0.4 cpu left: a 1-cpu pod limited to zone a waits, with every reason counted.
+    pods.create(
+        &PostParams::default(),
+        &pod("waiting", "1", json!({"nodeSelector": {"zone": "a"}})),
+    )
+    .await
+    .unwrap();
+    let message = failed_scheduling(&events, "waiting", "Insufficient cpu").await;
+    assert_eq!(
+        message,
+        "0/3 nodes are available: 1 Insufficient cpu, 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had untolerated taint {dedicated: gpu}."
+    );
+    let condition = eventually(10, "PodScheduled=False", || async {
+        let pod = pods.get("waiting").await.ok()?;
+        pod.status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+    })
+    .await;
+    assert_eq!(condition.reason.as_deref(), Some("Unschedulable"));
+    // Freeing cpu on small (a pod deletion NodeResourcesFit registered for) lets it in.
+    pods.delete("prebound", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    assert_eq!(node_of(&pods, "waiting").await, "small");
+
+    // Host ports: the second pod wanting 8080 on zone b waits until the first goes.
+    let port = json!([{"containerPort": 80, "hostPort": 8080}]);
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "port-1",
+            "10m",
+            json!({"nodeSelector": {"zone": "b"}, "ports": port}),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(node_of(&pods, "port-1").await, "medium");
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "port-2",
+            "10m",
+            json!({"nodeSelector": {"zone": "b"}, "ports": port}),
+        ),
+    )
+    .await
+    .unwrap();
+    failed_scheduling(&events, "port-2", "didn't have free ports").await;
+    pods.delete("port-1", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    assert_eq!(node_of(&pods, "port-2").await, "medium");
+
+    // A pod that fits nowhere waits for a node; a new node (an event every filter registered
+    // for) brings it in.
+    pods.create(&PostParams::default(), &pod("huge", "16", json!({})))
+        .await
+        .unwrap();
+    failed_scheduling(&events, "huge", "Insufficient cpu").await;
+    nodes
+        .create(
+            &PostParams::default(),
+            &node("large", "32", json!({}), json!([])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(node_of(&pods, "huge").await, "large");
+    let scheduled = eventually(10, "a Scheduled event", || async {
+        let list = events
+            .list(&ListParams::default().fields("involvedObject.name=huge"))
+            .await
+            .ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("Scheduled"))
+            .and_then(|e| e.message)
+    })
+    .await;
+    assert_eq!(scheduled, "Successfully assigned default/huge to large");
+    // Pods for another scheduler are left alone.
+    pods.create(
+        &PostParams::default(),
+        &pod("foreign", "10m", json!({"schedulerName": "someone-else"})),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(pods
+        .get("foreign")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .node_name
+        .is_none());
+    scheduler.stop().await;
+}
+
+/// Spreads pods across the values of a node label: nodes whose label value holds fewer of the
+/// profile's pods score higher (the kind of plugin a user writes in a few lines).
+struct SpreadByLabel {
+    key: String,
+}
+
+impl Plugin for SpreadByLabel {
+    fn name(&self) -> &str {
+        "SpreadByLabel"
+    }
+    fn as_score(&self) -> Option<&dyn ScorePlugin> {
+        Some(self)
+    }
+    fn as_filter(&self) -> Option<&dyn FilterPlugin> {
+        Some(self)
+    }
+}
+
+impl FilterPlugin for SpreadByLabel {
+    fn filter(&self, _: &CycleState, _: &PodInfo, node: &NodeInfo) -> Result<(), Rejection> {
+        match node.labels().and_then(|l| l.get(&self.key)) {
+            Some(_) => Ok(()),
+            None => Err(Rejection::unresolvable(
+                "SpreadByLabel",
+                format!("node(s) had no {} label", self.key),
+            )),
+        }
+    }
+}
+
+impl ScorePlugin for SpreadByLabel {
+    fn score(&self, _: &CycleState, _: &PodInfo, node: &NodeInfo) -> i64 {
+        100 - (node.pods.len() as i64 * 10).min(100)
+    }
+}
+
+#[tokio::test]
+async fn a_custom_plugin_changes_placements() {
+    let server = ApiServer::builder(Arc::new(MemoryStore::default()))
+        .build()
+        .await
+        .unwrap();
+    let client = server.client();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for (name, rack) in [
+        ("r1-a", Some("r1")),
+        ("r2-a", Some("r2")),
+        ("unlabelled", None),
+    ] {
+        let labels = rack.map_or(json!({}), |r| json!({"rack": r}));
+        nodes
+            .create(&PostParams::default(), &node(name, "64", labels, json!([])))
+            .await
+            .unwrap();
+    }
+    let config = SchedulerConfig {
+        profiles: vec![Profile::default_profile()
+            .named("rack-spreader")
+            .with_plugin(Arc::new(SpreadByLabel { key: "rack".into() }), 10)],
+        ..SchedulerConfig::default()
+    };
+    let scheduler = Scheduler::in_process(&server, config).start();
+    for i in 0..6 {
+        pods.create(
+            &PostParams::default(),
+            &pod(
+                &format!("s{i}"),
+                "10m",
+                json!({"schedulerName": "rack-spreader"}),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let mut per_node = std::collections::BTreeMap::new();
+    for i in 0..6 {
+        *per_node
+            .entry(node_of(&pods, &format!("s{i}")).await)
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        per_node.get("unlabelled"),
+        None,
+        "the custom filter keeps pods off unlabelled nodes"
+    );
+    assert_eq!(per_node.get("r1-a"), Some(&3), "{per_node:?}");
+    assert_eq!(per_node.get("r2-a"), Some(&3), "{per_node:?}");
+    scheduler.stop().await;
+}
+
+mod invariants {
+    use super::*;
+    use capstan_core::scheduler::framework::FilterPlugin;
+    use proptest::prelude::*;
+
+    fn cluster(nodes: &[(i64, bool, u8)]) -> Snapshot {
+        let mut snapshot = Snapshot::new();
+        for (i, (cpu, tainted, zone)) in nodes.iter().enumerate() {
+            let taints = if *tainted {
+                json!([{"key": "t", "effect": "NoSchedule"}])
+            } else {
+                json!([])
+            };
+            let n = node(
+                &format!("n{i}"),
+                &format!("{cpu}m"),
+                json!({"zone": format!("z{zone}")}),
+                taints,
+            );
+            snapshot.upsert_node(Arc::new(n));
+        }
+        snapshot
+    }
+
+    fn pod_info(i: usize, cpu: i64, zone: Option<u8>, tolerate: bool) -> Arc<PodInfo> {
+        let mut extra = json!({});
+        if let Some(z) = zone {
+            extra["nodeSelector"] = json!({"zone": format!("z{z}")});
+        }
+        if tolerate {
+            extra["tolerations"] = json!([{"key": "t", "operator": "Exists"}]);
+        }
+        let mut p = pod(&format!("p{i}"), &format!("{cpu}m"), extra);
+        p.metadata.namespace = Some("default".into());
+        p.metadata.uid = Some(format!("uid-{i}"));
+        Arc::new(PodInfo::new(Arc::new(p)))
+    }
+
+    fn passes_all(profile: &Profile, pod: &PodInfo, node: &NodeInfo) -> bool {
+        profile
+            .plugins
+            .iter()
+            .filter_map(|(p, _)| p.as_filter())
+            .all(|f: &dyn FilterPlugin| f.filter(&CycleState::default(), pod, node).is_ok())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+        /// Scheduling a random stream of pods on a random cluster: no node's allocatable is
+        /// ever exceeded, every placement passes every filter, a pod is refused only when no
+        /// node passes every filter, and the same seed gives the same placements.
+        #[test]
+        fn placements_are_valid_complete_and_reproducible(
+            nodes in proptest::collection::vec((500i64..4000, any::<bool>(), 0u8..3), 1..12),
+            pods in proptest::collection::vec((50i64..1500, proptest::option::of(0u8..3), any::<bool>()), 1..40),
+            percentage in prop_oneof![Just(0u32), Just(100u32), 1u32..100],
+            seed in any::<u64>(),
+        ) {
+            let profile = Profile::default_profile()
+                .scoring_percentage(percentage);
+            let run = |seed: u64| {
+                let mut snapshot = cluster(&nodes);
+                let mut start = 0;
+                let mut ties = TieBreaker::new(seed);
+                let mut placements = Vec::new();
+                for (i, (cpu, zone, tolerate)) in pods.iter().enumerate() {
+                    let info = pod_info(i, *cpu, *zone, *tolerate);
+                    let any_fits = snapshot.nodes().iter().any(|n| passes_all(&profile, &info, n));
+                    match decide(&profile, &info, &snapshot, &mut start, &mut ties) {
+                        Decision::Fits { node, .. } => {
+                            let chosen = snapshot.node(&node).unwrap();
+                            assert!(passes_all(&profile, &info, chosen), "placed on a node failing a filter");
+                            snapshot.add_pod(&node, info.clone());
+                            let after = snapshot.node(&node).unwrap();
+                            assert!(after.requested.milli_cpu <= after.allocatable.milli_cpu, "allocatable exceeded");
+                            placements.push(Some(node));
+                        }
+                        Decision::Unschedulable(why) => {
+                            assert!(!any_fits, "refused although a node fits: {}", why.message);
+                            placements.push(None);
+                        }
+                    }
+                }
+                placements
+            };
+            prop_assert_eq!(run(seed), run(seed));
+        }
+    }
+}
