@@ -672,6 +672,41 @@ async fn capstan_up_serves_persists_and_stops_on_sigterm() {
     .unwrap();
     maps.create(&PostParams::default(), &cm).await.unwrap();
 
+    // The whole orchestrator: a Deployment's pods are created, scheduled and run.
+    let client = kube::Client::try_from(config.clone()).unwrap();
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::default_namespaced(client.clone());
+    let deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "hello"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "hello"}},
+            "template": {"metadata": {"labels": {"app": "hello"}}, "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}},
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::default_namespaced(client);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = pods
+            .list(&ListParams::default().labels("app=hello"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .count();
+        if running == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deployment's pods did not run under capstan up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -1011,43 +1046,10 @@ async fn kubectl_logs_exec_and_top_on_docker() {
     assert!(status.success());
 }
 
-/// Binds every pending pod to `node` (the scheduler's job, until one runs here).
-async fn bind_pending_pods(client: kube::Client, node: &'static str) {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let mut events =
-        kube::runtime::watcher(pods, kube::runtime::watcher::Config::default()).boxed();
-    while let Some(event) = events.next().await {
-        let Ok(
-            kube::runtime::watcher::Event::Apply(pod)
-            | kube::runtime::watcher::Event::InitApply(pod),
-        ) = event
-        else {
-            continue;
-        };
-        let scheduled = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_ref())
-            .is_some();
-        if scheduled || pod.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let binding = serde_json::json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"kind": "Node", "name": node}});
-        let request =
-            axum::http::Request::post(format!("/api/v1/namespaces/{ns}/pods/{name}/binding"))
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&binding).unwrap())
-                .unwrap();
-        let _ = client.request::<serde_json::Value>(request).await;
-    }
-}
-
 const ROLLOUT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  annotations: {kubernetes.io/change-cause: first}\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: web}}\n  strategy: {rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: c, image: \"busybox:1.36\"}]\n";
 
-/// kubectl's rollout commands against Deployments run by the controllers, with pods run by a
-/// node agent on the simulated runtime.
+/// kubectl's rollout commands against Deployments run by the controllers, with pods placed by
+/// the scheduler and run by a node agent on the simulated runtime.
 #[tokio::test]
 async fn kubectl_rollout_status_history_and_undo() {
     let Some(dir) = kubectl_dir() else { return };
@@ -1067,7 +1069,11 @@ async fn kubectl_rollout_status_history_and_undo() {
         .start()
         .await
         .unwrap();
-    let binder = tokio::spawn(bind_pending_pods(client.clone(), "sim-1"));
+    let scheduler = capstan_core::scheduler::Scheduler::new(
+        client.clone(),
+        capstan_core::scheduler::SchedulerConfig::default(),
+    )
+    .start();
     for version in ["1.33", "1.27"] {
         let k = Kubectl {
             binary: dir.join(format!("kubectl.{version}")),
@@ -1118,7 +1124,7 @@ async fn kubectl_rollout_status_history_and_undo() {
         .await
         .unwrap();
     }
-    binder.abort();
+    scheduler.stop().await;
     agent.stop().await;
     controllers.stop().await;
 }

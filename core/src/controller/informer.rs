@@ -436,6 +436,18 @@ impl InformerFactory {
         }
     }
 
+    /// A new factory with the same source and no informers yet (for a new leadership term).
+    pub fn fresh(&self) -> Self {
+        InformerFactory {
+            inner: Arc::new(FactoryInner {
+                client: self.inner.client.clone(),
+                local: self.inner.local.clone(),
+                informers: Mutex::new(HashMap::new()),
+                stop: CancellationToken::new(),
+            }),
+        }
+    }
+
     /// The client the informers use.
     pub fn client(&self) -> &Client {
         &self.inner.client

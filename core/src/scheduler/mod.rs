@@ -31,7 +31,10 @@ pub use resources::Resources;
 pub use snapshot::Snapshot;
 
 use crate::apiserver::ApiServer;
-use crate::controller::{Change, EventRecorder, EventType, InformerFactory, ObjectKey};
+use crate::controller::{
+    Change, EventRecorder, EventType, InformerFactory, LeaderElectionConfig, LeaderElector,
+    ObjectKey,
+};
 use framework::{Action, EventResource};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams};
@@ -126,6 +129,21 @@ impl RunningScheduler {
     }
 }
 
+/// A scheduler under leader election; [`ElectedScheduler::stop`] stops it and releases the
+/// Lease.
+pub struct ElectedScheduler {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ElectedScheduler {
+    /// Stops scheduling and gives the Lease up.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
 fn assigned_node(pod: &Pod) -> Option<&str> {
     pod.spec
         .as_ref()
@@ -155,6 +173,35 @@ impl Scheduler {
             informers: InformerFactory::in_process(server),
             config,
         }
+    }
+
+    /// Schedules only while holding the `election` Lease (several replicas, one at work). Each
+    /// term starts afresh from the API; losing the Lease stops scheduling at once.
+    pub fn start_elected(self, election: LeaderElectionConfig) -> ElectedScheduler {
+        let stop = CancellationToken::new();
+        let client = self.informers.client().clone();
+        let local = self.informers.clone();
+        let config = self.config;
+        let task = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let elector = LeaderElector::new(client.clone(), election);
+                elector
+                    .run(stop, move |term| {
+                        let scheduler = Scheduler {
+                            informers: local.fresh(),
+                            config: config.clone(),
+                        };
+                        async move {
+                            let running = scheduler.start();
+                            term.cancelled().await;
+                            running.stop().await;
+                        }
+                    })
+                    .await;
+            })
+        };
+        ElectedScheduler { stop, task }
     }
 
     /// Starts watching and scheduling.

@@ -3,8 +3,8 @@
 //! `capstan up [--data-dir DIR] [--listen ADDR] [--store embedded|memory|etcd]
 //! [--etcd-endpoints URL,…] [--node-name NAME] [--runtime auto|docker|sim]
 //! [--pod-cidr CIDR] [--sandbox-image IMAGE]` runs the API server on the embedded durable
-//! store (default `./.capstan/store.redb`), the controller manager (under a leader-election
-//! Lease) and one node agent (Docker when its socket answers,
+//! store (default `./.capstan/store.redb`), the controller manager and the scheduler (each
+//! under a leader-election Lease) and one node agent (Docker when its socket answers,
 //! otherwise the simulated runtime), writes `DIR/kubeconfig`, prints the kubectl command to
 //! use, and stops cleanly on SIGINT or SIGTERM (containers keep running and are adopted on the
 //! next start). Until authentication lands it serves loopback addresses only.
@@ -14,6 +14,7 @@ use capstan_core::controller::{ControllerManager, ControllerManagerConfig, Leade
 use capstan_core::node::{NodeAgent, NodeConfig};
 use capstan_core::runtime::sim::SimRuntime;
 use capstan_core::runtime::ContainerRuntime;
+use capstan_core::scheduler::{Scheduler, SchedulerConfig};
 use capstan_core::store::{EmbeddedStore, EmbeddedStoreConfig, MemoryStore, Store};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -232,6 +233,10 @@ async fn up(options: UpOptions) -> Result<(), String> {
     )
     .start();
     println!("capstan: controller manager started (replicasets, deployments, garbage collector, endpoints, endpointslices, node lifecycle)");
+    let scheduler = Scheduler::in_process(&server, SchedulerConfig::default()).start_elected(
+        LeaderElectionConfig::new("kube-system", "capstan-scheduler", &identity),
+    );
+    println!("capstan: scheduler started (default profile)");
     let (runtime, runtime_description) = open_runtime(&options).await?;
     println!("capstan: runtime: {runtime_description}");
     let mut node_config = NodeConfig::new(&options.node_name);
@@ -253,6 +258,7 @@ async fn up(options: UpOptions) -> Result<(), String> {
     );
     let served = serving.await;
     agent.stop().await;
+    scheduler.stop().await;
     controllers.stop().await;
     served
         .map_err(|e| format!("server task failed: {e}"))?
