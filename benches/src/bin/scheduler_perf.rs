@@ -1,0 +1,254 @@
+//! `scheduler-perf`: scheduling throughput in the shape of kube-scheduler's scheduler_perf
+//! "SchedulingBasic": N nodes (4 cpu, 32 GiB, 110 pods each), 1000 pods already placed, then
+//! P pods to schedule. For each N:
+//!
+//! - `framework-{N}n-{P}p` (and `-allnodes`): the scheduling framework alone, on an in-memory
+//!   snapshot with no API — the upper bound;
+//! - `api-{N}n-{P}p` (and `-allnodes`): end to end through the in-process API server on the
+//!   embedded store — pods created through the API, the scheduler's informers fed from the
+//!   watch cache, every binding written — timed from the first create until every pod is
+//!   bound, with the framework figure of the same N as its baseline.
+//!
+//! Default node sampling follows percentageOfNodesToScore's adaptive rule; `-allnodes` scores
+//! every node. Peak heap (a counting allocator) is reported per case. Published anchor:
+//! kube-scheduler's scheduler_perf threshold for 5000 nodes / 10000 pods is 680 pods/s.
+//! `--quick` runs 500 nodes and 2000 pods for CI.
+
+use capstan_benches::{Figure, Mode};
+use capstan_core::apiserver::ApiServer;
+use capstan_core::controller::InformerFactory;
+use capstan_core::scheduler::{
+    decide, Decision, PodInfo, Profile, Scheduler, SchedulerConfig, Snapshot, TieBreaker,
+};
+use capstan_core::store::{EmbeddedStore, EmbeddedStoreConfig};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BENCH: &str = "scheduler-perf";
+const PLACED: usize = 1000;
+const CONCURRENCY: usize = 64;
+
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
+/// Samples the heap every few milliseconds and keeps the peak.
+struct PeakHeap {
+    peak: Arc<AtomicUsize>,
+    running: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PeakHeap {
+    fn start() -> Self {
+        let peak = Arc::new(AtomicUsize::new(ALLOCATOR.allocated()));
+        let running = Arc::new(AtomicBool::new(true));
+        let thread = {
+            let peak = peak.clone();
+            let running = running.clone();
+            std::thread::spawn(move || {
+                while running.load(Ordering::Relaxed) {
+                    peak.fetch_max(ALLOCATOR.allocated(), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        PeakHeap {
+            peak,
+            running,
+            thread: Some(thread),
+        }
+    }
+
+    /// The peak in MiB.
+    fn stop(mut self) -> f64 {
+        self.running.store(false, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.peak.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0)
+    }
+}
+
+fn figure(case: &str, metric: &'static str, value: f64, unit: &'static str, baseline: Option<f64>) {
+    Figure {
+        bench: BENCH,
+        case: case.to_string(),
+        metric,
+        value,
+        unit,
+        baseline,
+    }
+    .print();
+}
+
+fn node(i: usize) -> Node {
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("node-{i}"), "labels": {"kubernetes.io/hostname": format!("node-{i}"), "zone": format!("z{}", i % 3)}},
+        "status": {
+            "allocatable": {"cpu": "4", "memory": "32Gi", "pods": "110"},
+            "capacity": {"cpu": "4", "memory": "32Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }))
+    .expect("a valid node")
+}
+
+fn pod(name: &str, node: Option<String>) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default", "uid": name},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10", "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}],
+        },
+    }))
+    .expect("a valid pod")
+}
+
+/// The framework alone: pods/s deciding and assuming on an in-memory snapshot.
+fn framework(nodes: usize, pods: usize, percentage: u32) -> (f64, f64) {
+    let heap = PeakHeap::start();
+    let profile = Profile::default_profile().scoring_percentage(percentage);
+    let mut snapshot = Snapshot::new();
+    for i in 0..nodes {
+        snapshot.upsert_node(Arc::new(node(i)));
+    }
+    for i in 0..PLACED {
+        let p = pod(&format!("placed-{i}"), Some(format!("node-{}", i % nodes)));
+        snapshot.add_pod(&format!("node-{}", i % nodes), Arc::new(PodInfo::new(Arc::new(p))));
+    }
+    let infos: Vec<Arc<PodInfo>> = (0..pods)
+        .map(|i| Arc::new(PodInfo::new(Arc::new(pod(&format!("p-{i}"), None)))))
+        .collect();
+    let mut start = 0;
+    let mut ties = TieBreaker::new(1);
+    let began = Instant::now();
+    for info in infos {
+        match decide(&profile, &info, &snapshot, &mut start, &mut ties) {
+            Decision::Fits { node, .. } => snapshot.add_pod(&node, info),
+            Decision::Unschedulable(why) => panic!("unschedulable in the benchmark: {}", why.message),
+        }
+    }
+    let rate = pods as f64 / began.elapsed().as_secs_f64();
+    (rate, heap.stop())
+}
+
+async fn create_all<F, Fut>(n: usize, make: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    futures::stream::iter(0..n)
+        .map(make)
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// End to end through the API: pods/s from the first create until every pod is bound.
+async fn through_api(nodes: usize, pods: usize, percentage: u32) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = EmbeddedStore::open(dir.path().join("store.redb"), EmbeddedStoreConfig::default())
+        .expect("embedded store");
+    let server = ApiServer::builder(Arc::new(store)).build().await.expect("API server");
+    let client = server.client();
+    let node_api: Api<Node> = Api::all(client.clone());
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    create_all(nodes, |i| {
+        let node_api = node_api.clone();
+        async move {
+            node_api.create(&PostParams::default(), &node(i)).await.expect("create node");
+        }
+    })
+    .await;
+    create_all(PLACED, |i| {
+        let pod_api = pod_api.clone();
+        async move {
+            let p = pod(&format!("placed-{i}"), Some(format!("node-{}", i % nodes)));
+            pod_api.create(&PostParams::default(), &p).await.expect("create placed pod");
+        }
+    })
+    .await;
+    let observer = InformerFactory::in_process(&server);
+    let watched = observer.informer::<Pod>();
+    watched.wait_synced().await;
+    let config = SchedulerConfig {
+        profiles: vec![Profile::default_profile().scoring_percentage(percentage)],
+        ..SchedulerConfig::default()
+    };
+    let scheduler = Scheduler::in_process(&server, config).start();
+    // Let the scheduler's informers sync before the clock starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let heap = PeakHeap::start();
+    let began = Instant::now();
+    create_all(pods, |i| {
+        let pod_api = pod_api.clone();
+        async move {
+            pod_api
+                .create(&PostParams::default(), &pod(&format!("p-{i}"), None))
+                .await
+                .expect("create pod");
+        }
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let bound = scheduler.counters().scheduled.load(Ordering::Relaxed) as usize;
+        if bound >= pods {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {bound} of {pods} pods bound in 10 minutes");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = pods as f64 / began.elapsed().as_secs_f64();
+    let peak = heap.stop();
+    // Every binding is in the API.
+    let bound_seen = async {
+        loop {
+            let bound = watched
+                .list()
+                .iter()
+                .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+                .count();
+            if bound >= pods + PLACED {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), bound_seen)
+        .await
+        .expect("every binding reaches the API");
+    scheduler.stop().await;
+    observer.stop();
+    (rate, peak)
+}
+
+#[tokio::main]
+async fn main() {
+    let mode = Mode::from_args();
+    let node_counts: &[usize] = match mode {
+        Mode::Quick => &[500],
+        Mode::Standard => &[500, 1000, 5000, 15000],
+    };
+    let pods = mode.pick(2000, 10_000);
+    for &nodes in node_counts {
+        for (suffix, percentage) in [("", 0u32), ("-allnodes", 100u32)] {
+            eprintln!("scheduler-perf: {nodes} nodes{suffix}: framework");
+            let (framework_rate, framework_peak) = framework(nodes, pods, percentage);
+            let case = format!("framework-{nodes}n-{pods}p{suffix}");
+            figure(&case, "pods_per_s", framework_rate, "pods/s", None);
+            figure(&case, "peak_heap_mib", framework_peak, "MiB", None);
+            eprintln!("scheduler-perf: {nodes} nodes{suffix}: through the API");
+            let (api_rate, api_peak) = through_api(nodes, pods, percentage).await;
+            let case = format!("api-{nodes}n-{pods}p{suffix}");
+            figure(&case, "pods_per_s", api_rate, "pods/s", Some(framework_rate));
+            figure(&case, "peak_heap_mib", api_peak, "MiB", None);
+        }
+    }
+    eprintln!("scheduler-perf: anchor: kube-scheduler's threshold at 5000 nodes / 10000 pods is 680 pods/s");
+}
