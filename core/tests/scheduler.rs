@@ -418,3 +418,126 @@ mod invariants {
         }
     }
 }
+
+mod placement_rules {
+    use super::*;
+
+    fn snapshot(nodes: &[(&str, &str)]) -> Snapshot {
+        let mut s = Snapshot::new();
+        for (name, zone) in nodes {
+            s.upsert_node(Arc::new(node(
+                name,
+                "8",
+                json!({"zone": zone, "kubernetes.io/hostname": name}),
+                json!([]),
+            )));
+        }
+        s
+    }
+
+    fn info(name: &str, labels: Value, extra: Value) -> Arc<PodInfo> {
+        let mut p = pod(name, "10m", extra);
+        p.metadata.namespace = Some("default".into());
+        p.metadata.uid = Some(name.into());
+        p.metadata.labels = serde_json::from_value(labels).unwrap();
+        Arc::new(PodInfo::new(Arc::new(p)))
+    }
+
+    /// Schedules each pod in turn, assuming placements; `None` for a pod that fits nowhere
+    /// (with its message).
+    fn place(s: &mut Snapshot, pods: Vec<Arc<PodInfo>>) -> Vec<Result<String, String>> {
+        let profile = Profile::default_profile();
+        let (mut start, mut ties) = (0, TieBreaker::new(7));
+        pods.into_iter()
+            .map(|p| match decide(&profile, &p, s, &mut start, &mut ties) {
+                Decision::Fits { node, .. } => {
+                    s.add_pod(&node, p);
+                    Ok(node)
+                }
+                Decision::Unschedulable(why) => Err(why.message),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn topology_spread_keeps_zones_within_max_skew() {
+        let mut s = snapshot(&[("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b")]);
+        let spread = json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}]});
+        let pods = (0..6)
+            .map(|i| info(&format!("w{i}"), json!({"app": "web"}), spread.clone()))
+            .collect();
+        let placed = place(&mut s, pods);
+        let zone = |n: &str| if n.starts_with('a') { "a" } else { "b" };
+        let in_a = placed
+            .iter()
+            .filter(|r| zone(r.as_ref().unwrap()) == "a")
+            .count();
+        assert_eq!(in_a, 3, "{placed:?}");
+        // A node without the key cannot take a constrained pod.
+        s.upsert_node(Arc::new(node("bare", "8", json!({}), json!([]))));
+        let placed = place(&mut s, vec![info("w6", json!({"app": "web"}), spread)]);
+        assert!(placed[0].as_ref().is_ok_and(|n| n != "bare"));
+    }
+
+    #[test]
+    fn anti_affinity_separates_and_affinity_joins() {
+        let mut s = snapshot(&[("a1", "a"), ("a2", "a"), ("b1", "b")]);
+        let anti = json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "kubernetes.io/hostname"}]}}});
+        let pods = (0..4)
+            .map(|i| info(&format!("c{i}"), json!({"app": "cache"}), anti.clone()))
+            .collect();
+        let placed = place(&mut s, pods);
+        let nodes: std::collections::HashSet<_> =
+            placed.iter().take(3).map(|r| r.clone().unwrap()).collect();
+        assert_eq!(nodes.len(), 3, "one cache pod per node: {placed:?}");
+        assert!(
+            placed[3]
+                .as_ref()
+                .unwrap_err()
+                .contains("anti-affinity rules"),
+            "{placed:?}"
+        );
+        // An existing pod's anti-affinity also keeps others away: a plain pod labelled
+        // app=cache fits nowhere.
+        let plain = place(
+            &mut s,
+            vec![info("plain", json!({"app": "cache"}), json!({}))],
+        );
+        assert!(
+            plain[0]
+                .as_ref()
+                .unwrap_err()
+                .contains("existing pods anti-affinity"),
+            "{plain:?}"
+        );
+
+        let mut s = snapshot(&[("a1", "a"), ("a2", "a"), ("b1", "b"), ("b2", "b")]);
+        place(
+            &mut s,
+            vec![info(
+                "db",
+                json!({"app": "db"}),
+                json!({"nodeSelector": {"zone": "b"}}),
+            )],
+        );
+        let near_db = json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone"}]}}});
+        let placed = place(
+            &mut s,
+            (0..3)
+                .map(|i| info(&format!("api{i}"), json!({"app": "api"}), near_db.clone()))
+                .collect(),
+        );
+        assert!(
+            placed.iter().all(|r| r.as_ref().unwrap().starts_with('b')),
+            "{placed:?}"
+        );
+        // The first of a group matching its own affinity may start anywhere.
+        let mut s = snapshot(&[("a1", "a")]);
+        let self_affine = json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "group"}}, "topologyKey": "zone"}]}}});
+        assert!(place(
+            &mut s,
+            vec![info("g0", json!({"app": "group"}), self_affine)]
+        )[0]
+        .is_ok());
+    }
+}

@@ -119,7 +119,10 @@ fn framework(nodes: usize, pods: usize, percentage: u32) -> (f64, f64) {
     }
     for i in 0..PLACED {
         let p = pod(&format!("placed-{i}"), Some(format!("node-{}", i % nodes)));
-        snapshot.add_pod(&format!("node-{}", i % nodes), Arc::new(PodInfo::new(Arc::new(p))));
+        snapshot.add_pod(
+            &format!("node-{}", i % nodes),
+            Arc::new(PodInfo::new(Arc::new(p))),
+        );
     }
     let infos: Vec<Arc<PodInfo>> = (0..pods)
         .map(|i| Arc::new(PodInfo::new(Arc::new(pod(&format!("p-{i}"), None)))))
@@ -130,7 +133,9 @@ fn framework(nodes: usize, pods: usize, percentage: u32) -> (f64, f64) {
     for info in infos {
         match decide(&profile, &info, &snapshot, &mut start, &mut ties) {
             Decision::Fits { node, .. } => snapshot.add_pod(&node, info),
-            Decision::Unschedulable(why) => panic!("unschedulable in the benchmark: {}", why.message),
+            Decision::Unschedulable(why) => {
+                panic!("unschedulable in the benchmark: {}", why.message)
+            }
         }
     }
     let rate = pods as f64 / began.elapsed().as_secs_f64();
@@ -152,16 +157,25 @@ where
 /// End to end through the API: pods/s from the first create until every pod is bound.
 async fn through_api(nodes: usize, pods: usize, percentage: u32) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let store = EmbeddedStore::open(dir.path().join("store.redb"), EmbeddedStoreConfig::default())
-        .expect("embedded store");
-    let server = ApiServer::builder(Arc::new(store)).build().await.expect("API server");
+    let store = EmbeddedStore::open(
+        dir.path().join("store.redb"),
+        EmbeddedStoreConfig::default(),
+    )
+    .expect("embedded store");
+    let server = ApiServer::builder(Arc::new(store))
+        .build()
+        .await
+        .expect("API server");
     let client = server.client();
     let node_api: Api<Node> = Api::all(client.clone());
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
     create_all(nodes, |i| {
         let node_api = node_api.clone();
         async move {
-            node_api.create(&PostParams::default(), &node(i)).await.expect("create node");
+            node_api
+                .create(&PostParams::default(), &node(i))
+                .await
+                .expect("create node");
         }
     })
     .await;
@@ -169,7 +183,10 @@ async fn through_api(nodes: usize, pods: usize, percentage: u32) -> (f64, f64) {
         let pod_api = pod_api.clone();
         async move {
             let p = pod(&format!("placed-{i}"), Some(format!("node-{}", i % nodes)));
-            pod_api.create(&PostParams::default(), &p).await.expect("create placed pod");
+            pod_api
+                .create(&PostParams::default(), &p)
+                .await
+                .expect("create placed pod");
         }
     })
     .await;
@@ -201,7 +218,10 @@ async fn through_api(nodes: usize, pods: usize, percentage: u32) -> (f64, f64) {
         if bound >= pods {
             break;
         }
-        assert!(Instant::now() < deadline, "only {bound} of {pods} pods bound in 10 minutes");
+        assert!(
+            Instant::now() < deadline,
+            "only {bound} of {pods} pods bound in 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = pods as f64 / began.elapsed().as_secs_f64();
@@ -246,7 +266,13 @@ async fn main() {
             eprintln!("scheduler-perf: {nodes} nodes{suffix}: through the API");
             let (api_rate, api_peak) = through_api(nodes, pods, percentage).await;
             let case = format!("api-{nodes}n-{pods}p{suffix}");
-            figure(&case, "pods_per_s", api_rate, "pods/s", Some(framework_rate));
+            figure(
+                &case,
+                "pods_per_s",
+                api_rate,
+                "pods/s",
+                Some(framework_rate),
+            );
             figure(&case, "peak_heap_mib", api_peak, "MiB", None);
         }
     }

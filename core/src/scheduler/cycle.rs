@@ -158,7 +158,9 @@ pub fn decide(
     let mut feasible: Vec<usize> = Vec::new();
     let mut rejections: HashMap<String, Rejection> = HashMap::new();
     let mut evaluated = 0;
-    if total > CHUNK * 2 {
+    // Threads pay off only when many nodes must be evaluated (scoring every node of a large
+    // cluster); a sampled cycle is faster on one.
+    if wanted > CHUNK * 8 {
         // In parallel, a pair of chunks at a time, until enough are feasible.
         let mut offset = 0;
         while offset < total && feasible.len() < wanted {

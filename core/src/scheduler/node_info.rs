@@ -27,6 +27,9 @@ pub struct NodeInfo {
     pub images: HashMap<String, i64>,
     /// The node's taints.
     pub taints: Vec<Taint>,
+    /// How many of its pods have pod affinity or anti-affinity (so affinity checks can skip
+    /// nodes without any).
+    pub affinity_pods: usize,
 }
 
 impl NodeInfo {
@@ -41,6 +44,7 @@ impl NodeInfo {
             used_ports: HashMap::new(),
             images: HashMap::new(),
             taints: Vec::new(),
+            affinity_pods: 0,
         };
         info.set_node(node);
         info
@@ -89,6 +93,9 @@ impl NodeInfo {
     pub fn add_pod(&mut self, pod: Arc<PodInfo>) {
         self.remove_pod(&pod.uid);
         self.requested.add(&pod.requests);
+        if pod.has_pod_affinity() {
+            self.affinity_pods += 1;
+        }
         for port in &pod.host_ports {
             *self.used_ports.entry(port.clone()).or_insert(0) += 1;
         }
@@ -99,6 +106,9 @@ impl NodeInfo {
     pub fn remove_pod(&mut self, uid: &str) -> Option<Arc<PodInfo>> {
         let pod = self.pods.remove(uid)?;
         self.requested.sub(&pod.requests);
+        if pod.has_pod_affinity() {
+            self.affinity_pods -= 1;
+        }
         for port in &pod.host_ports {
             if let Some(n) = self.used_ports.get_mut(port) {
                 *n -= 1;

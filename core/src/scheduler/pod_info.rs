@@ -76,6 +76,15 @@ impl PodInfo {
             .unwrap_or("default-scheduler")
     }
 
+    /// Whether the pod has pod affinity or anti-affinity terms.
+    pub fn has_pod_affinity(&self) -> bool {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.affinity.as_ref())
+            .is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some())
+    }
+
     /// The pod's labels.
     pub fn labels(&self) -> std::collections::BTreeMap<String, String> {
         self.pod.metadata.labels.clone().unwrap_or_default()

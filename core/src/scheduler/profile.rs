@@ -4,8 +4,8 @@
 
 use super::framework::Plugin;
 use super::plugins::{
-    BalancedAllocation, ImageLocality, NodeAffinity, NodeName, NodePorts, NodeResourcesFit,
-    NodeUnschedulable, TaintToleration,
+    BalancedAllocation, ImageLocality, InterPodAffinity, NodeAffinity, NodeName, NodePorts,
+    NodeResourcesFit, NodeUnschedulable, PodTopologySpread, TaintToleration,
 };
 use std::sync::Arc;
 
@@ -39,6 +39,8 @@ impl Profile {
                 (Arc::new(NodeAffinity), 2),
                 (Arc::new(NodePorts), 0),
                 (Arc::new(NodeResourcesFit::default()), 1),
+                (Arc::new(PodTopologySpread), 2),
+                (Arc::new(InterPodAffinity), 2),
                 (Arc::new(BalancedAllocation), 1),
                 (Arc::new(ImageLocality), 1),
             ],
