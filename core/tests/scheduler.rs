@@ -541,3 +541,123 @@ mod placement_rules {
         .is_ok());
     }
 }
+
+/// Finishes graceful deletions at once, as a kubelet whose pods stop instantly would.
+async fn finish_deletions(client: kube::Client) {
+    use futures::StreamExt;
+    let all: Api<Pod> = Api::all(client.clone());
+    let mut events = kube::runtime::watcher(all, Default::default()).boxed();
+    while let Some(event) = events.next().await {
+        if let Ok(kube::runtime::watcher::Event::Apply(p)) = event {
+            if p.metadata.deletion_timestamp.is_some() {
+                let api: Api<Pod> =
+                    Api::namespaced(client.clone(), p.metadata.namespace.as_deref().unwrap());
+                let _ = api
+                    .delete(
+                        p.metadata.name.as_deref().unwrap(),
+                        &DeleteParams::default().grace_period(0),
+                    )
+                    .await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn higher_priority_pods_preempt_the_fewest_lowest_priority_ones() {
+    let server = ApiServer::builder(Arc::new(MemoryStore::default()))
+        .build()
+        .await
+        .unwrap();
+    let client = server.client();
+    let kubelet = tokio::spawn(finish_deletions(client.clone()));
+    let classes: Api<k8s_openapi::api::scheduling::v1::PriorityClass> = Api::all(client.clone());
+    for (name, value, policy) in [
+        ("low", 10, "PreemptLowerPriority"),
+        ("mid", 100, "PreemptLowerPriority"),
+        ("high", 1000, "PreemptLowerPriority"),
+        ("high-polite", 1000, "Never"),
+    ] {
+        classes
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(
+                    json!({"metadata": {"name": name}, "value": value, "preemptionPolicy": policy}),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &node("only", "3", json!({}), json!([])),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let scheduler = Scheduler::in_process(&server, SchedulerConfig::default()).start();
+    for (name, class) in [("low-1", "low"), ("mid-1", "mid"), ("low-2", "low")] {
+        pods.create(
+            &PostParams::default(),
+            &pod(name, "1", json!({"priorityClassName": class})),
+        )
+        .await
+        .unwrap();
+        node_of(&pods, name).await;
+    }
+    // Needs 2 cpus: the two low-priority pods go, the mid one stays.
+    pods.create(
+        &PostParams::default(),
+        &pod("important", "2", json!({"priorityClassName": "high"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(node_of(&pods, "important").await, "only");
+    assert!(
+        pods.get("mid-1").await.is_ok(),
+        "the higher of the lower-priority pods is spared"
+    );
+    for victim in ["low-1", "low-2"] {
+        assert!(pods.get(victim).await.is_err(), "{victim} was preempted");
+    }
+    let nominated = pods
+        .get("important")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.nominated_node_name);
+    assert_eq!(nominated.as_deref(), Some("only"));
+    let preempted = eventually(10, "Preempted events", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        let n = list
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("Preempted"))
+            .count();
+        (n == 2).then_some(list)
+    })
+    .await;
+    assert!(preempted
+        .items
+        .iter()
+        .any(|e| e.message.as_deref() == Some("Preempted by default/important on node only")));
+    // A pod whose class may not preempt waits instead (evicting mid-1 would make room).
+    pods.create(
+        &PostParams::default(),
+        &pod("polite", "1", json!({"priorityClassName": "high-polite"})),
+    )
+    .await
+    .unwrap();
+    failed_scheduling(&events, "polite", "Insufficient cpu").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        pods.get("mid-1").await.is_ok(),
+        "a Never-preempting pod evicts nobody"
+    );
+    scheduler.stop().await;
+    kubelet.abort();
+}

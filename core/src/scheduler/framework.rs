@@ -243,17 +243,26 @@ pub trait PostBindPlugin: Send + Sync {
     fn post_bind(&self, pod: &PodInfo, node: &str);
 }
 
-/// Runs when no node passed the filters (e.g. preemption). Returns the node the pod was
-/// nominated for, if any.
-#[async_trait::async_trait]
+/// What a post-filter plugin proposes: nominate the pod to a node once these victims are gone.
+#[derive(Debug, Clone)]
+pub struct Nomination {
+    /// The node the pod should go to.
+    pub node: String,
+    /// The pods to evict to make room.
+    pub victims: Vec<std::sync::Arc<PodInfo>>,
+}
+
+/// Runs when no node passed the filters (e.g. preemption). Pure: it only proposes; the
+/// scheduler evicts the victims and nominates the pod.
 pub trait PostFilterPlugin: Send + Sync {
-    /// Tries to make room.
-    async fn post_filter(
+    /// Proposes a way to make room, given each node's rejection.
+    fn post_filter(
         &self,
         pod: &PodInfo,
+        profile: &super::Profile,
         snapshot: &Snapshot,
         rejections: &HashMap<String, Rejection>,
-    ) -> Option<String>;
+    ) -> Option<Nomination>;
 }
 
 /// A scheduler plugin: a name, the extension points it implements, and the cluster events after

@@ -37,6 +37,7 @@ use crate::controller::{
 };
 use framework::{Action, EventResource};
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -326,6 +327,29 @@ impl Scheduler {
                 }
             }));
         }
+        {
+            let shared = shared.clone();
+            let budgets = self.informers.informer::<PodDisruptionBudget>();
+            let stop = stop.clone();
+            let mut changes = budgets.subscribe();
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = budgets.wait_synced() => {}
+                }
+                loop {
+                    shared
+                        .snapshot
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .set_disruption_budgets(budgets.list());
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        c = changes.next() => if c.is_none() { return },
+                    }
+                }
+            }));
+        }
         let runtime = tokio::runtime::Handle::current();
         let thread = {
             let shared = shared.clone();
@@ -526,11 +550,83 @@ impl Shared {
                     self.counters.unschedulable.fetch_add(1, Ordering::Relaxed);
                     if why.error {
                         tracing::warn!(pod = %pod.key, message = %why.message, "a scheduler plugin failed");
+                    } else if let Some(nomination) = self.preempt(&pod, profile, &why) {
+                        self.evict(&runtime, &pod, nomination);
                     }
                     self.report_unschedulable(&runtime, &pod, &why.message, why.plugins);
                 }
             }
         }
+    }
+
+    /// Asks the post-filter plugins for room, unless the pod already waits on a node where
+    /// its earlier victims are still terminating.
+    fn preempt(
+        &self,
+        pod: &PodInfo,
+        profile: &Profile,
+        why: &Unschedulable,
+    ) -> Option<framework::Nomination> {
+        let snapshot = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        let nominated = pod
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            .and_then(|n| snapshot.node(n));
+        if let Some(node) = nominated {
+            let terminating = node
+                .pods
+                .values()
+                .any(|p| p.pod.metadata.deletion_timestamp.is_some() && p.priority < pod.priority);
+            if terminating {
+                return None;
+            }
+        }
+        profile
+            .plugins
+            .iter()
+            .filter_map(|(p, _)| p.as_post_filter())
+            .find_map(|p| p.post_filter(pod, profile, &snapshot, &why.by_node))
+    }
+
+    /// Nominates the pod to the node and deletes the victims, with an Event on each.
+    fn evict(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        pod: &Arc<PodInfo>,
+        nomination: framework::Nomination,
+    ) {
+        let client = self.client.clone();
+        let recorder = self.recorder.clone();
+        let preemptor = pod.clone();
+        runtime.spawn(async move {
+            let node = nomination.node;
+            let api: Api<Pod> = Api::namespaced(client.clone(), preemptor.key.namespace_or_empty());
+            let status = serde_json::json!({"status": {"nominatedNodeName": node}});
+            let _ = api
+                .patch_status(
+                    &preemptor.key.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(status),
+                )
+                .await;
+            for victim in nomination.victims {
+                let victims: Api<Pod> =
+                    Api::namespaced(client.clone(), victim.key.namespace_or_empty());
+                match victims.delete(&victim.key.name, &Default::default()).await {
+                    Ok(_) => recorder.record_for(
+                        victim.pod.as_ref(),
+                        EventType::Normal,
+                        "Preempted",
+                        &format!("Preempted by {} on node {node}", preemptor.key),
+                    ),
+                    Err(err) => {
+                        tracing::debug!(victim = %victim.key, error = %err, "could not preempt")
+                    }
+                }
+            }
+        });
     }
 
     /// Undoes an assumed placement.

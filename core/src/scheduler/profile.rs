@@ -4,8 +4,8 @@
 
 use super::framework::Plugin;
 use super::plugins::{
-    BalancedAllocation, ImageLocality, InterPodAffinity, NodeAffinity, NodeName, NodePorts,
-    NodeResourcesFit, NodeUnschedulable, PodTopologySpread, TaintToleration,
+    BalancedAllocation, DefaultPreemption, ImageLocality, InterPodAffinity, NodeAffinity, NodeName,
+    NodePorts, NodeResourcesFit, NodeUnschedulable, PodTopologySpread, TaintToleration,
 };
 use std::sync::Arc;
 
@@ -43,6 +43,7 @@ impl Profile {
                 (Arc::new(InterPodAffinity), 2),
                 (Arc::new(BalancedAllocation), 1),
                 (Arc::new(ImageLocality), 1),
+                (Arc::new(DefaultPreemption), 0),
             ],
             percentage_of_nodes_to_score: 0,
         }

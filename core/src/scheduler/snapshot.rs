@@ -5,6 +5,7 @@
 use super::node_info::NodeInfo;
 use super::pod_info::PodInfo;
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -15,6 +16,8 @@ pub struct Snapshot {
     by_name: HashMap<String, usize>,
     /// Pod uid -> node name and pod, for every placed pod (also those on nodes not known yet).
     placed: HashMap<String, (String, Arc<PodInfo>)>,
+    /// The PodDisruptionBudgets (preemption prefers victims that do not break them).
+    budgets: Vec<Arc<PodDisruptionBudget>>,
 }
 
 impl Snapshot {
@@ -86,6 +89,16 @@ impl Snapshot {
             self.nodes[i].remove_pod(uid);
         }
         Some(pod)
+    }
+
+    /// Replaces the PodDisruptionBudgets.
+    pub fn set_disruption_budgets(&mut self, budgets: Vec<Arc<PodDisruptionBudget>>) {
+        self.budgets = budgets;
+    }
+
+    /// The PodDisruptionBudgets.
+    pub fn disruption_budgets(&self) -> &[Arc<PodDisruptionBudget>] {
+        &self.budgets
     }
 
     /// The number of nodes.
