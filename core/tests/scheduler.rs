@@ -661,3 +661,101 @@ async fn higher_priority_pods_preempt_the_fewest_lowest_priority_ones() {
     scheduler.stop().await;
     kubelet.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_nodes_through_the_api_never_overcommit() {
+    let server = ApiServer::builder(Arc::new(MemoryStore::default()))
+        .build()
+        .await
+        .unwrap();
+    let client = server.client();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let node_count = 300;
+    for i in 0..node_count {
+        // Mixed sizes: 1, 2 or 4 cpus.
+        let cpu = ["1", "2", "4"][i % 3];
+        nodes
+            .create(
+                &PostParams::default(),
+                &node(
+                    &format!("n{i}"),
+                    cpu,
+                    json!({"zone": format!("z{}", i % 4)}),
+                    json!([]),
+                ),
+            )
+            .await
+            .unwrap();
+    }
+    let scheduler = Scheduler::in_process(&server, SchedulerConfig::default()).start();
+    // 2100 pods asking for 100-500m each: about 630 cpus of the 700 there are.
+    let requests = |i: usize| format!("{}m", 100 + (i * 37) % 5 * 100);
+    let total = 2100;
+    futures::future::join_all((0..total).map(|i| {
+        let pods = pods.clone();
+        let cpu = requests(i);
+        async move {
+            pods.create(
+                &PostParams::default(),
+                &pod(&format!("p{i}"), &cpu, json!({})),
+            )
+            .await
+            .unwrap();
+        }
+    }))
+    .await;
+    let settled = eventually(
+        120,
+        "every pod is bound or reported unschedulable",
+        || async {
+            let list = pods.list(&ListParams::default()).await.ok()?.items;
+            let bound = list
+                .iter()
+                .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+                .count();
+            let waiting = list
+                .iter()
+                .filter(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter()
+                                .any(|c| c.type_ == "PodScheduled" && c.status == "False")
+                        })
+                })
+                .count();
+            (bound + waiting == total).then_some(list)
+        },
+    )
+    .await;
+    let mut used: std::collections::HashMap<String, i64> = Default::default();
+    for p in &settled {
+        if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            *used.entry(node).or_insert(0) +=
+                capstan_core::scheduler::Resources::of_pod(p).milli_cpu;
+        }
+    }
+    for i in 0..node_count {
+        let capacity = [1000, 2000, 4000][i % 3];
+        let on_node = used.get(&format!("n{i}")).copied().unwrap_or(0);
+        assert!(
+            on_node <= capacity,
+            "n{i} overcommitted: {on_node}m of {capacity}m"
+        );
+    }
+    let bound: usize = settled
+        .iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+        .count();
+    assert!(bound >= total * 9 / 10, "only {bound} of {total} bound");
+    assert_eq!(
+        scheduler
+            .counters()
+            .bind_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    scheduler.stop().await;
+}
