@@ -716,6 +716,7 @@ async fn hundreds_of_nodes_through_the_api_never_overcommit() {
                 .count();
             let waiting = list
                 .iter()
+                .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none())
                 .filter(|p| {
                     p.status
                         .as_ref()

@@ -7,7 +7,8 @@
 
 use capstan_core::apiserver::ApiServer;
 use capstan_core::scheduler::framework::{
-    CycleState, FilterPlugin, Plugin, PreScorePlugin, Rejection, ScorePlugin, MAX_NODE_SCORE,
+    CycleState, FilterPlugin, Plugin, PreScore, PreScorePlugin, Rejection, ScorePlugin,
+    MAX_NODE_SCORE,
 };
 use capstan_core::scheduler::{NodeInfo, PodInfo, Profile, Scheduler, SchedulerConfig};
 use capstan_core::store::MemoryStore;
@@ -56,7 +57,7 @@ impl FilterPlugin for SpreadByLabel {
 }
 
 impl PreScorePlugin for SpreadByLabel {
-    fn pre_score(&self, state: &mut CycleState, pod: &PodInfo, nodes: &[&NodeInfo]) {
+    fn pre_score(&self, state: &mut CycleState, pod: &PodInfo, nodes: &[&NodeInfo]) -> PreScore {
         let mut counts = Counts::default();
         for node in nodes {
             let Some(value) = node.labels().and_then(|l| l.get(&self.key)) else {
@@ -70,6 +71,7 @@ impl PreScorePlugin for SpreadByLabel {
             *counts.0.entry(value.clone()).or_insert(0) += ours;
         }
         state.write(counts);
+        PreScore::Score
     }
 }
 

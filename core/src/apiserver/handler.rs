@@ -933,34 +933,63 @@ async fn bind(ctx: &mut Ctx, name: &str, binding: Value) -> Result<Value, ApiErr
             vec![Cause::required("target.name")],
         ));
     };
-    let old = get(ctx, name).await?;
-    if let Some(current) = old
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-    {
-        return Err(ApiError::conflict(
-            "pods/binding",
-            name,
-            &format!("pod {name} is already assigned to node {current:?}"),
-        ));
+    // A concurrent write to the pod (a status patch) is no reason to refuse the binding:
+    // re-read and retry, as Kubernetes' guaranteed update does.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let old = get(ctx, name).await?;
+        if let Some(current) = old
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            return Err(ApiError::conflict(
+                "pods/binding",
+                name,
+                &format!("pod {name} is already assigned to node {current:?}"),
+            ));
+        }
+        if old
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|t| !t.is_null())
+        {
+            return Err(ApiError::conflict(
+                "pods/binding",
+                name,
+                "pod is being deleted, cannot be assigned to a host",
+            ));
+        }
+        let mut target = old.clone();
+        target["spec"]["nodeName"] = json!(node);
+        // As Kubernetes' binding does: the pod is now scheduled.
+        let scheduled = json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()});
+        match target
+            .pointer_mut("/status/conditions")
+            .and_then(Value::as_array_mut)
+        {
+            Some(conditions) => {
+                conditions.retain(|c| c["type"] != "PodScheduled");
+                conditions.push(scheduled);
+            }
+            None => {
+                if !target["status"].is_object() {
+                    target["status"] = json!({});
+                }
+                target["status"]["conditions"] = json!([scheduled]);
+            }
+        }
+        let saved_sub = ctx.path.subresource.take();
+        let result = write_update(ctx, name, target, old).await;
+        ctx.path.subresource = saved_sub;
+        match result {
+            Err(err) if err.reason == "Conflict" && attempts < 5 => continue,
+            other => {
+                other?;
+                break;
+            }
+        }
     }
-    if old
-        .pointer("/metadata/deletionTimestamp")
-        .is_some_and(|t| !t.is_null())
-    {
-        return Err(ApiError::conflict(
-            "pods/binding",
-            name,
-            "pod is being deleted, cannot be assigned to a host",
-        ));
-    }
-    let mut target = old.clone();
-    target["spec"]["nodeName"] = json!(node);
-    let saved_sub = ctx.path.subresource.take();
-    let result = write_update(ctx, name, target, old).await;
-    ctx.path.subresource = saved_sub;
-    result?;
     Ok(
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
     )

@@ -3,15 +3,16 @@
 //! clusters), pre-score, score with normalization and weights, and a seeded tie-break. No I/O;
 //! reserving and binding happen around it.
 
-use super::framework::{Code, CycleState, Rejection, MAX_NODE_SCORE};
+use super::framework::{Code, CycleState, PreScore, Rejection, MAX_NODE_SCORE};
 use super::node_info::NodeInfo;
 use super::pod_info::PodInfo;
 use super::profile::{feasible_nodes_to_find, Profile};
 use super::snapshot::Snapshot;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-/// Nodes per parallel filtering chunk.
-const CHUNK: usize = 256;
+/// From how many nodes to evaluate (or score) on two threads: below it, thread start-up costs
+/// more than it saves.
+const PARALLEL_FROM: usize = 2048;
 
 /// Why a pod fits nowhere.
 #[derive(Debug, Clone)]
@@ -158,51 +159,48 @@ pub fn decide(
     let mut feasible: Vec<usize> = Vec::new();
     let mut rejections: HashMap<String, Rejection> = HashMap::new();
     let mut evaluated = 0;
-    // Threads pay off only when many nodes must be evaluated (scoring every node of a large
-    // cluster); a sampled cycle is faster on one.
-    if wanted > CHUNK * 8 {
-        // In parallel, a pair of chunks at a time, until enough are feasible.
-        let mut offset = 0;
-        while offset < total && feasible.len() < wanted {
-            let ranges: Vec<(usize, usize)> = (0..2)
-                .map(|c| {
-                    let from = offset + c * CHUNK;
-                    (from.min(total), (from + CHUNK).min(total))
-                })
-                .collect();
-            let results: Vec<Vec<(usize, Result<(), Rejection>)>> = std::thread::scope(|scope| {
-                let handles: Vec<_> = ranges
-                    .iter()
-                    .map(|&(from, to)| {
-                        let state = &state;
-                        scope.spawn(move || {
-                            (from..to)
-                                .map(|i| {
-                                    let index = order(i);
-                                    (index, run_filters(profile, state, pod, &nodes[index]))
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_default())
-                    .collect()
-            });
-            for (index, result) in results.into_iter().flatten() {
-                if feasible.len() >= wanted {
-                    break;
-                }
-                evaluated += 1;
-                match result {
-                    Ok(()) => feasible.push(index),
-                    Err(r) => {
-                        rejections.insert(nodes[index].name.clone(), r);
-                    }
+    let mut record = |results: Vec<(usize, Result<(), Rejection>)>,
+                      feasible: &mut Vec<usize>,
+                      evaluated: &mut usize| {
+        for (index, result) in results {
+            if feasible.len() >= wanted {
+                break;
+            }
+            *evaluated += 1;
+            match result {
+                Ok(()) => feasible.push(index),
+                Err(r) => {
+                    rejections.insert(nodes[index].name.clone(), r);
                 }
             }
-            offset += CHUNK * 2;
+        }
+    };
+    if wanted > PARALLEL_FROM {
+        // Many nodes to evaluate (typically scoring every node of a large cluster): two
+        // threads, each over half the nodes, merged in rotation order.
+        let half = total.div_ceil(2);
+        let results: Vec<Vec<(usize, Result<(), Rejection>)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = [(0, half), (half, total)]
+                .into_iter()
+                .map(|(from, to)| {
+                    let state = &state;
+                    scope.spawn(move || {
+                        (from..to)
+                            .map(|i| {
+                                let index = order(i);
+                                (index, run_filters(profile, state, pod, &nodes[index]))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        for part in results {
+            record(part, &mut feasible, &mut evaluated);
         }
     } else {
         for i in 0..total {
@@ -224,9 +222,12 @@ pub fn decide(
         return unschedulable(rejections, None);
     }
     let candidates: Vec<&NodeInfo> = feasible.iter().map(|&i| &nodes[i]).collect();
+    let mut skipped: HashSet<&str> = HashSet::new();
     for (plugin, _) in &profile.plugins {
         if let Some(pre) = plugin.as_pre_score() {
-            pre.pre_score(&mut state, pod, &candidates);
+            if pre.pre_score(&mut state, pod, &candidates) == PreScore::Skip {
+                skipped.insert(plugin.name());
+            }
         }
     }
     let mut totals = vec![0i64; candidates.len()];
@@ -235,13 +236,26 @@ pub fn decide(
             let Some(scorer) = plugin.as_score() else {
                 continue;
             };
-            if *weight == 0 {
+            if *weight == 0 || skipped.contains(plugin.name()) || !scorer.applies(pod) {
                 continue;
             }
-            let mut scores: Vec<i64> = candidates
-                .iter()
-                .map(|n| scorer.score(&state, pod, n))
-                .collect();
+            let score_range = |from: usize, to: usize| -> Vec<i64> {
+                candidates[from..to]
+                    .iter()
+                    .map(|n| scorer.score(&state, pod, n))
+                    .collect()
+            };
+            let mut scores: Vec<i64> = if candidates.len() > PARALLEL_FROM {
+                let half = candidates.len().div_ceil(2);
+                let (a, b) = std::thread::scope(|scope| {
+                    let first = scope.spawn(|| score_range(0, half));
+                    let second = score_range(half, candidates.len());
+                    (first.join().unwrap_or_default(), second)
+                });
+                a.into_iter().chain(b).collect()
+            } else {
+                score_range(0, candidates.len())
+            };
             scorer.normalize(&state, pod, &mut scores);
             for (t, s) in totals.iter_mut().zip(scores) {
                 *t += s.clamp(0, MAX_NODE_SCORE) * weight;

@@ -193,16 +193,31 @@ pub trait FilterPlugin: Send + Sync {
     fn filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<(), Rejection>;
 }
 
+/// Whether a plugin scores this cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreScore {
+    /// Score the feasible nodes.
+    Score,
+    /// Nothing to say about this pod: the plugin's score is skipped this cycle.
+    Skip,
+}
+
 /// Runs once per cycle before scoring, over the feasible nodes.
 pub trait PreScorePlugin: Send + Sync {
-    /// Prepares scoring.
-    fn pre_score(&self, state: &mut CycleState, pod: &PodInfo, nodes: &[&NodeInfo]);
+    /// Prepares scoring, or says the plugin has nothing to score for this pod.
+    fn pre_score(&self, state: &mut CycleState, pod: &PodInfo, nodes: &[&NodeInfo]) -> PreScore;
 }
 
 /// How much a feasible node suits the pod. Pure; runs in parallel over nodes.
 pub trait ScorePlugin: Send + Sync {
     /// A raw score.
     fn score(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> i64;
+
+    /// Whether the plugin has anything to score for `pod` (default: yes). Plugins with a
+    /// pre-score step say so there instead.
+    fn applies(&self, _pod: &PodInfo) -> bool {
+        true
+    }
 
     /// Brings raw scores into `0..=MAX_NODE_SCORE` (default: they already are).
     fn normalize(&self, _state: &CycleState, _pod: &PodInfo, _scores: &mut [i64]) {}

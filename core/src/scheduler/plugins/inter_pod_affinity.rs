@@ -7,7 +7,7 @@
 
 use crate::scheduler::framework::{
     Action, ClusterEvent, CycleState, EventResource, FilterPlugin, Plugin, PreFilterPlugin,
-    PreScorePlugin, Rejection, ScorePlugin, MAX_NODE_SCORE,
+    PreScore, PreScorePlugin, Rejection, ScorePlugin, MAX_NODE_SCORE,
 };
 use crate::scheduler::{NodeInfo, PodInfo, Snapshot};
 use crate::selector::LabelSelector;
@@ -305,10 +305,10 @@ struct PreferredState {
 }
 
 impl PreScorePlugin for InterPodAffinity {
-    fn pre_score(&self, state: &mut CycleState, pod: &PodInfo, nodes: &[&NodeInfo]) {
+    fn pre_score(&self, state: &mut CycleState, pod: &PodInfo, nodes: &[&NodeInfo]) -> PreScore {
         let [_, _, preferred, preferred_anti] = terms_of(&pod.pod);
         if preferred.is_empty() && preferred_anti.is_empty() {
-            return;
+            return PreScore::Skip;
         }
         let mut weights: HashMap<Domain, i64> = HashMap::new();
         let mut seen: HashSet<String> = HashSet::new();
@@ -330,6 +330,7 @@ impl PreScorePlugin for InterPodAffinity {
             }
         }
         state.write(PreferredState { weights });
+        PreScore::Score
     }
 }
 

@@ -7,7 +7,7 @@
 use super::node_affinity::required_matches;
 use crate::scheduler::framework::{
     Action, ClusterEvent, CycleState, EventResource, FilterPlugin, Plugin, PreFilterPlugin,
-    PreScorePlugin, Rejection, ScorePlugin, MAX_NODE_SCORE,
+    PreScore, PreScorePlugin, Rejection, ScorePlugin, MAX_NODE_SCORE,
 };
 use crate::scheduler::{NodeInfo, PodInfo, Snapshot};
 use crate::selector::LabelSelector;
@@ -217,13 +217,15 @@ impl FilterPlugin for PodTopologySpread {
 }
 
 impl PreScorePlugin for PodTopologySpread {
-    fn pre_score(&self, state: &mut CycleState, pod: &PodInfo, nodes: &[&NodeInfo]) {
+    fn pre_score(&self, state: &mut CycleState, pod: &PodInfo, nodes: &[&NodeInfo]) -> PreScore {
         let soft = count(pod, nodes, false);
-        if !soft.constraints.is_empty() {
-            state.write(SoftState {
-                constraints: soft.constraints,
-            });
+        if soft.constraints.is_empty() {
+            return PreScore::Skip;
         }
+        state.write(SoftState {
+            constraints: soft.constraints,
+        });
+        PreScore::Score
     }
 }
 
