@@ -499,16 +499,12 @@ impl Shared {
             match decision {
                 Decision::Fits { node, state, .. } => {
                     let mut state = state.0;
-                    // Assume: count the pod on the node now, so the next cycle sees it.
-                    let mut bound_pod = (*pod.pod).clone();
-                    if let Some(spec) = bound_pod.spec.as_mut() {
-                        spec.node_name = Some(node.clone());
-                    }
-                    let assumed = Arc::new(PodInfo::new(Arc::new(bound_pod)));
+                    // Assume: count the pod on the node now, so the next cycle sees it (the
+                    // binding's own update replaces this entry when the informer shows it).
                     self.snapshot
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .add_pod(&node, assumed);
+                        .add_pod(&node, pod.clone());
                     self.assumed
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
