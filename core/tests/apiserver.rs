@@ -1515,3 +1515,66 @@ async fn metrics_count_requests_and_watches() {
         .unwrap()
         .contains("capstan_apiserver_watches 0"));
 }
+
+#[tokio::test]
+async fn namespace_deletion_is_graceful_and_waits_for_finalizers() {
+    let api = api().await;
+    api.ok(
+        Method::POST,
+        "/api/v1/namespaces",
+        Some(json!({"metadata": {"name": "grace"}})),
+    )
+    .await;
+    let mut running = pod("runner");
+    running["spec"]["nodeName"] = json!("some-node");
+    api.ok(Method::POST, "/api/v1/namespaces/grace/pods", Some(running))
+        .await;
+    let mut held = cm("held", json!({}));
+    held["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    api.ok(
+        Method::POST,
+        "/api/v1/namespaces/grace/configmaps",
+        Some(held),
+    )
+    .await;
+    api.ok(Method::DELETE, "/api/v1/namespaces/grace", None)
+        .await;
+    // The running pod is terminating gracefully, not gone; the held map waits on its finalizer.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pod = api
+        .ok(Method::GET, "/api/v1/namespaces/grace/pods/runner", None)
+        .await;
+    assert!(pod["metadata"]["deletionTimestamp"].is_string(), "{pod}");
+    assert_eq!(pod["metadata"]["deletionGracePeriodSeconds"], 30);
+    let ns = api.ok(Method::GET, "/api/v1/namespaces/grace", None).await;
+    assert_eq!(ns["status"]["phase"], "Terminating");
+    // The kubelet finishes the pod; the finalizer is removed: the namespace goes.
+    api.ok(
+        Method::DELETE,
+        "/api/v1/namespaces/grace/pods/runner?gracePeriodSeconds=0",
+        None,
+    )
+    .await;
+    let (status, body) = api
+        .send(
+            Method::PATCH,
+            "/api/v1/namespaces/grace/configmaps/held",
+            "application/merge-patch+json",
+            Some(json!({"metadata": {"finalizers": null}})),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let gone = tokio::time::timeout(Duration::from_secs(10), async {
+        while api
+            .call(Method::GET, "/api/v1/namespaces/grace", None)
+            .await
+            .0
+            .as_u16()
+            != 404
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the namespace goes once its content is gone");
+}

@@ -212,6 +212,11 @@ async fn through_api(nodes: usize, pods: usize, percentage: u32) -> (f64, f64) {
         }
     })
     .await;
+    eprintln!(
+        "scheduler-perf: {pods} pods created in {:.2} s ({} bound meanwhile)",
+        began.elapsed().as_secs_f64(),
+        scheduler.counters().scheduled.load(Ordering::Relaxed)
+    );
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let bound = scheduler.counters().scheduled.load(Ordering::Relaxed) as usize;

@@ -1244,45 +1244,91 @@ async fn delete_collection(ctx: &mut Ctx, body: &[u8]) -> Result<Value, ApiError
 }
 
 /// Empties a terminating namespace, then removes it. Runs in the background, owned by the API
-/// server (aborted when it goes away); every step is an ordinary deletion, so it is safe to
-/// repeat after a restart.
+/// server (aborted when it goes away). Everything in the namespace is deleted as a client's
+/// DELETE would be — pods gracefully, finalizers honoured, dependents left to the garbage
+/// collector — and the namespace goes once nothing is left; every step is an ordinary
+/// deletion, so it is safe to repeat after a restart.
 pub(crate) fn finalize_namespace(state: Arc<ApiState>, registry: Arc<Registry>, namespace: String) {
     let weak = Arc::downgrade(&state);
     let task = tokio::spawn(async move {
-        for kind in registry.kinds().filter(|k| k.namespaced) {
+        let mut pause = std::time::Duration::from_millis(20);
+        loop {
             let Some(state) = weak.upgrade() else { return };
-            let Ok(listed) = state
-                .storage
-                .list(kind, Some(&namespace), None, None, None)
-                .await
-            else {
-                continue;
-            };
-            for object in listed.items {
-                let name = object_name(&object);
-                if is_kind(kind, "", "Service") {
-                    let _ = state.services.release_for(&object).await;
-                }
-                if let Err(err) = state
+            let mut remaining = 0;
+            for kind in registry.kinds().filter(|k| k.namespaced) {
+                let Ok(listed) = state
                     .storage
-                    .delete(kind, Some(&namespace), &name, None)
+                    .list(kind, Some(&namespace), None, None, None)
                     .await
-                {
-                    if !matches!(err, StorageError::NotFound { .. }) {
-                        tracing::warn!(error = %err, namespace = %namespace, "could not delete namespace content");
+                else {
+                    continue;
+                };
+                for object in listed.items {
+                    remaining += 1;
+                    let deleting = object
+                        .pointer("/metadata/deletionTimestamp")
+                        .is_some_and(|t| !t.is_null());
+                    if deleting {
+                        continue;
+                    }
+                    let name = object_name(&object);
+                    let mut ctx = Ctx {
+                        state: state.clone(),
+                        registry: registry.clone(),
+                        user: UserInfo {
+                            name: "system:serviceaccount:kube-system:namespace-controller".into(),
+                            groups: vec!["system:serviceaccounts".into()],
+                        },
+                        query: Query::default(),
+                        headers: HeaderMap::new(),
+                        kind: kind.clone(),
+                        path: ResourcePath {
+                            group: kind.group.clone(),
+                            version: kind.version.clone(),
+                            namespace: Some(namespace.clone()),
+                            plural: kind.plural.clone(),
+                            name: Some(name.clone()),
+                            subresource: None,
+                        },
+                        dry_run: false,
+                        warnings: Vec::new(),
+                        field_validation: FieldValidation::Ignore,
+                        body_problems: Vec::new(),
+                        websocket: None,
+                        upgrade: None,
+                    };
+                    let options = DeleteOptions {
+                        grace: None,
+                        propagation: Some("Background".into()),
+                        uid: None,
+                        resource_version: None,
+                    };
+                    if let Err(err) = delete_object(&mut ctx, &name, object, &options).await {
+                        if err.code != 404 && err.code != 409 {
+                            tracing::warn!(error = %err.message, namespace = %namespace, "could not delete namespace content");
+                        }
                     }
                 }
             }
-        }
-        let Some(state) = weak.upgrade() else { return };
-        if let Some(namespaces) = registry.get("", "v1", "namespaces") {
-            if let Err(err) = state
-                .storage
-                .delete(namespaces, None, &namespace, None)
-                .await
-            {
-                tracing::warn!(error = %err, namespace = %namespace, "could not remove the namespace");
+            if remaining == 0 {
+                if let Some(namespaces) = registry.get("", "v1", "namespaces") {
+                    match state
+                        .storage
+                        .delete(namespaces, None, &namespace, None)
+                        .await
+                    {
+                        Ok(_) | Err(StorageError::NotFound { .. }) => {}
+                        Err(err) => {
+                            tracing::warn!(error = %err, namespace = %namespace, "could not remove the namespace")
+                        }
+                    }
+                }
+                return;
             }
+            drop(state);
+            // Wait for graceful deletions and finalizers.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(2));
         }
     });
     state.own_task(task);
