@@ -609,10 +609,17 @@ async fn higher_priority_pods_preempt_the_fewest_lowest_priority_ones() {
         .unwrap();
         node_of(&pods, name).await;
     }
-    // Needs 2 cpus: the two low-priority pods go, the mid one stays.
+    // Needs 2 cpus: the two low-priority pods go, the mid one stays. A mid-priority pod
+    // arriving at once must not take the room freed for it.
     pods.create(
         &PostParams::default(),
         &pod("important", "2", json!({"priorityClassName": "high"})),
+    )
+    .await
+    .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &pod("sneaky", "1", json!({"priorityClassName": "mid"})),
     )
     .await
     .unwrap();
@@ -624,6 +631,12 @@ async fn higher_priority_pods_preempt_the_fewest_lowest_priority_ones() {
     for victim in ["low-1", "low-2"] {
         assert!(pods.get(victim).await.is_err(), "{victim} was preempted");
     }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sneaky = pods.get("sneaky").await.unwrap();
+    assert!(
+        sneaky.spec.unwrap().node_name.is_none(),
+        "the nominated room was kept for the preemptor"
+    );
     let nominated = pods
         .get("important")
         .await

@@ -80,7 +80,7 @@ fn summarize(total: usize, rejections: &HashMap<String, Rejection>) -> String {
     }
 }
 
-fn run_filters(
+fn filter_node(
     profile: &Profile,
     state: &CycleState,
     pod: &PodInfo,
@@ -92,6 +92,34 @@ fn run_filters(
         }
     }
     Ok(())
+}
+
+/// Runs every filter, counting the pods nominated to the node (by preemption) of at least the
+/// pod's priority as if they were already there, so the room they were given is not taken.
+fn run_filters(
+    profile: &Profile,
+    state: &CycleState,
+    pod: &PodInfo,
+    node: &NodeInfo,
+    snapshot: &Snapshot,
+) -> Result<(), Rejection> {
+    if snapshot.has_nominations() {
+        let nominated = snapshot.nominated_for(&node.name, pod.priority, &pod.uid);
+        if !nominated.is_empty() {
+            let mut with = node.clone();
+            let mut with_state = state.clone();
+            for other in nominated {
+                with.add_pod(other.clone());
+                for (plugin, _) in &profile.plugins {
+                    if let Some(pre) = plugin.as_pre_filter() {
+                        pre.add_pod(&mut with_state, pod, &other, &with);
+                    }
+                }
+            }
+            filter_node(profile, &with_state, pod, &with)?;
+        }
+    }
+    filter_node(profile, state, pod, node)
 }
 
 /// The deterministic tie-break between equally scored nodes (splitmix64): the same seed and
@@ -188,7 +216,10 @@ pub fn decide(
                         (from..to)
                             .map(|i| {
                                 let index = order(i);
-                                (index, run_filters(profile, state, pod, &nodes[index]))
+                                (
+                                    index,
+                                    run_filters(profile, state, pod, &nodes[index], snapshot),
+                                )
                             })
                             .collect::<Vec<_>>()
                     })
@@ -209,7 +240,7 @@ pub fn decide(
             }
             let index = order(i);
             evaluated += 1;
-            match run_filters(profile, &state, pod, &nodes[index]) {
+            match run_filters(profile, &state, pod, &nodes[index], snapshot) {
                 Ok(()) => feasible.push(index),
                 Err(r) => {
                     rejections.insert(nodes[index].name.clone(), r);

@@ -423,6 +423,8 @@ impl Shared {
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&uid);
                     let mut snapshot = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+                    let info = Arc::new(PodInfo::new(new.clone()));
+                    snapshot.set_nominated(info.clone(), None);
                     if terminal(new) {
                         // Finished pods hold nothing.
                         if snapshot.remove_pod(&uid).is_some() {
@@ -430,7 +432,7 @@ impl Shared {
                             self.event(EventResource::Pod, Action::Delete);
                         }
                     } else {
-                        snapshot.add_pod(&node, Arc::new(PodInfo::new(new.clone())));
+                        snapshot.add_pod(&node, info);
                     }
                     return;
                 }
@@ -448,7 +450,17 @@ impl Shared {
                 if assumed || !ours || terminal(new) || new.metadata.deletion_timestamp.is_some() {
                     return;
                 }
-                self.queue.add(Arc::new(PodInfo::new(new.clone())));
+                let info = Arc::new(PodInfo::new(new.clone()));
+                let nominated = new
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.nominated_node_name.as_deref())
+                    .filter(|n| !n.is_empty());
+                self.snapshot
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_nominated(info.clone(), nominated);
+                self.queue.add(info);
             }
             Change::Deleted(pod) => {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -457,11 +469,11 @@ impl Shared {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&uid);
-                let removed = self
-                    .snapshot
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove_pod(&uid);
+                let removed = {
+                    let mut snapshot = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+                    snapshot.set_nominated(Arc::new(PodInfo::new(pod.clone())), None);
+                    snapshot.remove_pod(&uid)
+                };
                 if removed.is_some() {
                     self.event(EventResource::Pod, Action::Delete);
                 }
@@ -547,6 +559,11 @@ impl Shared {
                     if why.error {
                         tracing::warn!(pod = %pod.key, message = %why.message, "a scheduler plugin failed");
                     } else if let Some(nomination) = self.preempt(&pod, profile, &why) {
+                        // Lower-priority pods must leave the freed room to this one from now on.
+                        self.snapshot
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .set_nominated(pod.clone(), Some(&nomination.node));
                         self.evict(&runtime, &pod, nomination);
                     }
                     self.report_unschedulable(&runtime, &pod, &why.message, why.plugins);

@@ -18,6 +18,9 @@ pub struct Snapshot {
     placed: HashMap<String, (String, Arc<PodInfo>)>,
     /// The PodDisruptionBudgets (preemption prefers victims that do not break them).
     budgets: Vec<Arc<PodDisruptionBudget>>,
+    /// Pending pods nominated to a node by preemption: node -> uid -> pod. Pods of lower or
+    /// equal priority must leave them their room.
+    nominated: HashMap<String, HashMap<String, Arc<PodInfo>>>,
 }
 
 impl Snapshot {
@@ -89,6 +92,39 @@ impl Snapshot {
             self.nodes[i].remove_pod(uid);
         }
         Some(pod)
+    }
+
+    /// Records (or with `None`, forgets) that a pending pod is nominated to a node.
+    pub fn set_nominated(&mut self, pod: Arc<PodInfo>, node: Option<&str>) {
+        for pods in self.nominated.values_mut() {
+            pods.remove(&pod.uid);
+        }
+        self.nominated.retain(|_, pods| !pods.is_empty());
+        if let Some(node) = node {
+            self.nominated
+                .entry(node.to_string())
+                .or_default()
+                .insert(pod.uid.clone(), pod);
+        }
+    }
+
+    /// The pods nominated to `node` that a pod of `priority` (other than `uid`) must leave room
+    /// for.
+    pub fn nominated_for(&self, node: &str, priority: i32, uid: &str) -> Vec<Arc<PodInfo>> {
+        self.nominated
+            .get(node)
+            .map(|pods| {
+                pods.values()
+                    .filter(|p| p.priority >= priority && p.uid != uid)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether any pod is nominated anywhere.
+    pub fn has_nominations(&self) -> bool {
+        !self.nominated.is_empty()
     }
 
     /// Replaces the PodDisruptionBudgets.
