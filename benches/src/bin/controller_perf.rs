@@ -7,11 +7,10 @@
 //!
 //! `--quick` runs 100 Deployments for CI; the standard case is 1000.
 
-use capstan_benches::{Figure, Mode};
+use capstan_benches::{concurrently, Figure, Mode};
 use capstan_core::apiserver::ApiServer;
 use capstan_core::controller::{ControllerManager, ControllerManagerConfig, InformerFactory};
 use capstan_core::store::MemoryStore;
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
@@ -65,19 +64,6 @@ async fn server() -> ApiServer {
         .expect("API server")
 }
 
-/// Runs `make(i)` for i in 0..n with CONCURRENCY requests in flight.
-async fn create_all<F, Fut>(n: usize, make: F)
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    futures::stream::iter(0..n)
-        .map(make)
-        .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<()>>()
-        .await;
-}
-
 /// The same objects the controllers make, created directly.
 async fn direct(deployments: usize) -> f64 {
     let server = server().await;
@@ -86,7 +72,7 @@ async fn direct(deployments: usize) -> f64 {
     let d_api: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
-    create_all(deployments, |i| {
+    concurrently(deployments, CONCURRENCY, |i| {
         let d_api = d_api.clone();
         let rs_api = rs_api.clone();
         async move {
@@ -101,7 +87,7 @@ async fn direct(deployments: usize) -> f64 {
         }
     })
     .await;
-    create_all(deployments * REPLICAS, |i| {
+    concurrently(deployments * REPLICAS, CONCURRENCY, |i| {
         let pod_api = pod_api.clone();
         async move {
             let pod: Pod = serde_json::from_value(json!({
@@ -132,7 +118,7 @@ async fn with_controllers(deployments: usize) -> (f64, f64, ApiServer) {
     let reconciles_before = controllers.reconciles();
     let start = Instant::now();
     let d_api: Api<Deployment> = Api::namespaced(client.clone(), "default");
-    create_all(deployments, |i| {
+    concurrently(deployments, CONCURRENCY, |i| {
         let d_api = d_api.clone();
         async move {
             d_api

@@ -14,14 +14,13 @@
 //! kube-scheduler's scheduler_perf threshold for 5000 nodes / 10000 pods is 680 pods/s.
 //! `--quick` runs 500 nodes and 2000 pods for CI.
 
-use capstan_benches::{Figure, Mode};
+use capstan_benches::{concurrently, Figure, Mode};
 use capstan_core::apiserver::ApiServer;
 use capstan_core::controller::InformerFactory;
 use capstan_core::scheduler::{
     decide, Decision, PodInfo, Profile, Scheduler, SchedulerConfig, Snapshot, TieBreaker,
 };
 use capstan_core::store::{EmbeddedStore, EmbeddedStoreConfig};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -142,18 +141,6 @@ fn framework(nodes: usize, pods: usize, percentage: u32) -> (f64, f64) {
     (rate, heap.stop())
 }
 
-async fn create_all<F, Fut>(n: usize, make: F)
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    futures::stream::iter(0..n)
-        .map(make)
-        .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<()>>()
-        .await;
-}
-
 /// End to end through the API: pods/s from the first create until every pod is bound.
 async fn through_api(nodes: usize, pods: usize, percentage: u32) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -169,7 +156,7 @@ async fn through_api(nodes: usize, pods: usize, percentage: u32) -> (f64, f64) {
     let client = server.client();
     let node_api: Api<Node> = Api::all(client.clone());
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
-    create_all(nodes, |i| {
+    concurrently(nodes, CONCURRENCY, |i| {
         let node_api = node_api.clone();
         async move {
             node_api
@@ -179,7 +166,7 @@ async fn through_api(nodes: usize, pods: usize, percentage: u32) -> (f64, f64) {
         }
     })
     .await;
-    create_all(PLACED, |i| {
+    concurrently(PLACED, CONCURRENCY, |i| {
         let pod_api = pod_api.clone();
         async move {
             let p = pod(&format!("placed-{i}"), Some(format!("node-{}", i % nodes)));
@@ -202,7 +189,7 @@ async fn through_api(nodes: usize, pods: usize, percentage: u32) -> (f64, f64) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let heap = PeakHeap::start();
     let began = Instant::now();
-    create_all(pods, |i| {
+    concurrently(pods, CONCURRENCY, |i| {
         let pod_api = pod_api.clone();
         async move {
             pod_api

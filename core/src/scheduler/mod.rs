@@ -32,8 +32,8 @@ pub use snapshot::Snapshot;
 
 use crate::apiserver::ApiServer;
 use crate::controller::{
-    Change, EventRecorder, EventType, InformerFactory, LeaderElectionConfig, LeaderElector,
-    ObjectKey,
+    Change, EventRecorder, EventType, Informer, InformerFactory, LeaderElectionConfig,
+    LeaderElector, ObjectKey,
 };
 use framework::{Action, EventResource};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -143,6 +143,54 @@ impl ElectedScheduler {
         self.stop.cancel();
         let _ = self.task.await;
     }
+}
+
+/// Feeds `informer`'s changes to `handle` until `stop`: once `ready`, the whole cache as
+/// additions, then every change (and the whole cache again after missed changes).
+fn follow<K, R, H>(
+    informer: Informer<K>,
+    ready: R,
+    stop: CancellationToken,
+    handle: H,
+) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    R: std::future::Future<Output = ()> + Send + 'static,
+    H: Fn(&Change<K>) + Send + 'static,
+{
+    let mut changes = informer.subscribe();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ready => {}
+        }
+        let replay = |handle: &H| {
+            for object in informer.list() {
+                handle(&Change::Applied {
+                    old: None,
+                    new: object,
+                });
+            }
+        };
+        replay(&handle);
+        loop {
+            let change = tokio::select! {
+                _ = stop.cancelled() => return,
+                c = changes.next() => c,
+            };
+            match change {
+                None => return,
+                Some(Change::Resync) => replay(&handle),
+                Some(change) => handle(&change),
+            }
+        }
+    })
 }
 
 fn assigned_node(pod: &Pod) -> Option<&str> {
@@ -256,76 +304,26 @@ impl Scheduler {
         let mut tasks = Vec::new();
         {
             let shared = shared.clone();
-            let nodes = nodes.clone();
-            let stop = stop.clone();
-            let mut changes = nodes.subscribe();
-            tasks.push(tokio::spawn(async move {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = nodes.wait_synced() => {}
-                }
-                for node in nodes.list() {
-                    shared.node_changed(&Change::Applied {
-                        old: None,
-                        new: node,
-                    });
-                }
-                loop {
-                    let change = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        c = changes.next() => c,
-                    };
-                    match change {
-                        None => return,
-                        Some(Change::Resync) => {
-                            for node in nodes.list() {
-                                shared.node_changed(&Change::Applied {
-                                    old: None,
-                                    new: node,
-                                });
-                            }
-                        }
-                        Some(change) => shared.node_changed(&change),
-                    }
-                }
-            }));
+            let ready = nodes.clone();
+            tasks.push(follow(
+                nodes.clone(),
+                async move { ready.wait_synced().await },
+                stop.clone(),
+                move |change| shared.node_changed(change),
+            ));
         }
         {
             let shared = shared.clone();
-            let pods = pods.clone();
-            let nodes = nodes.clone();
-            let stop = stop.clone();
-            let mut changes = pods.subscribe();
-            tasks.push(tokio::spawn(async move {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = async { nodes.wait_synced().await; pods.wait_synced().await } => {}
-                }
-                for pod in pods.list() {
-                    shared.pod_changed(&Change::Applied {
-                        old: None,
-                        new: pod,
-                    });
-                }
-                loop {
-                    let change = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        c = changes.next() => c,
-                    };
-                    match change {
-                        None => return,
-                        Some(Change::Resync) => {
-                            for pod in pods.list() {
-                                shared.pod_changed(&Change::Applied {
-                                    old: None,
-                                    new: pod,
-                                });
-                            }
-                        }
-                        Some(change) => shared.pod_changed(&change),
-                    }
-                }
-            }));
+            let (ready_nodes, ready_pods) = (nodes.clone(), pods.clone());
+            tasks.push(follow(
+                pods.clone(),
+                async move {
+                    ready_nodes.wait_synced().await;
+                    ready_pods.wait_synced().await;
+                },
+                stop.clone(),
+                move |change| shared.pod_changed(change),
+            ));
         }
         {
             let shared = shared.clone();
