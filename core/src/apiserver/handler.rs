@@ -729,7 +729,11 @@ pub(crate) async fn write_update(
     if ctx.dry_run {
         return Ok(object);
     }
-    let updated = ctx.state.storage.update(&ctx.kind, object).await?;
+    let updated = ctx
+        .state
+        .storage
+        .update_from(&ctx.kind, &old, object)
+        .await?;
     let finalized = updated
         .pointer("/metadata/deletionTimestamp")
         .is_some_and(|t| !t.is_null())

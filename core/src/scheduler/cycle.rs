@@ -1,18 +1,21 @@
 //! One scheduling cycle's decision, as a pure function of a profile, a pod and a snapshot:
 //! pre-filter, filter (over nodes, stopping once enough are feasible, in parallel on large
-//! clusters), pre-score, score with normalization and weights, and a seeded tie-break. No I/O;
+//! clusters, on rayon's pool), pre-score, score with normalization and weights, and a seeded tie-break. No I/O;
 //! reserving and binding happen around it.
 
-use super::framework::{Code, CycleState, PreScore, Rejection, MAX_NODE_SCORE};
+use super::framework::{
+    Code, CycleState, FilterPlugin, PreScore, Rejection, ScorePlugin, MAX_NODE_SCORE,
+};
 use super::node_info::NodeInfo;
 use super::pod_info::PodInfo;
 use super::profile::{feasible_nodes_to_find, Profile};
 use super::snapshot::Snapshot;
+use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-/// From how many nodes to evaluate (or score) on two threads: below it, thread start-up costs
+/// From how many nodes to filter (or score) on rayon's threads: below it, handing work out costs
 /// more than it saves.
-const PARALLEL_FROM: usize = 2048;
+const PARALLEL_FROM: usize = 1024;
 
 /// Why a pod fits nowhere.
 #[derive(Debug, Clone)]
@@ -80,16 +83,28 @@ fn summarize(total: usize, rejections: &HashMap<String, Rejection>) -> String {
     }
 }
 
+/// The filters that have something to check for this pod this cycle.
+fn applicable_filters<'a>(
+    profile: &'a Profile,
+    state: &CycleState,
+    pod: &PodInfo,
+) -> Vec<&'a dyn FilterPlugin> {
+    profile
+        .plugins
+        .iter()
+        .filter_map(|(plugin, _)| plugin.as_filter())
+        .filter(|filter| filter.applies(state, pod))
+        .collect()
+}
+
 fn filter_node(
-    profile: &Profile,
+    filters: &[&dyn FilterPlugin],
     state: &CycleState,
     pod: &PodInfo,
     node: &NodeInfo,
 ) -> Result<(), Rejection> {
-    for (plugin, _) in &profile.plugins {
-        if let Some(filter) = plugin.as_filter() {
-            filter.filter(state, pod, node)?;
-        }
+    for filter in filters {
+        filter.filter(state, pod, node)?;
     }
     Ok(())
 }
@@ -98,6 +113,7 @@ fn filter_node(
 /// pod's priority as if they were already there, so the room they were given is not taken.
 fn run_filters(
     profile: &Profile,
+    filters: &[&dyn FilterPlugin],
     state: &CycleState,
     pod: &PodInfo,
     node: &NodeInfo,
@@ -116,10 +132,12 @@ fn run_filters(
                     }
                 }
             }
-            filter_node(profile, &with_state, pod, &with)?;
+            // The nominated pods may give a skipped filter something to check.
+            let with_filters = applicable_filters(profile, &with_state, pod);
+            filter_node(&with_filters, &with_state, pod, &with)?;
         }
     }
-    filter_node(profile, state, pod, node)
+    filter_node(filters, state, pod, node)
 }
 
 /// The deterministic tie-break between equally scored nodes (splitmix64): the same seed and
@@ -187,65 +205,38 @@ pub fn decide(
     let mut feasible: Vec<usize> = Vec::new();
     let mut rejections: HashMap<String, Rejection> = HashMap::new();
     let mut evaluated = 0;
-    let mut record = |results: Vec<(usize, Result<(), Rejection>)>,
-                      feasible: &mut Vec<usize>,
-                      evaluated: &mut usize| {
-        for (index, result) in results {
-            if feasible.len() >= wanted {
-                break;
+    let mut record =
+        |index: usize, result: Result<(), Rejection>, feasible: &mut Vec<usize>| match result {
+            Ok(()) => feasible.push(index),
+            Err(r) => {
+                rejections.insert(nodes[index].name.clone(), r);
             }
-            *evaluated += 1;
-            match result {
-                Ok(()) => feasible.push(index),
-                Err(r) => {
-                    rejections.insert(nodes[index].name.clone(), r);
-                }
-            }
-        }
+        };
+    let filters = applicable_filters(profile, &state, pod);
+    let filter_at = |i: usize| {
+        let index = order(i);
+        (
+            index,
+            run_filters(profile, &filters, &state, pod, &nodes[index], snapshot),
+        )
     };
-    if wanted > PARALLEL_FROM {
-        // Many nodes to evaluate (typically scoring every node of a large cluster): two
-        // threads, each over half the nodes, merged in rotation order.
-        let half = total.div_ceil(2);
-        let results: Vec<Vec<(usize, Result<(), Rejection>)>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = [(0, half), (half, total)]
-                .into_iter()
-                .map(|(from, to)| {
-                    let state = &state;
-                    scope.spawn(move || {
-                        (from..to)
-                            .map(|i| {
-                                let index = order(i);
-                                (
-                                    index,
-                                    run_filters(profile, state, pod, &nodes[index], snapshot),
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_default())
-                .collect()
-        });
-        for part in results {
-            record(part, &mut feasible, &mut evaluated);
+    if wanted >= total && total >= PARALLEL_FROM {
+        // Every node is wanted (scoring all nodes of a large cluster): filter them all in
+        // parallel, then record in rotation order.
+        let results: Vec<(usize, Result<(), Rejection>)> =
+            (0..total).into_par_iter().map(filter_at).collect();
+        evaluated = total;
+        for (index, result) in results {
+            record(index, result, &mut feasible);
         }
     } else {
         for i in 0..total {
             if feasible.len() >= wanted {
                 break;
             }
-            let index = order(i);
             evaluated += 1;
-            match run_filters(profile, &state, pod, &nodes[index], snapshot) {
-                Ok(()) => feasible.push(index),
-                Err(r) => {
-                    rejections.insert(nodes[index].name.clone(), r);
-                }
-            }
+            let (index, result) = filter_at(i);
+            record(index, result, &mut feasible);
         }
     }
     *start = begin + evaluated;
@@ -263,33 +254,43 @@ pub fn decide(
     }
     let mut totals = vec![0i64; candidates.len()];
     if candidates.len() > 1 {
-        for (plugin, weight) in &profile.plugins {
-            let Some(scorer) = plugin.as_score() else {
-                continue;
-            };
-            if *weight == 0 || skipped.contains(plugin.name()) || !scorer.applies(pod) {
-                continue;
+        let scorers: Vec<(&dyn ScorePlugin, i64)> = profile
+            .plugins
+            .iter()
+            .filter_map(|(plugin, weight)| {
+                let scorer = plugin.as_score()?;
+                (*weight != 0 && !skipped.contains(plugin.name()) && scorer.applies(pod))
+                    .then_some((scorer, *weight))
+            })
+            .collect();
+        // One row per candidate, one column per scorer, filled in a single pass over the
+        // candidates (in parallel on large clusters).
+        let width = scorers.len().max(1);
+        let mut table = vec![0i64; candidates.len() * width];
+        let fill = |(row, node): (&mut [i64], &&NodeInfo)| {
+            for (cell, (scorer, _)) in row.iter_mut().zip(&scorers) {
+                *cell = scorer.score(&state, pod, node);
             }
-            let score_range = |from: usize, to: usize| -> Vec<i64> {
-                candidates[from..to]
-                    .iter()
-                    .map(|n| scorer.score(&state, pod, n))
-                    .collect()
-            };
-            let mut scores: Vec<i64> = if candidates.len() > PARALLEL_FROM {
-                let half = candidates.len().div_ceil(2);
-                let (a, b) = std::thread::scope(|scope| {
-                    let first = scope.spawn(|| score_range(0, half));
-                    let second = score_range(half, candidates.len());
-                    (first.join().unwrap_or_default(), second)
-                });
-                a.into_iter().chain(b).collect()
-            } else {
-                score_range(0, candidates.len())
-            };
-            scorer.normalize(&state, pod, &mut scores);
-            for (t, s) in totals.iter_mut().zip(scores) {
-                *t += s.clamp(0, MAX_NODE_SCORE) * weight;
+        };
+        if candidates.len() >= PARALLEL_FROM {
+            table
+                .par_chunks_mut(width)
+                .zip(candidates.par_iter())
+                .for_each(fill);
+        } else {
+            table
+                .chunks_mut(width)
+                .zip(candidates.iter())
+                .for_each(fill);
+        }
+        let mut column = vec![0i64; candidates.len()];
+        for (j, (scorer, weight)) in scorers.iter().enumerate() {
+            for (cell, row) in column.iter_mut().zip(table.chunks(width)) {
+                *cell = row[j];
+            }
+            scorer.normalize(&state, pod, &mut column);
+            for (t, s) in totals.iter_mut().zip(&column) {
+                *t += (*s).clamp(0, MAX_NODE_SCORE) * weight;
             }
         }
     }

@@ -87,10 +87,11 @@ impl<T: Any + Clone + Send + Sync> StateData for T {
     }
 }
 
-/// The typed scratch space of one scheduling cycle.
+/// The typed scratch space of one scheduling cycle. A handful of entries, read once per node
+/// by filters and scorers: a short list compared by `TypeId` beats hashing.
 #[derive(Default)]
 pub struct CycleState {
-    data: HashMap<TypeId, Box<dyn StateData>>,
+    data: Vec<(TypeId, Box<dyn StateData>)>,
 }
 
 impl Clone for CycleState {
@@ -108,21 +109,29 @@ impl Clone for CycleState {
 impl CycleState {
     /// Stores a value (one per type).
     pub fn write<T: Any + Clone + Send + Sync>(&mut self, value: T) {
-        self.data.insert(TypeId::of::<T>(), Box::new(value));
+        let id = TypeId::of::<T>();
+        match self.data.iter_mut().find(|(k, _)| *k == id) {
+            Some(entry) => entry.1 = Box::new(value),
+            None => self.data.push((id, Box::new(value))),
+        }
     }
 
     /// Reads a value written earlier in the cycle.
     pub fn read<T: Any + Clone + Send + Sync>(&self) -> Option<&T> {
+        let id = TypeId::of::<T>();
         self.data
-            .get(&TypeId::of::<T>())
-            .and_then(|v| (**v).as_any().downcast_ref())
+            .iter()
+            .find(|(k, _)| *k == id)
+            .and_then(|(_, v)| (**v).as_any().downcast_ref())
     }
 
     /// Changes a value written earlier in the cycle.
     pub fn read_mut<T: Any + Clone + Send + Sync>(&mut self) -> Option<&mut T> {
+        let id = TypeId::of::<T>();
         self.data
-            .get_mut(&TypeId::of::<T>())
-            .and_then(|v| (**v).as_any_mut().downcast_mut())
+            .iter_mut()
+            .find(|(k, _)| *k == id)
+            .and_then(|(_, v)| (**v).as_any_mut().downcast_mut())
     }
 }
 
@@ -191,6 +200,13 @@ pub trait PreFilterPlugin: Send + Sync {
 pub trait FilterPlugin: Send + Sync {
     /// `Ok` when the node passes.
     fn filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<(), Rejection>;
+
+    /// Whether `filter` has anything to check for this pod, asked once per cycle after
+    /// pre-filter (kube-scheduler's PreFilter `Skip`): `false` passes every node without
+    /// calling `filter`. Default: it has.
+    fn applies(&self, _state: &CycleState, _pod: &PodInfo) -> bool {
+        true
+    }
 }
 
 /// Whether a plugin scores this cycle.

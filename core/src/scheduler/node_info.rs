@@ -30,6 +30,8 @@ pub struct NodeInfo {
     /// How many of its pods have pod affinity or anti-affinity (so affinity checks can skip
     /// nodes without any).
     pub affinity_pods: usize,
+    /// `spec.unschedulable`, read once per Node update (filters ask for every node).
+    cordoned: bool,
 }
 
 impl NodeInfo {
@@ -45,6 +47,7 @@ impl NodeInfo {
             images: HashMap::new(),
             taints: Vec::new(),
             affinity_pods: 0,
+            cordoned: false,
         };
         info.set_node(node);
         info
@@ -72,6 +75,11 @@ impl NodeInfo {
                     .collect()
             })
             .unwrap_or_default();
+        self.cordoned = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
         self.node = node;
     }
 
@@ -82,11 +90,7 @@ impl NodeInfo {
 
     /// Whether `spec.unschedulable` is set.
     pub fn unschedulable(&self) -> bool {
-        self.node
-            .spec
-            .as_ref()
-            .and_then(|s| s.unschedulable)
-            .unwrap_or(false)
+        self.cordoned
     }
 
     /// Counts a pod on this node (replacing an older state of the same pod).

@@ -90,8 +90,12 @@ impl ObjectStorage {
                 Some(ttl) => Some(self.leases.lease_for(&self.store, ttl).await?),
                 None => None,
             };
-            match self.store.create(&key, encode(&object)?, lease).await {
-                Ok(kv) => return decode(&kv),
+            match self.store.create(&key, encode(&mut object)?, lease).await {
+                // The stored value is what was just encoded: no need to decode it again.
+                Ok(kv) => {
+                    object::set_resource_version(&mut object, kv.mod_revision);
+                    return Ok(object);
+                }
                 // A generated name that collided: draw another, as Kubernetes retries.
                 Err(StoreError::AlreadyExists { .. })
                     if attempts < 8 && object::regenerate_name(&mut object) =>
@@ -209,12 +213,29 @@ impl ObjectStorage {
             Some(ttl) => Some(self.leases.lease_for(&self.store, ttl).await?),
             None => current.lease,
         };
+        self.write_prepared(kind, &key, name, object, expected, lease)
+            .await
+    }
+
+    /// Writes a prepared update if the key is still at `expected`.
+    async fn write_prepared(
+        &self,
+        kind: &ResourceKind,
+        key: &str,
+        name: String,
+        mut object: Value,
+        expected: Revision,
+        lease: Option<crate::store::LeaseId>,
+    ) -> Result<Value, StorageError> {
         match self
             .store
-            .update(&key, encode(&object)?, expected, lease)
+            .update(key, encode(&mut object)?, expected, lease)
             .await
         {
-            Ok(kv) => decode(&kv),
+            Ok(kv) => {
+                object::set_resource_version(&mut object, kv.mod_revision);
+                Ok(object)
+            }
             Err(StoreError::Conflict { .. }) => Err(StorageError::Conflict {
                 resource: kind.resource_name(),
                 name,
@@ -225,6 +246,49 @@ impl ObjectStorage {
             }),
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// Replaces an object the caller has just read (`stored`, with its resourceVersion), without
+    /// reading it again: the write succeeds only if the object is still at that revision
+    /// (otherwise `Conflict`, as from [`ObjectStorage::update`]).
+    pub async fn update_from(
+        &self,
+        kind: &ResourceKind,
+        stored: &Value,
+        object: Value,
+    ) -> Result<Value, StorageError> {
+        let revision =
+            meta_str(stored, "resourceVersion").and_then(|rv| rv.parse::<Revision>().ok());
+        // Kinds with a time to live renew their lease on each write: the full path knows how.
+        let Some(revision) = revision.filter(|_| kind.ttl.is_none()) else {
+            return self.update(kind, object).await;
+        };
+        let mut object = object;
+        let namespace = meta_str(&object, "namespace");
+        let name = meta_str(&object, "name")
+            .ok_or_else(|| StorageError::invalid("metadata.name", "name is required"))?;
+        let key = object_key(kind, namespace.as_deref(), &name)?;
+        let conflict = || StorageError::Conflict {
+            resource: kind.resource_name(),
+            name: name.clone(),
+        };
+        match meta_str(&object, "resourceVersion") {
+            Some(rv) if !rv.is_empty() => {
+                let expected = rv.parse::<Revision>().map_err(|_| {
+                    StorageError::invalid(
+                        "metadata.resourceVersion",
+                        &format!("{rv:?} is not a valid resource version"),
+                    )
+                })?;
+                if expected != revision {
+                    return Err(conflict());
+                }
+            }
+            _ => {}
+        }
+        prepare_update(kind, stored, &mut object)?;
+        self.write_prepared(kind, &key, name, object, revision, None)
+            .await
     }
 
     /// Deletes an object, optionally only at a given resourceVersion, returning its last state.

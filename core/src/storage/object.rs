@@ -42,10 +42,15 @@ pub(super) fn set_resource_version(object: &mut Value, revision: Revision) {
 
 /// The bytes stored for an object: its JSON without `resourceVersion` (the revision is the
 /// store's own bookkeeping).
-pub(super) fn encode(object: &Value) -> Result<Bytes, StorageError> {
-    let mut object = object.clone();
-    metadata_mut(&mut object)?.remove("resourceVersion");
-    serde_json::to_vec(&object)
+pub(super) fn encode(object: &mut Value) -> Result<Bytes, StorageError> {
+    // The revision is the store's, not part of the value: taken out while serializing (no copy
+    // of the object), put back after.
+    let version = metadata_mut(object)?.remove("resourceVersion");
+    let bytes = serde_json::to_vec(&*object);
+    if let Some(version) = version {
+        metadata_mut(object)?.insert("resourceVersion".into(), version);
+    }
+    bytes
         .map(Bytes::from)
         .map_err(|e| StorageError::invalid("", &e.to_string()))
 }

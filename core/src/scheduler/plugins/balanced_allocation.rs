@@ -24,25 +24,18 @@ impl ScorePlugin for BalancedAllocation {
     fn score(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> i64 {
         let fraction = |name: &str| {
             let (requested, allocatable) = usage(name, pod, node);
-            if allocatable == 0 {
-                None
-            } else {
-                Some((requested as f64 / allocatable as f64).min(1.0))
-            }
+            (allocatable != 0).then(|| (requested as f64 / allocatable as f64).min(1.0))
         };
-        let fractions: Vec<f64> = ["cpu", "memory"]
-            .iter()
-            .filter_map(|r| fraction(r))
-            .collect();
-        if fractions.is_empty() {
-            return 0;
-        }
-        let mean = fractions.iter().sum::<f64>() / fractions.len() as f64;
-        let variance = fractions
-            .iter()
-            .map(|f| (f - mean) * (f - mean))
-            .sum::<f64>()
-            / fractions.len() as f64;
+        // The standard deviation of the cpu and memory fractions (of one when only one is
+        // known: zero).
+        let variance = match (fraction("cpu"), fraction("memory")) {
+            (Some(cpu), Some(memory)) => {
+                let mean = (cpu + memory) / 2.0;
+                ((cpu - mean) * (cpu - mean) + (memory - mean) * (memory - mean)) / 2.0
+            }
+            (None, None) => return 0,
+            _ => 0.0,
+        };
         ((1.0 - variance.sqrt()) * MAX_NODE_SCORE as f64) as i64
     }
 }

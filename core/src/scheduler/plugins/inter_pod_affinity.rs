@@ -252,6 +252,14 @@ impl PreFilterPlugin for InterPodAffinity {
 }
 
 impl FilterPlugin for InterPodAffinity {
+    fn applies(&self, state: &CycleState, _: &PodInfo) -> bool {
+        state.read::<AffinityState>().is_some_and(|s| {
+            !s.affinity.is_empty()
+                || !s.anti_domains.is_empty()
+                || !s.existing_anti_domains.is_empty()
+        })
+    }
+
     fn filter(&self, state: &CycleState, _: &PodInfo, node: &NodeInfo) -> Result<(), Rejection> {
         let Some(s) = state.read::<AffinityState>() else {
             return Ok(());

@@ -102,6 +102,20 @@ impl Plugin for NodeAffinity {
 }
 
 impl FilterPlugin for NodeAffinity {
+    fn applies(&self, _: &CycleState, pod: &PodInfo) -> bool {
+        pod.pod.spec.as_ref().is_some_and(|spec| {
+            spec.node_selector.as_ref().is_some_and(|s| !s.is_empty())
+                || spec
+                    .affinity
+                    .as_ref()
+                    .and_then(|a| a.node_affinity.as_ref())
+                    .is_some_and(|na| {
+                        na.required_during_scheduling_ignored_during_execution
+                            .is_some()
+                    })
+        })
+    }
+
     fn filter(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<(), Rejection> {
         if required_matches(pod, node) {
             Ok(())

@@ -19,6 +19,10 @@ impl Plugin for NodeName {
 }
 
 impl FilterPlugin for NodeName {
+    fn applies(&self, _: &CycleState, pod: &PodInfo) -> bool {
+        pod.node_name().is_some()
+    }
+
     fn filter(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<(), Rejection> {
         match pod.node_name() {
             Some(wanted) if wanted != node.name => Err(Rejection::unresolvable(

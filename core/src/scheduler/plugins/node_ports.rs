@@ -28,6 +28,10 @@ impl Plugin for NodePorts {
 }
 
 impl FilterPlugin for NodePorts {
+    fn applies(&self, _: &CycleState, pod: &PodInfo) -> bool {
+        !pod.host_ports.is_empty()
+    }
+
     fn filter(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<(), Rejection> {
         if pod.host_ports.iter().any(|p| node.port_conflicts(p)) {
             Err(Rejection::unschedulable(

@@ -193,6 +193,10 @@ impl PreFilterPlugin for PodTopologySpread {
 }
 
 impl FilterPlugin for PodTopologySpread {
+    fn applies(&self, state: &CycleState, _: &PodInfo) -> bool {
+        state.read::<SpreadState>().is_some()
+    }
+
     fn filter(&self, state: &CycleState, _: &PodInfo, node: &NodeInfo) -> Result<(), Rejection> {
         let Some(spread) = state.read::<SpreadState>() else {
             return Ok(());
