@@ -8,3 +8,4 @@ mod registry_storage;
 mod scheduler;
 mod store_embedded;
 mod store_memory;
+mod workloads;

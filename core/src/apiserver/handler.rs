@@ -561,6 +561,13 @@ async fn create(ctx: &mut Ctx, mut object: Value) -> Result<Value, ApiError> {
     ] {
         meta.remove(owned);
     }
+    // A Job's generated selector names its uid, so the uid is drawn before defaulting.
+    if is_kind(&ctx.kind, "batch", "Job") {
+        meta.insert(
+            "uid".into(),
+            Value::String(uuid::Uuid::new_v4().to_string()),
+        );
+    }
     // generateName: validate as if the name were the prefix plus a suffix.
     let generated = meta
         .get("name")

@@ -4,9 +4,10 @@
 
 use super::runner::{run_workers, ReconcileCounters, Reconciler};
 use super::{
-    ControllerContext, DeploymentController, EndpointSliceController, EndpointsController,
-    GarbageCollector, LeaderElectionConfig, LeaderElector, NodeLifecycleConfig,
-    NodeLifecycleController, QueueConfig, ReplicaSetController, WorkQueue,
+    ControllerContext, CronJobController, DeploymentController, EndpointSliceController,
+    EndpointsController, GarbageCollector, JobConfig, JobController, LeaderElectionConfig,
+    LeaderElector, NodeLifecycleConfig, NodeLifecycleController, QueueConfig, ReplicaSetController,
+    WorkQueue,
 };
 use crate::apiserver::ApiServer;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct ControllerManagerConfig {
     pub queue: QueueConfig,
     /// Node health settings.
     pub node_lifecycle: NodeLifecycleConfig,
+    /// Job settings (failure back-off).
+    pub job: JobConfig,
     /// When set, the controllers run only while this candidate holds the Lease.
     pub leader_election: Option<LeaderElectionConfig>,
     /// The component name on recorded Events.
@@ -34,6 +37,7 @@ impl Default for ControllerManagerConfig {
             workers: 4,
             queue: QueueConfig::default(),
             node_lifecycle: NodeLifecycleConfig::default(),
+            job: JobConfig::default(),
             leader_election: None,
             component: "capstan-controller-manager".into(),
         }
@@ -77,9 +81,11 @@ impl RunningControllers {
     }
 }
 
-const NAMES: [&str; 5] = [
+const NAMES: [&str; 7] = [
     "replicaset",
     "deployment",
+    "job",
+    "cronjob",
     "endpoints",
     "endpointslice",
     "node-lifecycle",
@@ -185,6 +191,10 @@ async fn run_term(
     spawn(rs.clone(), &|q| rs.triggers(q, &stop));
     let deployments = Arc::new(DeploymentController::new(&ctx));
     spawn(deployments.clone(), &|q| deployments.triggers(q, &stop));
+    let jobs = Arc::new(JobController::new(&ctx, config.job.clone()));
+    spawn(jobs.clone(), &|q| jobs.triggers(q, &stop));
+    let cron_jobs = Arc::new(CronJobController::new(&ctx));
+    spawn(cron_jobs.clone(), &|q| cron_jobs.triggers(q, &stop));
     let endpoints = Arc::new(EndpointsController::new(&ctx));
     spawn(endpoints.clone(), &|q| endpoints.triggers(q, &stop));
     let slices = Arc::new(EndpointSliceController::new(&ctx));

@@ -11,6 +11,7 @@
 //! reads the current state of its object, so missed, repeated or reordered changes are harmless.
 
 mod cache;
+mod cron_job;
 mod deployment;
 mod endpoint_slices;
 mod endpoints;
@@ -20,6 +21,7 @@ mod expectations;
 mod finalizer;
 mod garbage_collector;
 mod informer;
+mod job;
 mod leader_election;
 mod manager;
 mod metadata_patch;
@@ -32,6 +34,7 @@ mod triggers;
 mod work_queue;
 
 pub use cache::{IndexFn, BY_LABEL, BY_NAMESPACE, BY_OWNER};
+pub use cron_job::{CronJobController, Schedule};
 pub use deployment::DeploymentController;
 pub use endpoint_slices::EndpointSliceController;
 pub use endpoints::EndpointsController;
@@ -41,6 +44,7 @@ pub use expectations::Expectations;
 pub use finalizer::{add_finalizer, remove_finalizer};
 pub use garbage_collector::GarbageCollector;
 pub use informer::{Change, Informer, InformerFactory, Subscription};
+pub use job::{JobConfig, JobController, COMPLETION_INDEX};
 pub use leader_election::{LeaderElectionConfig, LeaderElector};
 pub use manager::{ControllerManager, ControllerManagerConfig, RunningControllers};
 pub use node_lifecycle::{NodeLifecycleConfig, NodeLifecycleController};

@@ -66,3 +66,61 @@ where
             .collect(),
     })
 }
+
+/// The keys of the controllers of `kind` (e.g. `Job`) owning the pods a change concerns (old
+/// and new controller references); observes pod creations and deletions in `expectations`.
+/// On resync, every key of `owners`.
+pub(crate) fn owner_keys<K, O>(
+    change: &Change<K>,
+    kind: &str,
+    owners: &Informer<O>,
+    expectations: &super::Expectations,
+) -> Vec<ObjectKey>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    O: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let owner_key = |object: &K| {
+        super::pod_facts::controller_of(object.meta())
+            .filter(|r| r.kind == kind)
+            .map(|r| {
+                ObjectKey::namespaced(
+                    object.meta().namespace.clone().unwrap_or_default(),
+                    r.name.clone(),
+                )
+            })
+    };
+    let mut keys = Vec::new();
+    match change {
+        Change::Resync => return owners.keys(),
+        Change::Applied { old, new } => {
+            if let Some(owner) = owner_key(new) {
+                if old.is_none() {
+                    expectations.creation_observed(&owner);
+                }
+                let newly_deleting = new.meta().deletion_timestamp.is_some()
+                    && old
+                        .as_ref()
+                        .is_none_or(|o| o.meta().deletion_timestamp.is_none());
+                if newly_deleting {
+                    expectations.deletion_observed(&owner);
+                }
+                keys.push(owner);
+            }
+            if let Some(old_owner) = old.as_ref().and_then(|o| owner_key(o)) {
+                if !keys.contains(&old_owner) {
+                    keys.push(old_owner);
+                }
+            }
+        }
+        Change::Deleted(object) => {
+            if let Some(owner) = owner_key(object) {
+                if object.meta().deletion_timestamp.is_none() {
+                    expectations.deletion_observed(&owner);
+                }
+                keys.push(owner);
+            }
+        }
+    }
+    keys
+}

@@ -121,10 +121,17 @@ pub(super) fn prepare_create(kind: &ResourceKind, object: &mut Value) -> Result<
     if !kind.namespaced {
         metadata.remove("namespace");
     }
-    metadata.insert(
-        "uid".into(),
-        Value::String(uuid::Uuid::new_v4().to_string()),
-    );
+    // A uid already set was drawn by the API server (clients' are removed before).
+    if metadata
+        .get("uid")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        metadata.insert(
+            "uid".into(),
+            Value::String(uuid::Uuid::new_v4().to_string()),
+        );
+    }
     metadata.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
     metadata.insert("generation".into(), Value::from(1));
     metadata.remove("resourceVersion");

@@ -7,6 +7,11 @@ fn obj(value: &mut Value) -> Option<&mut Map<String, Value>> {
     value.as_object_mut()
 }
 
+/// The label a Job's generated selector matches: the Job's uid.
+pub const JOB_CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
+/// The label naming a Job on its pods.
+pub const JOB_NAME: &str = "batch.kubernetes.io/job-name";
+
 fn set_default(map: &mut Map<String, Value>, key: &str, value: Value) {
     if map.get(key).is_none_or(Value::is_null) {
         map.insert(key.to_string(), value);
@@ -178,9 +183,37 @@ pub fn apply_defaults(kind: &ResourceKind, object: &mut Value) {
             default_template(spec);
         }
         ("batch", "Job") => {
+            let (uid, name) = {
+                let meta = child(root, "metadata");
+                let text = |k: &str| meta.get(k).and_then(Value::as_str).map(str::to_string);
+                (text("uid"), text("name"))
+            };
             let spec = child(root, "spec");
+            // Both unset: one pod to completion; only parallelism set: a work queue (any
+            // success completes the Job), so completions stays unset.
+            if spec.get("completions").is_none_or(Value::is_null)
+                && spec.get("parallelism").is_none_or(Value::is_null)
+            {
+                spec.insert("completions".into(), json!(1));
+            }
             set_default(spec, "parallelism", json!(1));
-            set_default(spec, "completions", json!(1));
+            // The generated selector and labels (unless the user manages the selector).
+            let manual = spec.get("manualSelector").and_then(Value::as_bool) == Some(true);
+            if let (Some(uid), false) = (uid, manual) {
+                if spec.get("selector").is_none_or(Value::is_null) {
+                    spec.insert(
+                        "selector".into(),
+                        json!({"matchLabels": {JOB_CONTROLLER_UID: uid}}),
+                    );
+                }
+                let labels = child(child(child(spec, "template"), "metadata"), "labels");
+                set_default(labels, JOB_CONTROLLER_UID, json!(uid));
+                set_default(labels, "controller-uid", json!(uid));
+                if let Some(name) = name {
+                    set_default(labels, JOB_NAME, json!(name));
+                    set_default(labels, "job-name", json!(name));
+                }
+            }
             set_default(spec, "backoffLimit", json!(6));
             set_default(spec, "completionMode", json!("NonIndexed"));
             set_default(spec, "suspend", json!(false));

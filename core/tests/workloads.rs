@@ -1,0 +1,462 @@
+//! The workload controllers (Jobs, CronJobs, DaemonSets, StatefulSets, disruption budgets and
+//! eviction, horizontal autoscaling) against the in-process API with the real scheduler and
+//! node agents on the simulated runtime: pods really run, exit (`sim.capstan.dev/exit-after`)
+//! and use CPU (`sim.capstan.dev/cpu-millis`) as the annotations say.
+
+use capstan_core::apiserver::ApiServer;
+use capstan_core::controller::{ControllerManager, ControllerManagerConfig, JobConfig};
+use capstan_core::node::{NodeAgent, NodeConfig, RunningNode};
+use capstan_core::runtime::sim::{SimConfig, SimRuntime};
+use capstan_core::scheduler::{Scheduler, SchedulerConfig};
+use capstan_core::store::MemoryStore;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Cluster {
+    _server: ApiServer,
+    pub client: kube::Client,
+    controllers: Option<capstan_core::controller::RunningControllers>,
+    scheduler: Option<capstan_core::scheduler::RunningScheduler>,
+    nodes: Vec<RunningNode>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    pub async fn stop(mut self) {
+        for node in self.nodes.drain(..) {
+            node.stop().await;
+        }
+        if let Some(s) = self.scheduler.take() {
+            s.stop().await;
+        }
+        if let Some(c) = self.controllers.take() {
+            c.stop().await;
+        }
+    }
+}
+
+fn node_config(
+    name: &str,
+    index: u8,
+    dir: &std::path::Path,
+    labels: &[(&str, &str)],
+) -> NodeConfig {
+    let mut config = NodeConfig::new(name);
+    config.capacity = Some(BTreeMap::from([
+        ("cpu".into(), "4".into()),
+        ("memory".into(), "8Gi".into()),
+        ("pods".into(), "110".into()),
+    ]));
+    config.labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    config.root_dir = dir.to_path_buf();
+    config.initial_backoff = Duration::from_millis(200);
+    config.max_backoff = Duration::from_secs(1);
+    config.resync_period = Duration::from_millis(500);
+    config.stats_interval = Duration::from_millis(300);
+    config.pod_cidr = Some(format!("10.244.{index}.0/24"));
+    config
+}
+
+/// A control plane with `nodes` simulated nodes (`node-0`, `node-1`, …; `zone` label `z<i>`).
+pub async fn cluster(nodes: usize) -> Cluster {
+    let server = ApiServer::builder(Arc::new(MemoryStore::default()))
+        .build()
+        .await
+        .unwrap();
+    let client = server.client();
+    let config = ControllerManagerConfig {
+        job: JobConfig {
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(400),
+        },
+        ..Default::default()
+    };
+    let controllers = ControllerManager::in_process(&server, config).start();
+    let scheduler = Scheduler::in_process(&server, SchedulerConfig::default()).start();
+    let mut running = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 0..nodes {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("node-{i}");
+        let zone = format!("z{i}");
+        let config = node_config(&name, i as u8 + 1, dir.path(), &[("zone", &zone)]);
+        let runtime = SimRuntime::new(SimConfig {
+            pod_subnet: [10, 244, i as u8 + 1],
+            ..SimConfig::default()
+        });
+        let node = NodeAgent::new(client.clone(), Arc::new(runtime), config)
+            .start()
+            .await
+            .unwrap();
+        running.push(node);
+        dirs.push(dir);
+    }
+    Cluster {
+        _server: server,
+        client,
+        controllers: Some(controllers),
+        scheduler: Some(scheduler),
+        nodes: running,
+        _dirs: dirs,
+    }
+}
+
+pub async fn eventually<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn api<K>(c: &Cluster) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    Api::namespaced(c.client.clone(), "default")
+}
+
+pub async fn create<K>(c: &Cluster, manifest: Value) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let object: K = serde_json::from_value(manifest).unwrap();
+    api::<K>(c)
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap()
+}
+
+pub async fn pods_with(c: &Cluster, selector: &str) -> Vec<Pod> {
+    api::<Pod>(c)
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .items
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_ && c["status"] == "True")
+}
+
+fn job(name: &str, spec: Value, annotations: Value) -> Value {
+    let mut spec = spec;
+    spec["template"] = json!({
+        "metadata": {"labels": {"app": name}, "annotations": annotations},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "work", "image": "busybox"}]},
+    });
+    json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": spec})
+}
+
+async fn job_status(c: &Cluster, name: &str) -> Value {
+    let job = api::<Job>(c).get(name).await.unwrap();
+    serde_json::to_value(job.status.unwrap_or_default()).unwrap()
+}
+
+#[tokio::test]
+async fn jobs_run_to_completion_in_parallel_and_by_index() {
+    let c = cluster(2).await;
+    create::<Job>(
+        &c,
+        job(
+            "batch",
+            json!({"completions": 4, "parallelism": 2}),
+            json!({"sim.capstan.dev/exit-after": "300ms"}),
+        ),
+    )
+    .await;
+    create::<Job>(
+        &c,
+        job(
+            "indexed",
+            json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed"}),
+            json!({"sim.capstan.dev/exit-after": "200ms"}),
+        ),
+    )
+    .await;
+    // Never more than `parallelism` running at once, until Complete with 4 successes.
+    let most_running = std::sync::atomic::AtomicUsize::new(0);
+    let status = eventually(30, "the Job completes", || {
+        let c = &c;
+        let most = &most_running;
+        async move {
+            let running = pods_with(c, "app=batch")
+                .await
+                .iter()
+                .filter(|p| {
+                    !matches!(
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                        Some("Succeeded" | "Failed")
+                    )
+                })
+                .count();
+            most.fetch_max(running, std::sync::atomic::Ordering::Relaxed);
+            let status = job_status(c, "batch").await;
+            condition(&status, "Complete").is_some().then_some(status)
+        }
+    })
+    .await;
+    let most_running = most_running.into_inner();
+    assert!(most_running <= 2, "{most_running} pods ran at once");
+    assert_eq!(status["succeeded"], 4);
+    assert!(status["completionTime"].is_string());
+    assert_eq!(pods_with(&c, "app=batch").await.len(), 4);
+    let status = eventually(30, "the Indexed Job completes", || async {
+        let status = job_status(&c, "indexed").await;
+        condition(&status, "Complete").is_some().then_some(status)
+    })
+    .await;
+    assert_eq!(status["completedIndexes"], "0-2");
+    let mut indexes: Vec<String> = pods_with(&c, "app=indexed")
+        .await
+        .iter()
+        .map(|p| {
+            let spec = p.spec.as_ref().unwrap();
+            let index = p.metadata.annotations.as_ref().unwrap()
+                ["batch.kubernetes.io/job-completion-index"]
+                .clone();
+            let env = spec.containers[0].env.as_ref().unwrap();
+            assert!(env
+                .iter()
+                .any(|e| e.name == "JOB_COMPLETION_INDEX" && e.value.as_deref() == Some(&index)));
+            assert_eq!(
+                spec.hostname.as_deref(),
+                Some(format!("indexed-{index}").as_str())
+            );
+            index
+        })
+        .collect();
+    indexes.sort();
+    assert_eq!(indexes, ["0", "1", "2"]);
+    // The generated selector names the Job's uid.
+    let job = api::<Job>(&c).get("batch").await.unwrap();
+    let selector = job.spec.unwrap().selector.unwrap().match_labels.unwrap();
+    assert_eq!(
+        selector.get("batch.kubernetes.io/controller-uid"),
+        job.metadata.uid.as_ref()
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn failing_jobs_stop_at_their_backoff_limit_or_deadline_and_finished_jobs_expire() {
+    let c = cluster(1).await;
+    create::<Job>(
+        &c,
+        job(
+            "flaky",
+            json!({"backoffLimit": 2}),
+            json!({"sim.capstan.dev/exit-after": "100ms", "sim.capstan.dev/exit-code": "1"}),
+        ),
+    )
+    .await;
+    create::<Job>(
+        &c,
+        job("slow", json!({"activeDeadlineSeconds": 1}), json!({})),
+    )
+    .await;
+    create::<Job>(
+        &c,
+        job(
+            "short-lived",
+            json!({"ttlSecondsAfterFinished": 1}),
+            json!({"sim.capstan.dev/exit-after": "100ms"}),
+        ),
+    )
+    .await;
+    let status = eventually(30, "the flaky Job fails", || async {
+        let status = job_status(&c, "flaky").await;
+        condition(&status, "Failed")
+            .cloned()
+            .map(|cond| (status, cond))
+    })
+    .await;
+    assert_eq!(status.1["reason"], "BackoffLimitExceeded");
+    assert_eq!(
+        status.0["failed"], 3,
+        "backoffLimit 2 allows three attempts"
+    );
+    let failed = eventually(20, "the slow Job passes its deadline", || async {
+        condition(&job_status(&c, "slow").await, "Failed").cloned()
+    })
+    .await;
+    assert_eq!(failed["reason"], "DeadlineExceeded");
+    eventually(20, "the slow Job's pod is gone", || async {
+        pods_with(&c, "app=slow")
+            .await
+            .iter()
+            .all(|p| p.metadata.deletion_timestamp.is_some())
+            .then_some(())
+    })
+    .await;
+    eventually(20, "the finished Job is deleted after its TTL", || async {
+        api::<Job>(&c)
+            .get_opt("short-lived")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    c.stop().await;
+}
+
+fn cron_job(name: &str, policy: &str, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": name},
+        "spec": {
+            "schedule": "* * * * *",
+            "concurrencyPolicy": policy,
+            "successfulJobsHistoryLimit": 1,
+            "jobTemplate": {"spec": {"template": {
+                "metadata": {"labels": {"cron": name}, "annotations": annotations},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "work", "image": "busybox"}]},
+            }}},
+        },
+    })
+}
+
+/// Pretends the CronJob last ran `minutes` ago, so a run is due now.
+async fn backdate(c: &Cluster, name: &str, minutes: i64) {
+    let at = k8s_openapi::jiff::Timestamp::now()
+        .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(minutes * 60))
+        .unwrap()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    api::<CronJob>(c)
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"lastScheduleTime": at}})),
+        )
+        .await
+        .unwrap();
+}
+
+async fn jobs_of(c: &Cluster, cron_job: &str) -> Vec<Job> {
+    let uid = api::<CronJob>(c)
+        .get(cron_job)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let mut jobs: Vec<Job> = api::<Job>(c)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|j| {
+            j.metadata.deletion_timestamp.is_none()
+                && j.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|r| r.uid == uid)
+        })
+        .collect();
+    jobs.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    jobs
+}
+
+#[tokio::test]
+async fn cron_jobs_fire_on_schedule_keep_history_and_follow_their_concurrency_policy() {
+    let c = cluster(1).await;
+    // A due run fires at once, completes, and is the last successful one; history keeps one.
+    create::<CronJob>(
+        &c,
+        cron_job(
+            "tick",
+            "Allow",
+            json!({"sim.capstan.dev/exit-after": "100ms"}),
+        ),
+    )
+    .await;
+    backdate(&c, "tick", 3).await;
+    let first = eventually(20, "the due run starts a Job", || async {
+        jobs_of(&c, "tick").await.into_iter().next()
+    })
+    .await;
+    assert!(first.metadata.annotations.as_ref().unwrap()
+        ["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+        .ends_with(":00Z"));
+    eventually(20, "the run succeeds and is recorded", || async {
+        let cj = api::<CronJob>(&c).get("tick").await.unwrap();
+        let status = cj.status.unwrap_or_default();
+        (status.last_successful_time.is_some() && status.active.is_none()).then_some(())
+    })
+    .await;
+    // A suspended CronJob starts nothing.
+    let mut suspended = cron_job("paused", "Allow", json!({}));
+    suspended["spec"]["suspend"] = json!(true);
+    create::<CronJob>(&c, suspended).await;
+    backdate(&c, "paused", 3).await;
+    // Long-running Jobs: at the next minute, Forbid skips the run, Replace swaps the Job.
+    create::<CronJob>(&c, cron_job("forbid", "Forbid", json!({}))).await;
+    create::<CronJob>(&c, cron_job("replace", "Replace", json!({}))).await;
+    backdate(&c, "forbid", 2).await;
+    backdate(&c, "replace", 2).await;
+    let (forbid_first, replace_first) = eventually(20, "both start a Job", || async {
+        let f = jobs_of(&c, "forbid").await;
+        let r = jobs_of(&c, "replace").await;
+        (f.len() == 1 && r.len() == 1)
+            .then(|| (f[0].metadata.name.clone(), r[0].metadata.name.clone()))
+    })
+    .await;
+    eventually(
+        75,
+        "the next minute's run replaces the running Job",
+        || async {
+            let r = jobs_of(&c, "replace").await;
+            (r.len() == 1 && r[0].metadata.name != replace_first).then_some(())
+        },
+    )
+    .await;
+    let forbid = jobs_of(&c, "forbid").await;
+    assert_eq!(
+        forbid
+            .iter()
+            .map(|j| j.metadata.name.clone())
+            .collect::<Vec<_>>(),
+        [forbid_first],
+        "Forbid never runs two at once"
+    );
+    assert!(
+        jobs_of(&c, "paused").await.is_empty(),
+        "suspended CronJobs start nothing"
+    );
+    // History: `tick` ran again this minute; with a limit of one successful Job, only the
+    // newest is kept once it succeeds.
+    eventually(30, "only the newest successful run is kept", || async {
+        let jobs = jobs_of(&c, "tick").await;
+        (jobs.len() == 1 && jobs[0].metadata.name != first.metadata.name).then_some(())
+    })
+    .await;
+    c.stop().await;
+}
