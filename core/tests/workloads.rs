@@ -460,3 +460,313 @@ async fn cron_jobs_fire_on_schedule_keep_history_and_follow_their_concurrency_po
     .await;
     c.stop().await;
 }
+
+fn daemon_set(name: &str, node_selector: Option<Value>) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"ds": name}},
+            "template": {
+                "metadata": {"labels": {"ds": name}},
+                "spec": {"nodeSelector": node_selector, "containers": [{"name": "agent", "image": "busybox"}]},
+            },
+        },
+    })
+}
+
+/// Active pods of a selector by the node they are bound to.
+async fn pods_by_node(c: &Cluster, selector: &str) -> BTreeMap<String, Vec<Pod>> {
+    let mut by_node: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
+    for pod in pods_with(c, selector).await {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        by_node.entry(node).or_default().push(pod);
+    }
+    by_node
+}
+
+async fn ds_rolled_out(c: &Cluster, name: &str) -> Option<Value> {
+    let ds = api::<k8s_openapi::api::apps::v1::DaemonSet>(c)
+        .get(name)
+        .await
+        .unwrap();
+    let generation = ds.metadata.generation;
+    let status = ds.status?;
+    let desired = status.desired_number_scheduled;
+    (status.observed_generation >= generation
+        && status.updated_number_scheduled.unwrap_or(0) >= desired
+        && status.number_available.unwrap_or(0) >= desired)
+        .then(|| serde_json::to_value(status).unwrap())
+}
+
+#[tokio::test]
+async fn daemon_sets_run_one_pod_per_eligible_node_and_roll() {
+    use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
+    use k8s_openapi::api::core::v1::Node;
+    let mut c = cluster(3).await;
+    create::<DaemonSet>(&c, daemon_set("everywhere", None)).await;
+    create::<DaemonSet>(&c, daemon_set("picky", Some(json!({"zone": "z1"})))).await;
+    let nodes = ["node-0", "node-1", "node-2"];
+    eventually(30, "one running pod per node", || async {
+        let by_node = pods_by_node(&c, "ds=everywhere").await;
+        (nodes
+            .iter()
+            .all(|n| by_node.get(*n).is_some_and(|p| p.len() == 1))
+            && by_node.len() == 3)
+            .then_some(())
+    })
+    .await;
+    let status = eventually(30, "the DaemonSet reports itself rolled out", || {
+        ds_rolled_out(&c, "everywhere")
+    })
+    .await;
+    assert_eq!(status["desiredNumberScheduled"], 3);
+    let picky = eventually(
+        20,
+        "the selective DaemonSet lands on node-1 only",
+        || async {
+            let by_node = pods_by_node(&c, "ds=picky").await;
+            (by_node.len() == 1 && by_node.contains_key("node-1")).then_some(())
+        },
+    )
+    .await;
+    let _ = picky;
+    // A node that starts matching gets a pod; one that stops matching loses it.
+    let node_api: Api<Node> = Api::all(c.client.clone());
+    node_api
+        .patch(
+            "node-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"zone": "z1"}}})),
+        )
+        .await
+        .unwrap();
+    node_api
+        .patch(
+            "node-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"zone": "z9"}}})),
+        )
+        .await
+        .unwrap();
+    eventually(20, "the selective DaemonSet follows the labels", || async {
+        let by_node = pods_by_node(&c, "ds=picky").await;
+        (by_node.len() == 1 && by_node.contains_key("node-0")).then_some(())
+    })
+    .await;
+    // A rolling update replaces every pod, keeping the old revision on record.
+    let ds_api = api::<DaemonSet>(&c);
+    let before: Vec<String> = pods_with(&c, "ds=everywhere")
+        .await
+        .iter()
+        .map(|p| p.metadata.uid.clone().unwrap())
+        .collect();
+    ds_api
+        .patch(
+            "everywhere",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"v": "2"}}}}})),
+        )
+        .await
+        .unwrap();
+    eventually(40, "every pod is replaced by the new template", || async {
+        let by_node = pods_by_node(&c, "ds=everywhere").await;
+        let fresh = by_node.values().flatten().all(|p| {
+            !before.contains(p.metadata.uid.as_ref().unwrap())
+                && p.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("v"))
+                    .map(String::as_str)
+                    == Some("2")
+        });
+        (fresh && by_node.values().map(Vec::len).sum::<usize>() == 3).then_some(())
+    })
+    .await;
+    eventually(20, "the update is reported done", || {
+        ds_rolled_out(&c, "everywhere")
+    })
+    .await;
+    let revisions: Vec<ControllerRevision> = api::<ControllerRevision>(&c)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|r| {
+            r.metadata
+                .name
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("everywhere-")
+        })
+        .collect();
+    assert_eq!(revisions.len(), 2, "both templates are recorded");
+    // A node that goes away takes its daemon pod with it.
+    let gone = c.nodes.remove(2);
+    gone.stop().await;
+    node_api
+        .delete("node-2", &Default::default())
+        .await
+        .unwrap();
+    eventually(20, "the departed node's pod is deleted", || async {
+        let by_node = pods_by_node(&c, "ds=everywhere").await;
+        (!by_node.contains_key("node-2") && by_node.len() == 2).then_some(())
+    })
+    .await;
+    c.stop().await;
+}
+
+fn running_ready(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        && capstan_core::controller::pod_facts::is_ready(pod)
+}
+
+async fn set_pods(c: &Cluster, set: &str) -> BTreeMap<String, Pod> {
+    pods_with(c, &format!("app={set}"))
+        .await
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| (p.metadata.name.clone().unwrap(), p))
+        .collect()
+}
+
+fn revision_of(pod: &Pod) -> String {
+    pod.metadata.labels.as_ref().unwrap()["controller-revision-hash"].clone()
+}
+
+#[tokio::test]
+async fn stateful_sets_keep_names_order_and_partitioned_updates() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::Service;
+    let c = cluster(2).await;
+    create::<Service>(
+        &c,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+               "spec": {"clusterIP": "None", "selector": {"app": "web"}, "ports": [{"port": 80}]}}),
+    )
+    .await;
+    create::<StatefulSet>(
+        &c,
+        json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "web"},
+            "spec": {
+                "replicas": 3, "serviceName": "web",
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                             "spec": {"containers": [{"name": "web", "image": "busybox"}]}},
+            },
+        }),
+    )
+    .await;
+    // OrderedReady: whenever ordinal n exists, n-1 is running and ready.
+    let pods = eventually(30, "three ordered pods run", || async {
+        let pods = set_pods(&c, "web").await;
+        for n in 1..3 {
+            if pods.contains_key(&format!("web-{n}")) {
+                let previous = &pods[&format!("web-{}", n - 1)];
+                assert!(
+                    running_ready(previous),
+                    "web-{n} started before web-{} was ready",
+                    n - 1
+                );
+            }
+        }
+        (pods.len() == 3 && pods.values().all(running_ready)).then_some(pods)
+    })
+    .await;
+    for (name, pod) in &pods {
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.hostname.as_ref(), Some(name));
+        assert_eq!(spec.subdomain.as_deref(), Some("web"));
+        let labels = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["statefulset.kubernetes.io/pod-name"], *name);
+        assert_eq!(
+            labels["apps.kubernetes.io/pod-index"],
+            name.trim_start_matches("web-")
+        );
+    }
+    // A deleted pod comes back under its name.
+    let old_uid = pods["web-1"].metadata.uid.clone().unwrap();
+    api::<Pod>(&c)
+        .delete("web-1", &Default::default())
+        .await
+        .unwrap();
+    eventually(30, "web-1 is recreated", || async {
+        set_pods(&c, "web")
+            .await
+            .get("web-1")
+            .filter(|p| p.metadata.uid.as_ref() != Some(&old_uid) && running_ready(p))
+            .map(|_| ())
+    })
+    .await;
+    let original = revision_of(&pods["web-0"]);
+    // A partitioned update changes ordinals at or above the partition only.
+    let sets = api::<StatefulSet>(&c);
+    sets.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 2}},
+            "template": {"metadata": {"annotations": {"v": "2"}}},
+        }})),
+    )
+    .await
+    .unwrap();
+    let status = eventually(30, "web-2 is updated", || async {
+        let pods = set_pods(&c, "web").await;
+        let status = sets.get("web").await.unwrap().status?;
+        let updated = status.update_revision.clone()?;
+        (pods.len() == 3
+            && pods.values().all(running_ready)
+            && pods
+                .get("web-2")
+                .is_some_and(|p| updated.ends_with(&revision_of(p)))
+            && status.updated_replicas == Some(1))
+        .then_some(status)
+    })
+    .await;
+    let pods = set_pods(&c, "web").await;
+    assert_eq!(revision_of(&pods["web-0"]), original);
+    assert_eq!(revision_of(&pods["web-1"]), original);
+    assert_ne!(status.current_revision, status.update_revision);
+    // Partition 0: the rest follow, and the update becomes current.
+    sets.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"updateStrategy": {"rollingUpdate": {"partition": 0}}}})),
+    )
+    .await
+    .unwrap();
+    eventually(40, "every pod is on the update revision", || async {
+        let status = sets.get("web").await.unwrap().status?;
+        (status.updated_replicas == Some(3)
+            && status.ready_replicas == Some(3)
+            && status.current_revision == status.update_revision)
+            .then_some(())
+    })
+    .await;
+    // Scaling down removes the highest ordinal first.
+    sets.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
+    eventually(30, "only web-0 remains", || async {
+        let pods = set_pods(&c, "web").await;
+        if !pods.contains_key("web-1") {
+            assert!(!pods.contains_key("web-2"), "web-1 went before web-2");
+        }
+        (pods.len() == 1 && pods.contains_key("web-0")).then_some(())
+    })
+    .await;
+    c.stop().await;
+}

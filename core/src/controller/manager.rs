@@ -4,10 +4,10 @@
 
 use super::runner::{run_workers, ReconcileCounters, Reconciler};
 use super::{
-    ControllerContext, CronJobController, DeploymentController, EndpointSliceController,
-    EndpointsController, GarbageCollector, JobConfig, JobController, LeaderElectionConfig,
-    LeaderElector, NodeLifecycleConfig, NodeLifecycleController, QueueConfig, ReplicaSetController,
-    WorkQueue,
+    ControllerContext, CronJobController, DaemonSetController, DeploymentController,
+    EndpointSliceController, EndpointsController, GarbageCollector, JobConfig, JobController,
+    LeaderElectionConfig, LeaderElector, NodeLifecycleConfig, NodeLifecycleController, QueueConfig,
+    ReplicaSetController, StatefulSetController, WorkQueue,
 };
 use crate::apiserver::ApiServer;
 use std::sync::Arc;
@@ -81,9 +81,11 @@ impl RunningControllers {
     }
 }
 
-const NAMES: [&str; 7] = [
+const NAMES: [&str; 9] = [
     "replicaset",
     "deployment",
+    "daemonset",
+    "statefulset",
     "job",
     "cronjob",
     "endpoints",
@@ -191,6 +193,10 @@ async fn run_term(
     spawn(rs.clone(), &|q| rs.triggers(q, &stop));
     let deployments = Arc::new(DeploymentController::new(&ctx));
     spawn(deployments.clone(), &|q| deployments.triggers(q, &stop));
+    let daemon_sets = Arc::new(DaemonSetController::new(&ctx));
+    spawn(daemon_sets.clone(), &|q| daemon_sets.triggers(q, &stop));
+    let stateful_sets = Arc::new(StatefulSetController::new(&ctx));
+    spawn(stateful_sets.clone(), &|q| stateful_sets.triggers(q, &stop));
     let jobs = Arc::new(JobController::new(&ctx, config.job.clone()));
     spawn(jobs.clone(), &|q| jobs.triggers(q, &stop));
     let cron_jobs = Arc::new(CronJobController::new(&ctx));

@@ -11,7 +11,9 @@
 //! reads the current state of its object, so missed, repeated or reordered changes are harmless.
 
 mod cache;
+mod controller_revision;
 mod cron_job;
+mod daemon_set;
 mod deployment;
 mod endpoint_slices;
 mod endpoints;
@@ -30,11 +32,14 @@ mod object_key;
 pub mod pod_facts;
 mod replica_set;
 mod runner;
+mod stateful_set;
 mod triggers;
 mod work_queue;
 
 pub use cache::{IndexFn, BY_LABEL, BY_NAMESPACE, BY_OWNER};
+pub use controller_revision::REVISION_HASH;
 pub use cron_job::{CronJobController, Schedule};
+pub use daemon_set::DaemonSetController;
 pub use deployment::DeploymentController;
 pub use endpoint_slices::EndpointSliceController;
 pub use endpoints::EndpointsController;
@@ -51,6 +56,7 @@ pub use node_lifecycle::{NodeLifecycleConfig, NodeLifecycleController};
 pub use object_key::ObjectKey;
 pub use replica_set::ReplicaSetController;
 pub use runner::{run_workers, Action, ReconcileCounters, Reconciler};
+pub use stateful_set::{StatefulSetController, POD_INDEX, POD_NAME};
 pub use triggers::{enqueue_changes, enqueue_own};
 pub use work_queue::{QueueConfig, WorkQueue};
 

@@ -7,8 +7,8 @@
 //! to an old ReplicaSet's template, which then becomes the newest revision. Old ReplicaSets
 //! beyond `revisionHistoryLimit` are deleted; paused Deployments only scale.
 
-mod revision;
-mod rollout;
+pub(crate) mod revision;
+pub(crate) mod rollout;
 mod status;
 
 pub use revision::{template_hash, POD_TEMPLATE_HASH, REVISION};

@@ -15,7 +15,8 @@ pub struct Counts {
     pub available: i32,
 }
 
-fn resolve(value: Option<&IntOrString>, total: i32, round_up: bool) -> i32 {
+/// A count or a percentage of `total` (rounded up or down); absent means 25%.
+pub(crate) fn resolve(value: Option<&IntOrString>, total: i32, round_up: bool) -> i32 {
     match value {
         None => resolve(Some(&IntOrString::String("25%".into())), total, round_up),
         Some(IntOrString::Int(n)) => (*n).max(0),
