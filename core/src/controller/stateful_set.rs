@@ -246,7 +246,7 @@ impl Reconciler for StatefulSetController {
         let mut slots: Vec<Option<Arc<Pod>>> = vec![None; replicas as usize];
         let mut condemned: Vec<(i32, Arc<Pod>)> = Vec::new();
         for pod in self.pods.owned_by(&uid) {
-            if !controller_of(&pod.metadata).is_some_and(|r| r.uid == uid) {
+            if controller_of(&pod.metadata).is_none_or(|r| r.uid != uid) {
                 continue;
             }
             match ordinal_of(&key.name, &pod) {
