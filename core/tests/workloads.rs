@@ -536,7 +536,6 @@ async fn daemon_sets_run_one_pod_per_eligible_node_and_roll() {
         },
     )
     .await;
-    let _ = picky;
     // A node that starts matching gets a pod; one that stops matching loses it.
     let node_api: Api<Node> = Api::all(c.client.clone());
     node_api
