@@ -527,7 +527,7 @@ async fn daemon_sets_run_one_pod_per_eligible_node_and_roll() {
     })
     .await;
     assert_eq!(status["desiredNumberScheduled"], 3);
-    let picky = eventually(
+    eventually(
         20,
         "the selective DaemonSet lands on node-1 only",
         || async {
