@@ -769,3 +769,85 @@ async fn stateful_sets_keep_names_order_and_partitioned_updates() {
     .await;
     c.stop().await;
 }
+
+/// POSTs an Eviction for `pod`; the response status code and body.
+async fn evict(c: &Cluster, pod: &str) -> (u16, Value) {
+    let eviction = json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": "default"}});
+    let request =
+        axum::http::Request::post(format!("/api/v1/namespaces/default/pods/{pod}/eviction"))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&eviction).unwrap())
+            .unwrap();
+    match c.client.request::<Value>(request).await {
+        Ok(body) => (201, body),
+        Err(kube::Error::Api(status)) => (status.code, serde_json::to_value(&status).unwrap()),
+        Err(other) => panic!("eviction request failed: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn evictions_respect_disruption_budgets() {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let c = cluster(2).await;
+    // Bare pods: nothing replaces an evicted one until the test says so.
+    let db_pod = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "db"}},
+               "spec": {"containers": [{"name": "db", "image": "busybox"}]}})
+    };
+    for name in ["db-0", "db-1", "db-2"] {
+        create::<Pod>(&c, db_pod(name)).await;
+    }
+    create::<PodDisruptionBudget>(
+        &c,
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "db"},
+               "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "db"}}}}),
+    )
+    .await;
+    let budgets = api::<PodDisruptionBudget>(&c);
+    let allowed = |n: i32| {
+        let budgets = budgets.clone();
+        async move {
+            let status = budgets.get("db").await.unwrap().status?;
+            (status.disruptions_allowed == n && status.current_healthy == 3 - (1 - n).max(0))
+                .then_some(status)
+        }
+    };
+    let status = eventually(30, "the budget allows one disruption", || allowed(1)).await;
+    assert_eq!((status.expected_pods, status.desired_healthy), (3, 2));
+    let pods: Vec<String> = pods_with(&c, "app=db")
+        .await
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
+    // The first eviction spends the disruption; the second, at once, is refused with 429.
+    let (code, _) = evict(&c, &pods[0]).await;
+    assert_eq!(code, 201);
+    let gone = api::<Pod>(&c).get_opt(&pods[0]).await.unwrap();
+    assert!(gone.is_none_or(|p| p.metadata.deletion_timestamp.is_some()));
+    let (code, body) = evict(&c, &pods[1]).await;
+    assert_eq!(code, 429, "{body}");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("would violate the pod's disruption budget"));
+    let still = api::<Pod>(&c).get(&pods[1]).await.unwrap();
+    assert!(
+        still.metadata.deletion_timestamp.is_none(),
+        "a refused eviction deletes nothing"
+    );
+    // Once a replacement is ready, the budget allows one again.
+    create::<Pod>(&c, db_pod("db-3")).await;
+    eventually(30, "the budget recovers", || allowed(1)).await;
+    let (code, _) = evict(&c, &pods[1]).await;
+    assert_eq!(code, 201);
+    // Evicting a pod no budget covers just deletes it; a missing pod is 404.
+    create::<Pod>(
+        &c,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "lone"},
+               "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+    )
+    .await;
+    assert_eq!(evict(&c, "lone").await.0, 201);
+    assert_eq!(evict(&c, "nobody").await.0, 404);
+    c.stop().await;
+}

@@ -216,6 +216,23 @@ impl ApiError {
         err
     }
 
+    /// 429 TooManyRequests because an eviction would break a PodDisruptionBudget.
+    pub fn disruption_budget(message: impl Into<String>) -> Self {
+        let message = message.into();
+        let mut err = ApiError::new(
+            429,
+            "TooManyRequests",
+            "Cannot evict pod as it would violate the pod's disruption budget.",
+        );
+        err.details.causes = vec![Cause {
+            reason: "DisruptionBudget",
+            message,
+            field: String::new(),
+        }];
+        err.details.retry_after = Some(5);
+        err
+    }
+
     /// 500 InternalError.
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError::new(

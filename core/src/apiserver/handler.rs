@@ -332,6 +332,10 @@ async fn resource_request(
             let input = decode(&ctx, &body)?;
             create(&mut ctx, input).await?
         }),
+        ("create", Some("eviction")) if is_kind(&ctx.kind, "", "Pod") => (
+            StatusCode::CREATED,
+            super::eviction::evict(&mut ctx, &name, &body).await?,
+        ),
         ("create", Some("binding")) => (StatusCode::CREATED, {
             let input = decode(&ctx, &body)?;
             bind(&mut ctx, &name, input).await?
@@ -453,7 +457,7 @@ pub(crate) async fn get_object(ctx: &Ctx, name: &str) -> Result<Value, ApiError>
     get(ctx, name).await
 }
 
-async fn get(ctx: &Ctx, name: &str) -> Result<Value, ApiError> {
+pub(super) async fn get(ctx: &Ctx, name: &str) -> Result<Value, ApiError> {
     if ctx.kind.namespaced && ctx.path.namespace.is_none() {
         return Err(ApiError::no_route());
     }
@@ -1007,14 +1011,14 @@ async fn bind(ctx: &mut Ctx, name: &str, binding: Value) -> Result<Value, ApiErr
 }
 
 /// DeleteOptions gathered from the body and the query.
-struct DeleteOptions {
+pub(super) struct DeleteOptions {
     grace: Option<i64>,
     propagation: Option<String>,
     uid: Option<String>,
     resource_version: Option<String>,
 }
 
-fn delete_options(ctx: &Ctx, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+pub(super) fn delete_options(ctx: &Ctx, body: &[u8]) -> Result<DeleteOptions, ApiError> {
     let parsed = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -1073,7 +1077,7 @@ async fn delete(ctx: &mut Ctx, name: &str, body: &[u8]) -> Result<(StatusCode, V
     ))
 }
 
-async fn delete_object(
+pub(super) async fn delete_object(
     ctx: &mut Ctx,
     name: &str,
     object: Value,

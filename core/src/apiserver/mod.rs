@@ -11,6 +11,7 @@ mod auth;
 mod body;
 mod discovery;
 mod error;
+mod eviction;
 mod handler;
 mod list;
 mod local_watch;

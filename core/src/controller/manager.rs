@@ -5,9 +5,9 @@
 use super::runner::{run_workers, ReconcileCounters, Reconciler};
 use super::{
     ControllerContext, CronJobController, DaemonSetController, DeploymentController,
-    EndpointSliceController, EndpointsController, GarbageCollector, JobConfig, JobController,
-    LeaderElectionConfig, LeaderElector, NodeLifecycleConfig, NodeLifecycleController, QueueConfig,
-    ReplicaSetController, StatefulSetController, WorkQueue,
+    DisruptionController, EndpointSliceController, EndpointsController, GarbageCollector,
+    JobConfig, JobController, LeaderElectionConfig, LeaderElector, NodeLifecycleConfig,
+    NodeLifecycleController, QueueConfig, ReplicaSetController, StatefulSetController, WorkQueue,
 };
 use crate::apiserver::ApiServer;
 use std::sync::Arc;
@@ -81,7 +81,8 @@ impl RunningControllers {
     }
 }
 
-const NAMES: [&str; 9] = [
+const NAMES: [&str; 10] = [
+    "disruption",
     "replicaset",
     "deployment",
     "daemonset",
@@ -197,6 +198,8 @@ async fn run_term(
     spawn(daemon_sets.clone(), &|q| daemon_sets.triggers(q, &stop));
     let stateful_sets = Arc::new(StatefulSetController::new(&ctx));
     spawn(stateful_sets.clone(), &|q| stateful_sets.triggers(q, &stop));
+    let budgets = Arc::new(DisruptionController::new(&ctx));
+    spawn(budgets.clone(), &|q| budgets.triggers(q, &stop));
     let jobs = Arc::new(JobController::new(&ctx, config.job.clone()));
     spawn(jobs.clone(), &|q| jobs.triggers(q, &stop));
     let cron_jobs = Arc::new(CronJobController::new(&ctx));
