@@ -4,7 +4,9 @@
 //! and use CPU (`sim.capstan.dev/cpu-millis`) as the annotations say.
 
 use capstan_core::apiserver::ApiServer;
-use capstan_core::controller::{ControllerManager, ControllerManagerConfig, JobConfig};
+use capstan_core::controller::{
+    AutoscalerConfig, ControllerManager, ControllerManagerConfig, JobConfig,
+};
 use capstan_core::node::{NodeAgent, NodeConfig, RunningNode};
 use capstan_core::runtime::sim::{SimConfig, SimRuntime};
 use capstan_core::scheduler::{Scheduler, SchedulerConfig};
@@ -77,6 +79,9 @@ pub async fn cluster(nodes: usize) -> Cluster {
         job: JobConfig {
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(400),
+        },
+        autoscaler: AutoscalerConfig {
+            sync_period: Duration::from_millis(500),
         },
         ..Default::default()
     };
@@ -849,5 +854,87 @@ async fn evictions_respect_disruption_budgets() {
     .await;
     assert_eq!(evict(&c, "lone").await.0, 201);
     assert_eq!(evict(&c, "nobody").await.0, 404);
+    c.stop().await;
+}
+
+fn busy_deployment(cpu_millis: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "busy"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "busy"}},
+                 "template": {"metadata": {"labels": {"app": "busy"}, "annotations": {"sim.capstan.dev/cpu-millis": cpu_millis}},
+                              "spec": {"containers": [{"name": "c", "image": "busybox",
+                                                       "resources": {"requests": {"cpu": "100m"}}}]}}},
+    })
+}
+
+#[tokio::test]
+async fn autoscalers_follow_cpu_use_within_bounds() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    let c = cluster(2).await;
+    // Each pod uses 300m of its 100m request: 300% against a 50% target.
+    create::<Deployment>(&c, busy_deployment("300")).await;
+    create::<HorizontalPodAutoscaler>(
+        &c,
+        json!({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "busy"},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "busy"},
+                "minReplicas": 1, "maxReplicas": 4,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}}],
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}},
+            },
+        }),
+    )
+    .await;
+    let deployments = api::<Deployment>(&c);
+    let autoscalers = api::<HorizontalPodAutoscaler>(&c);
+    eventually(40, "the Deployment is scaled up to maxReplicas", || async {
+        let d = deployments.get("busy").await.unwrap();
+        (d.spec.unwrap().replicas == Some(4)).then_some(())
+    })
+    .await;
+    let status = eventually(
+        20,
+        "the autoscaler reports its metric and the limit",
+        || async {
+            let status = autoscalers.get("busy").await.unwrap().status?;
+            let limited = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "ScalingLimited" && c.status == "True");
+            let utilization = status
+                .current_metrics
+                .as_ref()?
+                .first()?
+                .resource
+                .as_ref()?
+                .current
+                .average_utilization?;
+            (limited && utilization >= 200).then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(status.desired_replicas, 4);
+    assert!(status.last_scale_time.is_some());
+    // Quiet pods (10m of 100m: 10%) bring it back to minReplicas.
+    deployments
+        .patch(
+            "busy",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"sim.capstan.dev/cpu-millis": "10"}}}}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        60,
+        "the Deployment is scaled down to minReplicas",
+        || async {
+            let d = deployments.get("busy").await.unwrap();
+            (d.spec.unwrap().replicas == Some(1)).then_some(())
+        },
+    )
+    .await;
     c.stop().await;
 }

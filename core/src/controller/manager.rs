@@ -4,10 +4,11 @@
 
 use super::runner::{run_workers, ReconcileCounters, Reconciler};
 use super::{
-    ControllerContext, CronJobController, DaemonSetController, DeploymentController,
-    DisruptionController, EndpointSliceController, EndpointsController, GarbageCollector,
-    JobConfig, JobController, LeaderElectionConfig, LeaderElector, NodeLifecycleConfig,
-    NodeLifecycleController, QueueConfig, ReplicaSetController, StatefulSetController, WorkQueue,
+    AutoscalerConfig, AutoscalerController, ControllerContext, CronJobController,
+    DaemonSetController, DeploymentController, DisruptionController, EndpointSliceController,
+    EndpointsController, GarbageCollector, JobConfig, JobController, LeaderElectionConfig,
+    LeaderElector, NodeLifecycleConfig, NodeLifecycleController, QueueConfig, ReplicaSetController,
+    StatefulSetController, WorkQueue,
 };
 use crate::apiserver::ApiServer;
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub struct ControllerManagerConfig {
     pub node_lifecycle: NodeLifecycleConfig,
     /// Job settings (failure back-off).
     pub job: JobConfig,
+    /// HorizontalPodAutoscaler settings (sync period).
+    pub autoscaler: AutoscalerConfig,
     /// When set, the controllers run only while this candidate holds the Lease.
     pub leader_election: Option<LeaderElectionConfig>,
     /// The component name on recorded Events.
@@ -38,6 +41,7 @@ impl Default for ControllerManagerConfig {
             queue: QueueConfig::default(),
             node_lifecycle: NodeLifecycleConfig::default(),
             job: JobConfig::default(),
+            autoscaler: AutoscalerConfig::default(),
             leader_election: None,
             component: "capstan-controller-manager".into(),
         }
@@ -81,7 +85,8 @@ impl RunningControllers {
     }
 }
 
-const NAMES: [&str; 10] = [
+const NAMES: [&str; 11] = [
+    "horizontalpodautoscaler",
     "disruption",
     "replicaset",
     "deployment",
@@ -198,6 +203,8 @@ async fn run_term(
     spawn(daemon_sets.clone(), &|q| daemon_sets.triggers(q, &stop));
     let stateful_sets = Arc::new(StatefulSetController::new(&ctx));
     spawn(stateful_sets.clone(), &|q| stateful_sets.triggers(q, &stop));
+    let autoscalers = Arc::new(AutoscalerController::new(&ctx, config.autoscaler.clone()));
+    spawn(autoscalers.clone(), &|q| autoscalers.triggers(q, &stop));
     let budgets = Arc::new(DisruptionController::new(&ctx));
     spawn(budgets.clone(), &|q| budgets.triggers(q, &stop));
     let jobs = Arc::new(JobController::new(&ctx, config.job.clone()));
