@@ -1128,3 +1128,196 @@ async fn kubectl_rollout_status_history_and_undo() {
     agent.stop().await;
     controllers.stop().await;
 }
+
+const WORKLOADS: &str = r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      containers: [{name: agent, image: "busybox:1.36"}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{port: 5432}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  replicas: 2
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers: [{name: db, image: "busybox:1.36"}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata:
+      labels: {app: web}
+      annotations: {sim.capstan.dev/cpu-millis: "300"}
+    spec:
+      containers:
+      - name: web
+        image: "busybox:1.36"
+        resources: {requests: {cpu: 100m}}
+"#;
+
+const BLOCKING_BUDGET: &str = "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: web}\nspec:\n  maxUnavailable: 0\n  selector: {matchLabels: {app: web}}\n";
+
+#[tokio::test]
+async fn kubectl_workload_rollouts_autoscale_cordon_and_drain() {
+    let Some(dir) = kubectl_dir() else { return };
+    let served = serve(Arc::new(MemoryStore::new())).await;
+    let client = served.server.client();
+    let config = capstan_core::controller::ControllerManagerConfig {
+        autoscaler: capstan_core::controller::AutoscalerConfig {
+            sync_period: std::time::Duration::from_secs(1),
+        },
+        ..Default::default()
+    };
+    let controllers =
+        capstan_core::controller::ControllerManager::new(client.clone(), config).start();
+    let mut agents = Vec::new();
+    let mut dirs = Vec::new();
+    for (i, name) in ["sim-a", "sim-b"].into_iter().enumerate() {
+        let node_dir = tempfile::tempdir().unwrap();
+        let mut node_config = capstan_core::node::NodeConfig::new(name);
+        node_config.root_dir = node_dir.path().to_path_buf();
+        node_config.pod_cidr = Some(format!("10.244.{}.0/24", 20 + i));
+        node_config.stats_interval = std::time::Duration::from_millis(500);
+        let runtime = Arc::new(capstan_core::runtime::sim::SimRuntime::new(
+            capstan_core::runtime::sim::SimConfig {
+                pod_subnet: [10, 244, 20 + i as u8],
+                ..Default::default()
+            },
+        ));
+        let agent = capstan_core::node::NodeAgent::new(client.clone(), runtime, node_config)
+            .start()
+            .await
+            .unwrap();
+        agents.push(agent);
+        dirs.push(node_dir);
+    }
+    let scheduler = capstan_core::scheduler::Scheduler::new(
+        client.clone(),
+        capstan_core::scheduler::SchedulerConfig::default(),
+    )
+    .start();
+    let k = Kubectl {
+        binary: dir.join("kubectl.1.33"),
+        kubeconfig: served.kubeconfig.clone(),
+    };
+    tokio::task::spawn_blocking(move || {
+        let ns = "workloads";
+        k.ok(&["apply", "-f", "-"], Some("apiVersion: v1\nkind: Namespace\nmetadata: {name: workloads}\n"), &["created"]);
+        let n = |args: &[&str]| -> Vec<String> {
+            args.iter().map(|s| s.to_string()).chain(["-n".to_string(), ns.to_string()]).collect()
+        };
+        let ok = |args: &[&str], expected: &[&str]| {
+            let owned = n(args);
+            let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+            k.ok(&refs, None, expected)
+        };
+        let fails = |args: &[&str], expected: &[&str]| {
+            let owned = n(args);
+            let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+            k.fails(&refs, None, expected)
+        };
+        // kubectl 1.33's typed commands send protobuf bodies.
+        k.ok(&["create", "namespace", "from-protobuf"], None, &["namespace/from-protobuf created"]);
+        ok(&["create", "configmap", "settings", "--from-literal=mode=fast"], &["configmap/settings created"]);
+        ok(&["create", "secret", "generic", "token", "--from-literal=key=s3cret"], &["secret/token created"]);
+        let mode = ok(&["get", "configmap", "settings", "-o", "jsonpath={.data.mode}"], &[]);
+        assert_eq!(mode.trim(), "fast");
+        let key = ok(&["get", "secret", "token", "-o", "jsonpath={.data.key}"], &[]);
+        assert_eq!(key.trim(), "czNjcmV0", "base64 of s3cret");
+        k.fails(&["create", "deployment", "pb", "--image=busybox:1.36", "-n", ns], None, &["not supported yet"]);
+        k.ok(&["apply", "-n", ns, "-f", "-"], Some(WORKLOADS), &["daemonset.apps/agent created", "statefulset.apps/db created"]);
+        // Rollouts of DaemonSets and StatefulSets, as kubectl reads their status.
+        ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"], &["successfully rolled out"]);
+        ok(&["rollout", "status", "statefulset/db", "--timeout=60s"], &["roll out complete: 2 new pods have been updated"]);
+        ok(&["set", "image", "statefulset/db", "db=busybox:1.37"], &["image updated"]);
+        ok(&["rollout", "status", "statefulset/db", "--timeout=60s"], &["roll out complete: 2 new pods have been updated"]);
+        let images = ok(&["get", "pods", "-l", "app=db", "-o", "jsonpath={range .items[*]}{.metadata.name}={.spec.containers[0].image} {end}"], &[]);
+        assert!(images.contains("db-0=busybox:1.37") && images.contains("db-1=busybox:1.37"), "{images}");
+        ok(&["set", "image", "daemonset/agent", "agent=busybox:1.37"], &["image updated"]);
+        ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"], &["successfully rolled out"]);
+        let history = ok(&["rollout", "history", "daemonset/agent"], &["REVISION"]);
+        assert!(history.lines().any(|l| l.trim_start().starts_with('2')), "{history}");
+        ok(&["rollout", "undo", "daemonset/agent"], &["rolled back"]);
+        ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"], &["successfully rolled out"]);
+        let image = ok(&["get", "ds", "agent", "-o", "jsonpath={.spec.template.spec.containers[0].image}"], &[]);
+        assert_eq!(image.trim(), "busybox:1.36");
+        // Autoscaling: 300m used of 100m requested against 50% → up to the maximum.
+        ok(&["autoscale", "deployment", "web", "--min=1", "--max=3", "--cpu-percent=50"], &["autoscaled"]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let replicas = ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.replicas}"], &[]);
+            if replicas.trim() == "3" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the autoscaler never scaled web to 3 (at {replicas})");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        ok(&["get", "hpa", "web"], &["web", "Deployment/web"]);
+        // Cordon and uncordon.
+        k.ok(&["cordon", "sim-b"], None, &["node/sim-b cordoned"]);
+        k.ok(&["get", "node", "sim-b"], None, &["SchedulingDisabled"]);
+        k.ok(&["uncordon", "sim-b"], None, &["node/sim-b uncordoned"]);
+        // A budget allowing no disruption holds a drain back (429s until the timeout) …
+        k.ok(&["apply", "-n", ns, "-f", "-"], Some(BLOCKING_BUDGET), &["poddisruptionbudget.policy/web created"]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !ok(&["get", "pdb", "web", "-o", "jsonpath={.status.expectedPods}"], &[]).trim().eq("3") {
+            assert!(std::time::Instant::now() < deadline, "the budget never saw the pods");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let on_a = ok(&["get", "pods", "-l", "app=web", "--field-selector", "spec.nodeName=sim-a", "-o", "name"], &[]);
+        let drain = ["drain", "sim-a", "--ignore-daemonsets", "--timeout=8s"];
+        if on_a.trim().is_empty() {
+            // Nothing of web's on sim-a: the budget cannot block; drain sim-b instead.
+            k.fails(&["drain", "sim-b", "--ignore-daemonsets", "--timeout=8s"], None, &["disruption budget"]);
+            k.ok(&["uncordon", "sim-b"], None, &["uncordoned"]);
+        } else {
+            k.fails(&drain, None, &["disruption budget"]);
+        }
+        // … and once it is gone the node drains: its pods move to the other node.
+        ok(&["delete", "pdb", "web"], &["deleted"]);
+        k.ok(&["drain", "sim-a", "--ignore-daemonsets", "--timeout=60s"], None, &["node/sim-a drained"]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let placed = ok(&["get", "pods", "-o", "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase}{\"\\n\"}{end}"], &[]);
+            let moved = placed.lines().filter(|l| !l.starts_with("agent-")).all(|l| l.contains(" sim-b Running"));
+            let count = placed.lines().filter(|l| l.starts_with("web-") || l.starts_with("db-")).count();
+            if moved && count >= 5 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "pods did not move off the drained node:\n{placed}");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        k.ok(&["uncordon", "sim-a"], None, &["node/sim-a uncordoned"]);
+        fails(&["rollout", "status", "deployment/nonexistent", "--timeout=2s"], &["not found"]);
+        ok(&["delete", "hpa", "web"], &["deleted"]);
+    })
+    .await
+    .unwrap();
+    scheduler.stop().await;
+    for agent in agents {
+        agent.stop().await;
+    }
+    controllers.stop().await;
+}

@@ -1,4 +1,5 @@
-//! Request bodies in (JSON, YAML, no Content-Type read as JSON; a size limit) and JSON
+//! Request bodies in (JSON, YAML, protobuf for some kinds, no Content-Type read as JSON; a
+//! size limit) and JSON
 //! responses out (objects, `Status` errors, `Warning` headers).
 
 use super::ApiError;
@@ -21,6 +22,8 @@ pub enum BodyFormat {
     StrategicMergePatch,
     /// `application/apply-patch+yaml` (server-side apply).
     ApplyPatch,
+    /// `application/vnd.kubernetes.protobuf` (objects only).
+    Protobuf,
 }
 
 /// Reads the Content-Type of a request.
@@ -42,6 +45,7 @@ pub fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
         "application/json-patch+json" => BodyFormat::JsonPatch,
         "application/strategic-merge-patch+json" => BodyFormat::StrategicMergePatch,
         "application/apply-patch+yaml" | "application/apply-patch+json" => BodyFormat::ApplyPatch,
+        "application/vnd.kubernetes.protobuf" => BodyFormat::Protobuf,
         _ => return Err(ApiError::unsupported_media_type(raw)),
     })
 }
@@ -52,6 +56,7 @@ pub fn parse_body(bytes: &[u8], format: BodyFormat) -> Result<Option<Value>, Api
         return Ok(None);
     }
     let value = match format {
+        BodyFormat::Protobuf => super::protobuf::decode(bytes)?,
         BodyFormat::Yaml | BodyFormat::ApplyPatch => serde_yaml::from_slice::<Value>(bytes)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
         _ => serde_json::from_slice::<Value>(bytes)

@@ -205,6 +205,11 @@ impl ApiError {
         ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/merge-patch+json, application/json-patch+json (got {content_type:?})"))
     }
 
+    /// 415 UnsupportedMediaType with a message of its own.
+    pub fn unsupported_body(message: impl Into<String>) -> Self {
+        ApiError::new(415, "UnsupportedMediaType", message)
+    }
+
     /// 429 TooManyRequests.
     pub fn too_many_requests(retry_after: u64) -> Self {
         let mut err = ApiError::new(

@@ -70,6 +70,9 @@ pub(crate) async fn handle(
         None
     };
     let path = parts.uri.path().to_string();
+    if super::hpa_v1::is_v1_hpa(&path) {
+        return super::hpa_v1::serve(state, parts, body).await;
+    }
     let span = tracing::debug_span!("request", method = %parts.method, path = %path);
     let method = parts.method.clone();
     let result = async {
@@ -395,7 +398,10 @@ pub(crate) fn table_wanted(ctx: &Ctx) -> bool {
 
 fn decode(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
     let format = body_format(&ctx.headers)?;
-    if !matches!(format, BodyFormat::Json | BodyFormat::Yaml) {
+    if !matches!(
+        format,
+        BodyFormat::Json | BodyFormat::Yaml | BodyFormat::Protobuf
+    ) {
         return Err(ApiError::unsupported_media_type(
             ctx.headers
                 .get(header::CONTENT_TYPE)
@@ -775,13 +781,13 @@ fn parse_patch(format: BodyFormat, body: &[u8]) -> Result<Value, ApiError> {
         BodyFormat::ApplyPatch => Err(ApiError::unsupported_media_type(
             "server-side apply (application/apply-patch+yaml) is not served yet",
         )),
-        BodyFormat::Json | BodyFormat::Yaml => Err(ApiError::unsupported_media_type(
-            "a patch needs a patch Content-Type",
-        )),
+        BodyFormat::Json | BodyFormat::Yaml | BodyFormat::Protobuf => Err(
+            ApiError::unsupported_media_type("a patch needs a patch Content-Type"),
+        ),
     }
 }
 
-fn apply_patch(
+pub(super) fn apply_patch(
     kind: &ResourceKind,
     format: BodyFormat,
     target: &mut Value,

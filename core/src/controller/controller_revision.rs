@@ -69,10 +69,17 @@ pub async fn ensure(
             .await?;
         return Ok((hash, newest + 1));
     }
+    // The template's labels too: kubectl finds a workload's revisions by its selector.
+    let mut labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    labels.insert(REVISION_HASH.to_string(), hash.clone());
     let revision = ControllerRevision {
         metadata: kube::api::ObjectMeta {
             name: Some(name.clone()),
-            labels: Some([(REVISION_HASH.to_string(), hash.clone())].into()),
+            labels: Some(labels),
             owner_references: Some(vec![owner]),
             ..Default::default()
         },

@@ -134,5 +134,9 @@ pub(super) fn kinds() -> Vec<ResourceKind> {
             .with_short_names(&["hpa"])
             .with_categories(&["all"])
             .with_subresource("status", STATUS),
+        // Served by conversion to the stored v2 form (apiserver::hpa_v1); listed after v2 so
+        // v2 is the preferred version.
+        ResourceKind::of::<autoscaling::v1::HorizontalPodAutoscaler>()
+            .with_subresource("status", STATUS),
     ]
 }

@@ -1,0 +1,256 @@
+//! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), as kubectl 1.32+ sends
+//! for its typed commands: the `k8s\0` magic, a `runtime.Unknown` envelope naming the
+//! apiVersion and kind, and the object's message (decoded with k8s-pb's prost types). The object
+//! is converted to its JSON form, so everything after decoding is the same as for JSON bodies.
+//! Kinds converted so far: Namespace, ConfigMap, Secret and autoscaling/v1
+//! HorizontalPodAutoscaler (`kubectl create namespace|configmap|secret`, `kubectl autoscale`);
+//! any other kind gets a clear 415.
+
+use super::error::ApiError;
+use k8s_pb::api::autoscaling::v1 as autoscaling_v1;
+use k8s_pb::api::core::v1 as core_v1;
+use k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_pb::apimachinery::pkg::runtime::Unknown;
+use prost::Message;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+/// The four bytes every Kubernetes protobuf body starts with.
+const MAGIC: &[u8] = b"k8s\0";
+
+fn unsupported(what: &str) -> ApiError {
+    ApiError::unsupported_body(format!(
+        "a protobuf body for {what} is not supported yet (protobuf bodies are accepted for Namespace, ConfigMap, Secret and autoscaling/v1 HorizontalPodAutoscaler); send it as JSON or YAML"
+    ))
+}
+
+fn invalid(err: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!("error decoding protobuf: {err}"))
+}
+
+/// Decodes a protobuf body into the object's JSON form.
+pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
+    let envelope = bytes
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| invalid("the body does not start with the k8s protobuf magic"))?;
+    let unknown = Unknown::decode(envelope).map_err(invalid)?;
+    let type_meta = unknown.type_meta.unwrap_or_default();
+    let api_version = type_meta.api_version.unwrap_or_default();
+    let kind = type_meta.kind.unwrap_or_default();
+    if unknown
+        .content_encoding
+        .as_deref()
+        .is_some_and(|e| !e.is_empty())
+    {
+        return Err(invalid("content encodings are not supported"));
+    }
+    let raw = unknown.raw.unwrap_or_default();
+    let mut object = match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Namespace") => {
+            let ns = core_v1::Namespace::decode(raw.as_slice()).map_err(invalid)?;
+            let mut object = json!({"metadata": metadata(ns.metadata)});
+            if let Some(finalizers) = ns.spec.map(|s| s.finalizers).filter(|f| !f.is_empty()) {
+                object["spec"] = json!({"finalizers": finalizers});
+            }
+            object
+        }
+        ("v1", "ConfigMap") => {
+            let cm = core_v1::ConfigMap::decode(raw.as_slice()).map_err(invalid)?;
+            let mut object = json!({"metadata": metadata(cm.metadata)});
+            if !cm.data.is_empty() {
+                object["data"] = json!(cm.data);
+            }
+            if !cm.binary_data.is_empty() {
+                object["binaryData"] = base64_map(cm.binary_data);
+            }
+            if let Some(immutable) = cm.immutable {
+                object["immutable"] = json!(immutable);
+            }
+            object
+        }
+        ("v1", "Secret") => {
+            let secret = core_v1::Secret::decode(raw.as_slice()).map_err(invalid)?;
+            let mut object = json!({"metadata": metadata(secret.metadata)});
+            if !secret.data.is_empty() {
+                object["data"] = base64_map(secret.data);
+            }
+            if !secret.string_data.is_empty() {
+                object["stringData"] = json!(secret.string_data);
+            }
+            if let Some(type_) = secret.r#type {
+                object["type"] = json!(type_);
+            }
+            if let Some(immutable) = secret.immutable {
+                object["immutable"] = json!(immutable);
+            }
+            object
+        }
+        ("autoscaling/v1", "HorizontalPodAutoscaler") => {
+            let hpa =
+                autoscaling_v1::HorizontalPodAutoscaler::decode(raw.as_slice()).map_err(invalid)?;
+            let spec = hpa.spec.unwrap_or_default();
+            let target = spec.scale_target_ref.unwrap_or_default();
+            let mut object = json!({
+                "metadata": metadata(hpa.metadata),
+                "spec": {
+                    "scaleTargetRef": {"kind": target.kind, "name": target.name, "apiVersion": target.api_version},
+                    "maxReplicas": spec.max_replicas,
+                },
+            });
+            if let Some(min) = spec.min_replicas {
+                object["spec"]["minReplicas"] = json!(min);
+            }
+            if let Some(cpu) = spec.target_cpu_utilization_percentage {
+                object["spec"]["targetCPUUtilizationPercentage"] = json!(cpu);
+            }
+            object
+        }
+        _ => return Err(unsupported(&format!("{api_version} {kind}"))),
+    };
+    object["apiVersion"] = json!(api_version);
+    object["kind"] = json!(kind);
+    strip_nulls(&mut object);
+    Ok(object)
+}
+
+fn base64_map(map: BTreeMap<String, Vec<u8>>) -> Value {
+    let encoded: Map<String, Value> = map
+        .into_iter()
+        .map(|(k, v)| {
+            let text = serde_json::to_value(k8s_openapi::ByteString(v)).unwrap_or(Value::Null);
+            (k, text)
+        })
+        .collect();
+    Value::Object(encoded)
+}
+
+/// What a client may set in metadata (the server owns the rest).
+fn metadata(meta: Option<ObjectMeta>) -> Value {
+    let meta = meta.unwrap_or_default();
+    let mut out = json!({
+        "name": meta.name,
+        "generateName": meta.generate_name,
+        "namespace": meta.namespace,
+    });
+    if !meta.labels.is_empty() {
+        out["labels"] = json!(meta.labels);
+    }
+    if !meta.annotations.is_empty() {
+        out["annotations"] = json!(meta.annotations);
+    }
+    if !meta.finalizers.is_empty() {
+        out["finalizers"] = json!(meta.finalizers);
+    }
+    if !meta.owner_references.is_empty() {
+        let refs: Vec<Value> = meta
+            .owner_references
+            .into_iter()
+            .map(|r| {
+                json!({"apiVersion": r.api_version, "kind": r.kind, "name": r.name, "uid": r.uid,
+                       "controller": r.controller, "blockOwnerDeletion": r.block_owner_deletion})
+            })
+            .collect();
+        out["ownerReferences"] = Value::Array(refs);
+    }
+    out
+}
+
+fn strip_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_pb::apimachinery::pkg::runtime::TypeMeta;
+
+    fn envelope(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
+        let unknown = Unknown {
+            type_meta: Some(TypeMeta {
+                api_version: Some(api_version.into()),
+                kind: Some(kind.into()),
+            }),
+            raw: Some(raw),
+            content_encoding: Some(String::new()),
+            content_type: Some(String::new()),
+        };
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(unknown.encode_to_vec());
+        bytes
+    }
+
+    fn meta(name: &str) -> Option<ObjectMeta> {
+        Some(ObjectMeta {
+            name: Some(name.into()),
+            labels: [("a".to_string(), "b".to_string())].into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn namespaces_config_maps_secrets_and_autoscalers_decode_to_json() {
+        let ns = core_v1::Namespace {
+            metadata: meta("team"),
+            ..Default::default()
+        };
+        let value = decode(&envelope("v1", "Namespace", ns.encode_to_vec())).unwrap();
+        assert_eq!(
+            value,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team", "labels": {"a": "b"}}})
+        );
+        let secret = core_v1::Secret {
+            metadata: meta("s"),
+            data: [("k".to_string(), b"hi".to_vec())].into(),
+            r#type: Some("Opaque".into()),
+            ..Default::default()
+        };
+        let value = decode(&envelope("v1", "Secret", secret.encode_to_vec())).unwrap();
+        assert_eq!(value["data"]["k"], "aGk=");
+        assert_eq!(value["type"], "Opaque");
+        let cm = core_v1::ConfigMap {
+            metadata: meta("c"),
+            data: [("x".to_string(), "y".to_string())].into(),
+            ..Default::default()
+        };
+        let value = decode(&envelope("v1", "ConfigMap", cm.encode_to_vec())).unwrap();
+        assert_eq!(value["data"], json!({"x": "y"}));
+        let hpa = autoscaling_v1::HorizontalPodAutoscaler {
+            metadata: meta("web"),
+            spec: Some(autoscaling_v1::HorizontalPodAutoscalerSpec {
+                scale_target_ref: Some(autoscaling_v1::CrossVersionObjectReference {
+                    kind: Some("Deployment".into()),
+                    name: Some("web".into()),
+                    api_version: Some("apps/v1".into()),
+                }),
+                min_replicas: Some(1),
+                max_replicas: Some(3),
+                target_cpu_utilization_percentage: Some(50),
+            }),
+            status: None,
+        };
+        let value = decode(&envelope(
+            "autoscaling/v1",
+            "HorizontalPodAutoscaler",
+            hpa.encode_to_vec(),
+        ))
+        .unwrap();
+        assert_eq!(value["spec"]["targetCPUUtilizationPercentage"], 50);
+        assert_eq!(value["spec"]["scaleTargetRef"]["name"], "web");
+    }
+
+    #[test]
+    fn other_kinds_and_garbage_are_refused_clearly() {
+        let err = decode(&envelope("apps/v1", "Deployment", Vec::new())).unwrap_err();
+        assert_eq!(err.code, 415);
+        assert!(err.message.contains("apps/v1 Deployment"));
+        assert_eq!(decode(b"{\"json\": true}").unwrap_err().code, 400);
+        assert_eq!(decode(b"k8s\0\xff\xff\xff").unwrap_err().code, 400);
+    }
+}
