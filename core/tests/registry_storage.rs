@@ -81,8 +81,15 @@ fn builtin_registry_resolves_like_kubectl() {
             "{gv:?} missing"
         );
     }
-    // 23 stored kinds and the two read-only metrics.k8s.io kinds.
-    assert_eq!(registry.kinds().count(), 25);
+    // 23 stored kinds, autoscaling/v1 HPAs (converted from the stored v2) and the two
+    // read-only metrics.k8s.io kinds.
+    assert_eq!(registry.kinds().count(), 26);
+    let hpa_versions: Vec<&str> = registry
+        .kinds()
+        .filter(|k| k.kind == "HorizontalPodAutoscaler")
+        .map(|k| k.version.as_str())
+        .collect();
+    assert_eq!(hpa_versions, ["v2", "v1"], "v2 is listed first: the preferred version");
     assert!(registry.get("metrics.k8s.io", "v1beta1", "pods").is_some());
     let all: Vec<_> = registry
         .kinds()
