@@ -89,7 +89,11 @@ fn builtin_registry_resolves_like_kubectl() {
         .filter(|k| k.kind == "HorizontalPodAutoscaler")
         .map(|k| k.version.as_str())
         .collect();
-    assert_eq!(hpa_versions, ["v2", "v1"], "v2 is listed first: the preferred version");
+    assert_eq!(
+        hpa_versions,
+        ["v2", "v1"],
+        "v2 is listed first: the preferred version"
+    );
     assert!(registry.get("metrics.k8s.io", "v1beta1", "pods").is_some());
     let all: Vec<_> = registry
         .kinds()

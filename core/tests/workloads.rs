@@ -417,6 +417,31 @@ async fn cron_jobs_fire_on_schedule_keep_history_and_follow_their_concurrency_po
         (status.last_successful_time.is_some() && status.active.is_none()).then_some(())
     })
     .await;
+    // A run missed by more than startingDeadlineSeconds is skipped, not started late.
+    let mut yearly = cron_job("yearly", "Allow", json!({}));
+    yearly["spec"]["schedule"] = json!("0 0 1 1 *");
+    yearly["spec"]["startingDeadlineSeconds"] = json!(10);
+    create::<CronJob>(&c, yearly).await;
+    backdate(&c, "yearly", 2 * 366 * 24 * 60).await;
+    eventually(
+        20,
+        "the missed yearly run is recorded as skipped",
+        || async {
+            let status = api::<CronJob>(&c).get("yearly").await.unwrap().status?;
+            let at = status.last_schedule_time?.0;
+            // Moved from two years ago to the last January 1st.
+            (k8s_openapi::jiff::Timestamp::now()
+                .duration_since(at)
+                .as_secs()
+                < 366 * 24 * 3600)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        jobs_of(&c, "yearly").await.is_empty(),
+        "a run past its deadline never starts"
+    );
     // A suspended CronJob starts nothing.
     let mut suspended = cron_job("paused", "Allow", json!({}));
     suspended["spec"]["suspend"] = json!(true);
@@ -756,6 +781,42 @@ async fn stateful_sets_keep_names_order_and_partitioned_updates() {
             .then_some(())
     })
     .await;
+    // With pods that never become ready, OrderedReady stops at ordinal 0 while Parallel
+    // creates every pod at once.
+    for (name, policy) in [("ordered", "OrderedReady"), ("parallel", "Parallel")] {
+        create::<StatefulSet>(
+            &c,
+            json!({
+                "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name},
+                "spec": {
+                    "replicas": 3, "serviceName": name, "podManagementPolicy": policy,
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": {"metadata": {"labels": {"app": name}},
+                                 "spec": {"containers": [{"name": "c", "image": "busybox",
+                                          "readinessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 1}}]}},
+                },
+            }),
+        )
+        .await;
+    }
+    eventually(30, "the Parallel set creates all three pods", || async {
+        (set_pods(&c, "parallel").await.len() == 3).then_some(())
+    })
+    .await;
+    eventually(30, "the OrderedReady set creates ordinal 0", || async {
+        set_pods(&c, "ordered")
+            .await
+            .contains_key("ordered-0")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ordered = set_pods(&c, "ordered").await;
+    assert_eq!(
+        ordered.keys().collect::<Vec<_>>(),
+        ["ordered-0"],
+        "OrderedReady waits for ordinal 0 to be ready"
+    );
     // Scaling down removes the highest ordinal first.
     sets.patch(
         "web",
@@ -918,6 +979,35 @@ async fn autoscalers_follow_cpu_use_within_bounds() {
     .await;
     assert_eq!(status.desired_replicas, 4);
     assert!(status.last_scale_time.is_some());
+    // An average-value target on a StatefulSet: 200m per pod against 100m → two pods.
+    create::<k8s_openapi::api::apps::v1::StatefulSet>(
+        &c,
+        json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "worker"},
+            "spec": {"replicas": 1, "serviceName": "worker", "selector": {"matchLabels": {"app": "worker"}},
+                     "template": {"metadata": {"labels": {"app": "worker"}, "annotations": {"sim.capstan.dev/cpu-millis": "200"}},
+                                  "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+        }),
+    )
+    .await;
+    create::<HorizontalPodAutoscaler>(
+        &c,
+        json!({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "worker"},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "worker"},
+                "maxReplicas": 5,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "AverageValue", "averageValue": "100m"}}}],
+            },
+        }),
+    )
+    .await;
+    let sets = api::<k8s_openapi::api::apps::v1::StatefulSet>(&c);
+    eventually(40, "the StatefulSet is scaled to two", || async {
+        let s = sets.get("worker").await.unwrap();
+        (s.spec.unwrap().replicas == Some(2)).then_some(())
+    })
+    .await;
     // Quiet pods (10m of 100m: 10%) bring it back to minReplicas.
     deployments
         .patch(
