@@ -721,6 +721,25 @@ async fn stateful_sets_keep_names_order_and_partitioned_updates() {
             name.trim_start_matches("web-")
         );
     }
+    // The headless Service publishes each pod under its stable hostname.
+    eventually(20, "the Service's endpoints name every pod", || async {
+        let slices = Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(
+            c.client.clone(),
+            "default",
+        )
+        .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+        .await
+        .unwrap();
+        let mut hostnames: Vec<String> = slices
+            .items
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .filter_map(|e| e.hostname.clone())
+            .collect();
+        hostnames.sort();
+        (hostnames == ["web-0", "web-1", "web-2"]).then_some(())
+    })
+    .await;
     // A deleted pod comes back under its name.
     let old_uid = pods["web-1"].metadata.uid.clone().unwrap();
     api::<Pod>(&c)

@@ -108,6 +108,7 @@ fn endpoint(e: &PodEndpoint) -> Endpoint {
         }),
         node_name: e.pod.spec.as_ref().and_then(|s| s.node_name.clone()),
         target_ref: Some(pod_reference(&e.pod)),
+        hostname: e.hostname.clone(),
         ..Default::default()
     }
 }

@@ -30,6 +30,9 @@ pub(crate) struct PodEndpoint {
     pub terminating: bool,
     /// (name, port, protocol, appProtocol) per service port this pod serves.
     pub ports: Vec<ServedPort>,
+    /// The pod's hostname under the Service, when its `subdomain` names the Service (a
+    /// StatefulSet's pods under their headless Service): what cluster DNS publishes.
+    pub hostname: Option<String>,
 }
 
 fn resolve_port(pod: &Pod, target: Option<&IntOrString>, port: i32, protocol: &str) -> Option<i32> {
@@ -81,8 +84,16 @@ pub(crate) fn service_endpoints(service: &Service, pods: &[Arc<Pod>]) -> Option<
                     .map(|port| (sp.name.clone(), port, protocol, sp.app_protocol.clone()))
             })
             .collect();
+        let pod_spec = pod.spec.as_ref();
+        let hostname = pod_spec
+            .and_then(|s| s.hostname.clone())
+            .filter(|h| !h.is_empty())
+            .filter(|_| {
+                pod_spec.and_then(|s| s.subdomain.as_deref()) == service.metadata.name.as_deref()
+            });
         endpoints.push(PodEndpoint {
             pod: pod.clone(),
+            hostname,
             ip,
             ready: serving && !terminating,
             serving,
@@ -200,7 +211,7 @@ fn subsets(endpoints: &[PodEndpoint], publish_not_ready: bool) -> Vec<EndpointSu
             ip: endpoint.ip.clone(),
             node_name: endpoint.pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             target_ref: Some(pod_reference(&endpoint.pod)),
-            hostname: None,
+            hostname: endpoint.hostname.clone(),
         };
         let mut ports = endpoint.ports.clone();
         ports.sort();
