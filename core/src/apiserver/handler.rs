@@ -680,8 +680,29 @@ async fn replace(ctx: &mut Ctx, name: &str, object: Value) -> Result<Value, ApiE
 pub(crate) async fn write_update(
     ctx: &mut Ctx,
     name: &str,
+    object: Value,
+    old: Value,
+) -> Result<Value, ApiError> {
+    write_update_checked(ctx, name, object, old, true).await
+}
+
+/// An update the server built from the stored object itself (a binding): it was type-checked
+/// and defaulted when it was stored, so only admission and validation run again.
+async fn write_built_update(
+    ctx: &mut Ctx,
+    name: &str,
+    object: Value,
+    old: Value,
+) -> Result<Value, ApiError> {
+    write_update_checked(ctx, name, object, old, false).await
+}
+
+async fn write_update_checked(
+    ctx: &mut Ctx,
+    name: &str,
     mut object: Value,
     old: Value,
+    from_client: bool,
 ) -> Result<Value, ApiError> {
     let body_name = object_name(&object);
     if !body_name.is_empty() && body_name != name {
@@ -714,9 +735,11 @@ pub(crate) async fn write_update(
     {
         object["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
     }
-    validate_fields(ctx, &mut object)?;
-    if !status_write {
-        apply_defaults(&ctx.kind, &mut object);
+    if from_client {
+        validate_fields(ctx, &mut object)?;
+        if !status_write {
+            apply_defaults(&ctx.kind, &mut object);
+        }
     }
     for plugin in &ctx.state.admission.clone() {
         plugin
@@ -1001,7 +1024,7 @@ async fn bind(ctx: &mut Ctx, name: &str, binding: Value) -> Result<Value, ApiErr
             }
         }
         let saved_sub = ctx.path.subresource.take();
-        let result = write_update(ctx, name, target, old).await;
+        let result = write_built_update(ctx, name, target, old).await;
         ctx.path.subresource = saved_sub;
         match result {
             Err(err) if err.reason == "Conflict" && attempts < 5 => continue,

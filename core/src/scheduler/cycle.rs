@@ -17,6 +17,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 /// more than it saves.
 const PARALLEL_FROM: usize = 1024;
 
+/// Nodes per parallel task at least: fewer, larger tasks keep hand-off costs low.
+const MIN_CHUNK: usize = 512;
+
 /// Why a pod fits nowhere.
 #[derive(Debug, Clone)]
 pub struct Unschedulable {
@@ -223,8 +226,11 @@ pub fn decide(
     if wanted >= total && total >= PARALLEL_FROM {
         // Every node is wanted (scoring all nodes of a large cluster): filter them all in
         // parallel, then record in rotation order.
-        let results: Vec<(usize, Result<(), Rejection>)> =
-            (0..total).into_par_iter().map(filter_at).collect();
+        let results: Vec<(usize, Result<(), Rejection>)> = (0..total)
+            .into_par_iter()
+            .with_min_len(MIN_CHUNK)
+            .map(filter_at)
+            .collect();
         evaluated = total;
         for (index, result) in results {
             record(index, result, &mut feasible);
@@ -276,6 +282,7 @@ pub fn decide(
             table
                 .par_chunks_mut(width)
                 .zip(candidates.par_iter())
+                .with_min_len(MIN_CHUNK)
                 .for_each(fill);
         } else {
             table
