@@ -998,7 +998,8 @@ async fn autoscalers_follow_cpu_use_within_bounds() {
     .await;
     assert_eq!(status.desired_replicas, 4);
     assert!(status.last_scale_time.is_some());
-    // An average-value target on a StatefulSet: 200m per pod against 100m → two pods.
+    // An average-value target on a StatefulSet: every pod uses 200m against 100m, so each
+    // round doubles the set, up to maxReplicas.
     create::<k8s_openapi::api::apps::v1::StatefulSet>(
         &c,
         json!({
@@ -1015,18 +1016,32 @@ async fn autoscalers_follow_cpu_use_within_bounds() {
             "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "worker"},
             "spec": {
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "worker"},
-                "maxReplicas": 5,
+                "maxReplicas": 3,
                 "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "AverageValue", "averageValue": "100m"}}}],
             },
         }),
     )
     .await;
     let sets = api::<k8s_openapi::api::apps::v1::StatefulSet>(&c);
-    eventually(40, "the StatefulSet is scaled to two", || async {
+    eventually(40, "the StatefulSet is scaled to maxReplicas", || async {
         let s = sets.get("worker").await.unwrap();
-        (s.spec.unwrap().replicas == Some(2)).then_some(())
+        (s.spec.unwrap().replicas == Some(3)).then_some(())
     })
     .await;
+    let worker = autoscalers.get("worker").await.unwrap().status.unwrap();
+    let average = worker.current_metrics.unwrap()[0]
+        .resource
+        .as_ref()
+        .unwrap()
+        .current
+        .average_value
+        .clone()
+        .unwrap();
+    let millis: i64 = average.0.trim_end_matches('m').parse().unwrap_or(0);
+    assert!(
+        (150..=250).contains(&millis),
+        "average cpu per pod {average:?}"
+    );
     // Quiet pods (10m of 100m: 10%) bring it back to minReplicas.
     deployments
         .patch(

@@ -14,9 +14,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,14 +153,7 @@ impl CronJobController {
                 SCHEDULED_TIMESTAMP.into(),
                 at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             );
-        metadata.owner_references = Some(vec![OwnerReference {
-            api_version: "batch/v1".into(),
-            kind: "CronJob".into(),
-            name,
-            uid: cj.metadata.uid.clone().unwrap_or_default(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        }]);
+        metadata.owner_references = Some(vec![super::pod_facts::controller_reference(cj)]);
         Job {
             metadata,
             spec: template.spec,
@@ -364,13 +357,8 @@ impl Reconciler for CronJobController {
             if status.active.is_none() {
                 patch["status"]["active"] = serde_json::Value::Null;
             }
-            match api
-                .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-            {
-                Ok(_) => {}
-                Err(err) if super::error::is_not_found(&err) => return Ok(Action::Done),
-                Err(err) => return Err(err.into()),
+            if !crate::controller::status_patch::merge_status(&api, &key.name, patch).await? {
+                return Ok(Action::Done);
             }
         }
         Ok(match requeue {

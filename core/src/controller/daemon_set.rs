@@ -10,7 +10,7 @@ use super::controller_revision::{self, REVISION_HASH};
 use super::deployment::rollout::resolve;
 use super::expectations::Expectations;
 use super::informer::Informer;
-use super::pod_facts::{self, controller_of};
+use super::pod_facts::{self, controller_of, controller_reference};
 use super::runner::{Action, Reconciler};
 use super::{ControllerContext, ControllerError, EventType, ObjectKey};
 use crate::scheduler::plugins::node_affinity::required_matches;
@@ -20,8 +20,7 @@ use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,17 +34,6 @@ pub struct DaemonSetController {
     nodes: Informer<Node>,
     revisions: Informer<ControllerRevision>,
     expectations: Arc<Expectations>,
-}
-
-fn owner_reference(ds: &DaemonSet) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "DaemonSet".into(),
-        name: ds.metadata.name.clone().unwrap_or_default(),
-        uid: ds.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
 }
 
 /// The tolerations every daemon pod gets, so node conditions and cordons do not evict or keep
@@ -79,7 +67,7 @@ fn pod_for(ds: &DaemonSet, hash: &str, node: Option<&str>) -> Pod {
     metadata.name = None;
     metadata.generate_name = Some(format!("{}-", ds.metadata.name.clone().unwrap_or_default()));
     metadata.namespace = ds.metadata.namespace.clone();
-    metadata.owner_references = Some(vec![owner_reference(ds)]);
+    metadata.owner_references = Some(vec![controller_reference(ds)]);
     metadata
         .labels
         .get_or_insert_with(BTreeMap::new)
@@ -302,7 +290,7 @@ impl Reconciler for DaemonSetController {
         let revisions = controller_revision::owned(self.revisions.in_namespace(namespace), &uid);
         let (hash, _) = controller_revision::ensure(
             &revisions_api,
-            owner_reference(&ds),
+            controller_reference(ds.as_ref()),
             &spec.template,
             &revisions,
         )
@@ -438,13 +426,8 @@ impl Reconciler for DaemonSetController {
                     patch["status"][field] = serde_json::Value::Null;
                 }
             }
-            match api
-                .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-            {
-                Ok(_) => {}
-                Err(err) if super::error::is_not_found(&err) => return Ok(Action::Done),
-                Err(err) => return Err(err.into()),
+            if !crate::controller::status_patch::merge_status(&api, &key.name, patch).await? {
+                return Ok(Action::Done);
             }
         }
         let next = owned

@@ -16,7 +16,7 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatu
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -195,13 +195,8 @@ impl Reconciler for DisruptionController {
             if status.disrupted_pods.is_none() {
                 patch["status"]["disruptedPods"] = serde_json::Value::Null;
             }
-            match api
-                .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-            {
-                Ok(_) => {}
-                Err(err) if super::error::is_not_found(&err) => return Ok(Action::Done),
-                Err(err) => return Err(err.into()),
+            if !crate::controller::status_patch::merge_status(&api, &key.name, patch).await? {
+                return Ok(Action::Done);
             }
         }
         Ok(match requeue {

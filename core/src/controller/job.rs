@@ -10,14 +10,14 @@
 
 use super::expectations::Expectations;
 use super::informer::Informer;
-use super::pod_facts::{self, controller_of};
+use super::pod_facts::{self, controller_of, controller_reference};
 use super::runner::{Action, Reconciler};
 use super::{ControllerContext, ControllerError, EventType, ObjectKey};
 use k8s_openapi::api::batch::v1::{Job, JobCondition};
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -188,17 +188,6 @@ pub fn finished(job: &Job) -> Option<(&str, Option<Timestamp>)> {
         })
 }
 
-fn owner_reference(job: &Job) -> OwnerReference {
-    OwnerReference {
-        api_version: "batch/v1".into(),
-        kind: "Job".into(),
-        name: job.metadata.name.clone().unwrap_or_default(),
-        uid: job.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 /// A new pod for the Job (for `index` in Indexed mode).
 fn pod_for(job: &Job, index: Option<i32>) -> Result<Pod, ControllerError> {
     let name = job.metadata.name.clone().unwrap_or_default();
@@ -211,7 +200,7 @@ fn pod_for(job: &Job, index: Option<i32>) -> Result<Pod, ControllerError> {
     let mut spec = template.spec.unwrap_or_default();
     metadata.name = None;
     metadata.namespace = job.metadata.namespace.clone();
-    metadata.owner_references = Some(vec![owner_reference(job)]);
+    metadata.owner_references = Some(vec![controller_reference(job)]);
     match index {
         Some(i) => {
             metadata.generate_name = Some(format!("{name}-{i}-"));
@@ -591,17 +580,14 @@ impl Reconciler for JobController {
         status.conditions = (!conditions.is_empty()).then_some(conditions);
         if status != old {
             let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), key.namespace_or_empty());
-            match api
-                .patch_status(
-                    &key.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": status})),
-                )
-                .await
+            if !crate::controller::status_patch::merge_status(
+                &api,
+                &key.name,
+                json!({"status": status}),
+            )
+            .await?
             {
-                Ok(_) => {}
-                Err(err) if super::error::is_not_found(&err) => return Ok(Action::Done),
-                Err(err) => return Err(err.into()),
+                return Ok(Action::Done);
             }
         }
         Ok(match requeue {

@@ -35,6 +35,7 @@ pub mod pod_facts;
 mod replica_set;
 mod runner;
 mod stateful_set;
+mod status_patch;
 mod triggers;
 mod work_queue;
 

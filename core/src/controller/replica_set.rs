@@ -6,7 +6,7 @@
 use super::expectations::Expectations;
 use super::informer::{Change, Informer};
 use super::metadata_patch::{set_metadata_field, Guard};
-use super::pod_facts::{self, controller_of};
+use super::pod_facts::{self, controller_of, controller_reference};
 use super::runner::{Action, Reconciler};
 use super::{ControllerContext, ControllerError, EventType, ObjectKey};
 use crate::selector::LabelSelector;
@@ -27,18 +27,6 @@ pub struct ReplicaSetController {
     replica_sets: Informer<ReplicaSet>,
     pods: Informer<Pod>,
     expectations: Arc<Expectations>,
-}
-
-/// The controller reference a ReplicaSet puts on its pods.
-pub fn owner_reference(rs: &ReplicaSet) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "ReplicaSet".into(),
-        name: rs.metadata.name.clone().unwrap_or_default(),
-        uid: rs.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
 }
 
 impl ReplicaSetController {
@@ -282,7 +270,7 @@ fn pod_from_template(rs: &ReplicaSet) -> Result<Pod, ControllerError> {
     metadata.name = None;
     metadata.generate_name = Some(format!("{}-", rs.metadata.name.clone().unwrap_or_default()));
     metadata.namespace = rs.metadata.namespace.clone();
-    metadata.owner_references = Some(vec![owner_reference(rs)]);
+    metadata.owner_references = Some(vec![controller_reference(rs)]);
     Ok(Pod {
         metadata,
         spec: template.spec,
@@ -354,7 +342,7 @@ impl Reconciler for ReplicaSetController {
                         &pods_api,
                         &pod.metadata,
                         "ownerReferences",
-                        with_owner(&pod, owner_reference(&rs)),
+                        with_owner(&pod, controller_reference(rs.as_ref())),
                         Guard::ResourceVersion,
                     )
                     .await?;
@@ -410,13 +398,8 @@ impl Reconciler for ReplicaSetController {
             if status.conditions.is_none() {
                 patch["status"]["conditions"] = serde_json::Value::Null;
             }
-            match api
-                .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-            {
-                Ok(_) => {}
-                Err(err) if super::error::is_not_found(&err) => return Ok(Action::Done),
-                Err(err) => return Err(err.into()),
+            if !crate::controller::status_patch::merge_status(&api, &key.name, patch).await? {
+                return Ok(Action::Done);
             }
         }
         // Pods that are ready but not yet available change the status by time alone.

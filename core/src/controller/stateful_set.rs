@@ -9,13 +9,12 @@
 
 use super::controller_revision::{self, REVISION_HASH};
 use super::informer::Informer;
-use super::pod_facts::{self, controller_of};
+use super::pod_facts::{self, controller_of, controller_reference};
 use super::runner::{Action, Reconciler};
 use super::{ControllerContext, ControllerError, EventType, ObjectKey};
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,17 +30,6 @@ pub struct StatefulSetController {
     sets: Informer<StatefulSet>,
     pods: Informer<Pod>,
     revisions: Informer<ControllerRevision>,
-}
-
-fn owner_reference(set: &StatefulSet) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "StatefulSet".into(),
-        name: set.metadata.name.clone().unwrap_or_default(),
-        uid: set.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
 }
 
 /// `name-7` → 7, for pods of the set named `name`.
@@ -78,7 +66,7 @@ fn pod_for(set: &StatefulSet, template: &PodTemplateSpec, hash: &str, i: i32) ->
     metadata.name = Some(name.clone());
     metadata.generate_name = None;
     metadata.namespace = set.metadata.namespace.clone();
-    metadata.owner_references = Some(vec![owner_reference(set)]);
+    metadata.owner_references = Some(vec![controller_reference(set)]);
     let labels = metadata.labels.get_or_insert_with(Default::default);
     labels.insert(REVISION_HASH.into(), hash.into());
     labels.insert(POD_NAME.into(), name.clone());
@@ -216,7 +204,7 @@ impl Reconciler for StatefulSetController {
         let revisions = controller_revision::owned(self.revisions.in_namespace(namespace), &uid);
         let (update_hash, _) = controller_revision::ensure(
             &revisions_api,
-            owner_reference(&set),
+            controller_reference(set.as_ref()),
             &spec.template,
             &revisions,
         )
@@ -349,17 +337,14 @@ impl Reconciler for StatefulSetController {
         };
         if status != old_status {
             let api: Api<StatefulSet> = Api::namespaced(self.ctx.client.clone(), namespace);
-            match api
-                .patch_status(
-                    &key.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": status})),
-                )
-                .await
+            if !crate::controller::status_patch::merge_status(
+                &api,
+                &key.name,
+                json!({"status": status}),
+            )
+            .await?
             {
-                Ok(_) => {}
-                Err(err) if super::error::is_not_found(&err) => return Ok(Action::Done),
-                Err(err) => return Err(err.into()),
+                return Ok(Action::Done);
             }
         }
         let in_use: Vec<String> = live

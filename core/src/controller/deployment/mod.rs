@@ -15,7 +15,7 @@ pub use revision::{template_hash, POD_TEMPLATE_HASH, REVISION};
 
 use super::informer::{Change, Informer};
 use super::metadata_patch::{set_metadata_field, Guard};
-use super::pod_facts::controller_of;
+use super::pod_facts::{controller_of, controller_reference};
 use super::runner::{Action, Reconciler};
 use super::{ControllerContext, ControllerError, EventType, ObjectKey, WorkQueue};
 use crate::selector::LabelSelector;
@@ -39,17 +39,6 @@ pub struct DeploymentController {
     deployments: Informer<Deployment>,
     replica_sets: Informer<ReplicaSet>,
     pods: Informer<Pod>,
-}
-
-fn owner_reference(d: &Deployment) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "Deployment".into(),
-        name: d.metadata.name.clone().unwrap_or_default(),
-        uid: d.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
 }
 
 fn spec_replicas(rs: &ReplicaSet) -> i32 {
@@ -189,7 +178,7 @@ impl DeploymentController {
                 Some(_) => {}
                 None if matches && !deleting && rs.metadata.deletion_timestamp.is_none() => {
                     let mut refs = rs.metadata.owner_references.clone().unwrap_or_default();
-                    refs.push(owner_reference(d));
+                    refs.push(controller_reference(d));
                     set_metadata_field(
                         &api,
                         &rs.metadata,
@@ -251,7 +240,7 @@ impl DeploymentController {
                 namespace: Some(namespace.clone()),
                 labels: template_meta.labels.clone(),
                 annotations: Some(annotations),
-                owner_references: Some(vec![owner_reference(d)]),
+                owner_references: Some(vec![controller_reference(d)]),
                 ..Default::default()
             },
             spec: Some(ReplicaSetSpec {
@@ -571,17 +560,14 @@ impl Reconciler for DeploymentController {
         if Some(&status) != d.status.as_ref() {
             let api: Api<Deployment> =
                 Api::namespaced(self.ctx.client.clone(), key.namespace_or_empty());
-            match api
-                .patch_status(
-                    &key.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": status})),
-                )
-                .await
+            if !crate::controller::status_patch::merge_status(
+                &api,
+                &key.name,
+                json!({"status": status}),
+            )
+            .await?
             {
-                Ok(_) => {}
-                Err(err) if super::error::is_not_found(&err) => return Ok(Action::Done),
-                Err(err) => return Err(err.into()),
+                return Ok(Action::Done);
             }
         }
         Ok(match recheck {
