@@ -10,7 +10,7 @@
 
 use super::selection::Selection;
 use crate::registry::ResourceKind;
-use crate::storage::{ObjectEvent, ObjectStorage};
+use crate::storage::{EncodedEvent, ObjectStorage};
 use crate::store::Revision;
 use axum::body::Bytes;
 use futures::StreamExt;
@@ -44,6 +44,12 @@ pub(crate) struct CachedObject {
 
 impl CachedObject {
     fn new(kind: &ResourceKind, object: &Value) -> Self {
+        let bytes = Bytes::from(serde_json::to_vec(object).unwrap_or_default());
+        Self::with_bytes(kind, object, bytes)
+    }
+
+    /// `object` whose JSON (with its resourceVersion) is `bytes`.
+    fn with_bytes(kind: &ResourceKind, object: &Value, bytes: Bytes) -> Self {
         let meta = &object["metadata"];
         let namespace = meta["namespace"].as_str().map(str::to_string);
         let name = meta["name"].as_str().unwrap_or_default();
@@ -71,7 +77,7 @@ impl CachedObject {
         CachedObject {
             key,
             namespace,
-            bytes: Bytes::from(serde_json::to_vec(object).unwrap_or_default()),
+            bytes,
             labels,
             fields,
         }
@@ -250,10 +256,10 @@ impl KindCache {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn apply(&self, event: ObjectEvent) {
+    fn apply(&self, event: EncodedEvent) {
         let mut state = self.lock();
         let (revision, cached) = match event {
-            ObjectEvent::Progress(revision) => {
+            EncodedEvent::Progress(revision) => {
                 state.revision = state.revision.max(revision);
                 let mut dead = Vec::new();
                 for (id, watcher) in &state.watchers {
@@ -271,13 +277,13 @@ impl KindCache {
                 self.progress.send_replace(revision);
                 return;
             }
-            ObjectEvent::Added(o) => {
-                let object = Arc::new(CachedObject::new(&self.kind, &o));
+            EncodedEvent::Added(o, bytes) => {
+                let object = Arc::new(CachedObject::with_bytes(&self.kind, &o, bytes));
                 state.objects.insert(object.key.clone(), object.clone());
                 (rv_of(&o), CachedEvent::Added(object))
             }
-            ObjectEvent::Modified { current, .. } => {
-                let object = Arc::new(CachedObject::new(&self.kind, &current));
+            EncodedEvent::Modified(current, bytes) => {
+                let object = Arc::new(CachedObject::with_bytes(&self.kind, &current, bytes));
                 let previous = state
                     .objects
                     .insert(object.key.clone(), object.clone())
@@ -290,8 +296,8 @@ impl KindCache {
                     },
                 )
             }
-            ObjectEvent::Deleted(o) => {
-                let object = Arc::new(CachedObject::new(&self.kind, &o));
+            EncodedEvent::Deleted(o, bytes) => {
+                let object = Arc::new(CachedObject::with_bytes(&self.kind, &o, bytes));
                 state.objects.remove(&object.key);
                 (rv_of(&o), CachedEvent::Deleted(object))
             }
@@ -365,7 +371,7 @@ impl KindCache {
             };
             cache.progress.send_replace(revision);
             drop(cache);
-            match storage.watch(&kind, None, revision).await {
+            match storage.watch_encoded(&kind, None, revision).await {
                 Ok(stream) => {
                     let mut stream = stream.boxed();
                     while let Some(item) = stream.next().await {

@@ -13,6 +13,7 @@ mod error;
 mod key;
 mod object;
 mod ttl_leases;
+mod versioned_bytes;
 
 pub use error::StorageError;
 pub use key::{object_key, object_prefix};
@@ -50,6 +51,20 @@ pub enum ObjectEvent {
     },
     /// Deleted (the last state, with the deletion's resourceVersion).
     Deleted(Value),
+    /// Everything up to this revision has been delivered.
+    Progress(Revision),
+}
+
+/// A change as [`ObjectStorage::watch_encoded`] reports it: the object (with its
+/// resourceVersion) both decoded and as JSON bytes, the bytes made without re-encoding.
+#[derive(Debug, Clone)]
+pub enum EncodedEvent {
+    /// Created.
+    Added(Value, bytes::Bytes),
+    /// Changed (the state before is not decoded: a cache knows it).
+    Modified(Value, bytes::Bytes),
+    /// Deleted (the last state, with the deletion's resourceVersion).
+    Deleted(Value, bytes::Bytes),
     /// Everything up to this revision has been delivered.
     Progress(Revision),
 }
@@ -341,6 +356,37 @@ impl ObjectStorage {
         }))
     }
 
+    /// [`watch`](Self::watch) for a cache that keeps encoded objects: each object is decoded
+    /// once and its bytes are the stored bytes with the revision spliced in; the previous state
+    /// of a modification is not decoded.
+    pub async fn watch_encoded(
+        &self,
+        kind: &ResourceKind,
+        namespace: Option<&str>,
+        revision: Revision,
+    ) -> Result<impl Stream<Item = Result<EncodedEvent, StorageError>> + Send + 'static, StorageError>
+    {
+        let prefix = object_prefix(kind, namespace)?;
+        let stream = self.store.watch(&prefix, revision).await?;
+        Ok(stream.map(|item| {
+            Ok(match item? {
+                WatchEvent::Created(kv) => {
+                    let (object, bytes) = decode_encoded(&kv, kv.mod_revision)?;
+                    EncodedEvent::Added(object, bytes)
+                }
+                WatchEvent::Modified { current, .. } => {
+                    let (object, bytes) = decode_encoded(&current, current.mod_revision)?;
+                    EncodedEvent::Modified(object, bytes)
+                }
+                WatchEvent::Deleted { previous, revision } => {
+                    let (object, bytes) = decode_encoded(&previous, revision)?;
+                    EncodedEvent::Deleted(object, bytes)
+                }
+                WatchEvent::Progress(revision) => EncodedEvent::Progress(revision),
+            })
+        }))
+    }
+
     /// [`create`](Self::create) for a typed object.
     pub async fn create_as<K: Serialize + DeserializeOwned>(
         &self,
@@ -368,6 +414,27 @@ impl ObjectStorage {
     ) -> Result<K, StorageError> {
         from_value(self.update(kind, to_value(object)?).await?)
     }
+}
+
+/// The stored object at `revision`, decoded and as bytes (spliced when the stored bytes carry
+/// no resourceVersion of their own, re-encoded otherwise).
+fn decode_encoded(
+    kv: &crate::store::KeyValue,
+    revision: Revision,
+) -> Result<(Value, bytes::Bytes), StorageError> {
+    let mut object = object::decode_stored(kv)?;
+    let stored_version = object["metadata"].get("resourceVersion").is_some();
+    object::set_resource_version(&mut object, revision);
+    let spliced = (!stored_version)
+        .then(|| versioned_bytes::with_resource_version(&kv.value, revision))
+        .flatten();
+    let bytes = match spliced {
+        Some(bytes) => bytes,
+        None => serde_json::to_vec(&object)
+            .map(bytes::Bytes::from)
+            .map_err(|e| StorageError::invalid("", &e.to_string()))?,
+    };
+    Ok((object, bytes))
 }
 
 fn to_value<K: Serialize>(object: &K) -> Result<Value, StorageError> {

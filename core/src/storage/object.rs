@@ -57,16 +57,21 @@ pub(super) fn encode(object: &mut Value) -> Result<Bytes, StorageError> {
 
 /// The object stored in a key-value, with its resourceVersion.
 pub(super) fn decode(kv: &KeyValue) -> Result<Value, StorageError> {
+    let mut object = decode_stored(kv)?;
+    set_resource_version(&mut object, kv.mod_revision);
+    Ok(object)
+}
+
+/// The object stored in a key-value, as stored (normally without a resourceVersion).
+pub(super) fn decode_stored(kv: &KeyValue) -> Result<Value, StorageError> {
     let corrupt = |reason: String| StorageError::Corrupt {
         key: kv.key.clone(),
         reason,
     };
-    let mut object: Value =
-        serde_json::from_slice(&kv.value).map_err(|e| corrupt(e.to_string()))?;
+    let object: Value = serde_json::from_slice(&kv.value).map_err(|e| corrupt(e.to_string()))?;
     if !object.is_object() {
         return Err(corrupt("stored value is not a JSON object".into()));
     }
-    set_resource_version(&mut object, kv.mod_revision);
     Ok(object)
 }
 
