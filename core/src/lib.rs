@@ -9,6 +9,7 @@ pub mod apiserver;
 pub mod controller;
 pub mod node;
 pub mod patch;
+pub mod proxy;
 pub mod quantity;
 pub mod registry;
 pub mod runtime;

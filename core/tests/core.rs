@@ -4,6 +4,7 @@
 mod apiserver;
 mod controllers;
 mod node_agent;
+mod proxy;
 mod registry_storage;
 mod scheduler;
 mod store_embedded;
