@@ -28,11 +28,11 @@ fn userspace_backend_passes_the_proxy_kit() {
     let options = KitOptions {
         local_cluster_ips: true,
     };
-    check_backend(&topology, options, || {
-        UserspaceProxy::new(UserspaceConfig {
+    check_backend(&topology, options, || async {
+        Ok(UserspaceProxy::new(UserspaceConfig {
             node_addresses: vec![capstan_core::proxy::testkit::NODE_ADDRESS.into()],
             cluster_ips: true,
-        })
+        }))
     })
     .expect("the userspace backend meets the proxy contract");
 }
@@ -139,7 +139,10 @@ async fn service_proxy_follows_services_and_endpoint_slices() {
         .await
         .unwrap();
     eventually("the NodePort to close", || ask(node_port).is_none()).await;
-    eventually("the table without web", || proxy.health().service_ports == 1).await;
+    eventually("the table without web", || {
+        proxy.health().service_ports == 1
+    })
+    .await;
     proxy.stop().await;
     informers.stop();
 }

@@ -1,5 +1,242 @@
-//! `capstan-net-iptables`: the `ProxyBackend` that programs iptables (nat) atomically.
+//! `capstan-net-iptables`: [`IptablesProxy`], the [`ProxyBackend`] that programs a node's
+//! Service data path in iptables' nat and filter tables, as kube-proxy's iptables mode does.
 //!
-//! Not built yet: the `ProxyBackend` trait and this backend arrive with the services and
-//! networking issue (G). The crate exists so the workspace layout is fixed from the start; it
-//! exports nothing.
+//! It owns only chains named `CAPSTAN-*` (see [`rules`](crate::rules) for their layout) and the
+//! jump rules into them from the built-in chains; cleanup removes exactly those. Every sync
+//! is one atomic `iptables-restore --noflush`. A sync whose table differs from the last one
+//! applied rewrites only the chains of changed Service ports; a sync of an unchanged table
+//! (the proxy's periodic resync) rewrites everything, repairing whatever was changed behind its
+//! back. IPv4 only: IPv6 cluster IPs and endpoints are skipped.
+//!
+//! ```no_run
+//! # async fn run(informers: capstan_core::controller::InformerFactory) -> Result<(), capstan_core::proxy::ProxyError> {
+//! use capstan_core::proxy::{ProxyConfig, ServiceProxy};
+//! use capstan_net_iptables::{IptablesConfig, IptablesProxy};
+//! use std::sync::Arc;
+//!
+//! let backend = IptablesProxy::new(IptablesConfig::default()).await?;
+//! let proxy = ServiceProxy::new(&informers, Arc::new(backend), ProxyConfig::default()).start();
+//! # Ok(()) }
+//! ```
+
+mod command;
+mod rules;
+mod variant;
+
+pub use rules::CHAIN_PREFIX;
+pub use variant::Variant;
+
+use async_trait::async_trait;
+use capstan_core::proxy::{ProxyBackend, ProxyError, ServiceTable};
+use rules::{RuleSettings, EXTERNAL_SERVICES, POSTROUTING, SERVICES};
+use std::collections::BTreeMap;
+use tokio::sync::Mutex;
+
+/// How an [`IptablesProxy`] programs its rules.
+#[derive(Debug, Clone)]
+pub struct IptablesConfig {
+    /// The cluster's pod range: traffic to a cluster IP from outside it is masqueraded (so
+    /// replies return through this node). `None`: only NodePort and hairpin traffic is.
+    pub cluster_cidr: Option<String>,
+    /// The packet mark bit that means "masquerade me" (kube-proxy uses 0x4000 too).
+    pub masquerade_mark: u32,
+    /// The iptables variant; `None` detects the host's.
+    pub variant: Option<Variant>,
+}
+
+impl Default for IptablesConfig {
+    fn default() -> Self {
+        IptablesConfig {
+            cluster_cidr: None,
+            masquerade_mark: 0x4000,
+            variant: None,
+        }
+    }
+}
+
+/// The iptables proxy backend.
+pub struct IptablesProxy {
+    settings: RuleSettings,
+    variant: Variant,
+    applied: Mutex<Option<Applied>>,
+}
+
+/// What the last successful sync left in the kernel.
+struct Applied {
+    table: ServiceTable,
+    chains: BTreeMap<String, Vec<String>>,
+}
+
+/// A jump from a built-in chain into ours: table, chain, extra matches, target.
+const JUMPS: &[(&str, &str, &[&str], &str)] = &[
+    ("nat", "PREROUTING", &[], SERVICES),
+    ("nat", "OUTPUT", &[], SERVICES),
+    ("nat", "POSTROUTING", &[], POSTROUTING),
+    ("filter", "INPUT", NEW, SERVICES),
+    ("filter", "FORWARD", NEW, SERVICES),
+    ("filter", "OUTPUT", NEW, SERVICES),
+    ("filter", "INPUT", NEW, EXTERNAL_SERVICES),
+    ("filter", "FORWARD", NEW, EXTERNAL_SERVICES),
+];
+const NEW: &[&str] = &["-m", "conntrack", "--ctstate", "NEW"];
+
+fn jump_spec(matches: &[&str], target: &str) -> Vec<String> {
+    let mut spec: Vec<String> = matches.iter().map(|m| m.to_string()).collect();
+    spec.extend(
+        [
+            "-m",
+            "comment",
+            "--comment",
+            "capstan service portals",
+            "-j",
+            target,
+        ]
+        .into_iter()
+        .map(String::from),
+    );
+    spec
+}
+
+impl IptablesProxy {
+    /// A backend on the configured (or detected) iptables variant; fails when the other
+    /// variant holds chains of ours.
+    pub async fn new(config: IptablesConfig) -> Result<Self, ProxyError> {
+        let variant = match config.variant {
+            Some(variant) => variant,
+            None => Variant::detect().await?,
+        };
+        variant.refuse_mixing().await?;
+        Ok(IptablesProxy {
+            settings: RuleSettings {
+                cluster_cidr: config.cluster_cidr,
+                masquerade_mark: config.masquerade_mark,
+            },
+            variant,
+            applied: Mutex::new(None),
+        })
+    }
+
+    /// The variant this backend programs.
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    async fn iptables(&self, args: &[&str]) -> Result<String, ProxyError> {
+        command::run(&self.variant.binary("iptables"), args, None).await
+    }
+
+    /// Our chains in the kernel, per table.
+    async fn existing_chains(&self) -> Result<BTreeMap<&'static str, Vec<String>>, ProxyError> {
+        let mut chains = BTreeMap::new();
+        for table in ["nat", "filter"] {
+            let saved =
+                command::run(&self.variant.binary("iptables-save"), &["-t", table], None).await?;
+            let ours = saved
+                .lines()
+                .filter_map(|l| l.strip_prefix(':'))
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|c| c.starts_with(CHAIN_PREFIX))
+                .map(str::to_string)
+                .collect();
+            chains.insert(table, ours);
+        }
+        Ok(chains)
+    }
+
+    async fn ensure_jumps(&self) -> Result<(), ProxyError> {
+        for (table, chain, matches, target) in JUMPS {
+            let spec = jump_spec(matches, target);
+            let spec: Vec<&str> = spec.iter().map(String::as_str).collect();
+            let mut check = vec!["-t", table, "-C", chain];
+            check.extend(&spec);
+            if self.iptables(&check).await.is_err() {
+                let mut insert = vec!["-t", table, "-I", chain];
+                insert.extend(&spec);
+                self.iptables(&insert).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn restore(&self, text: &str) -> Result<(), ProxyError> {
+        command::run(
+            &self.variant.binary("iptables-restore"),
+            &["--noflush"],
+            Some(text),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+#[async_trait]
+impl ProxyBackend for IptablesProxy {
+    async fn sync(&self, table: &ServiceTable) -> Result<(), ProxyError> {
+        let mut applied = self.applied.lock().await;
+        let partial = applied
+            .as_ref()
+            .filter(|a| &a.table != table)
+            .map(|a| a.chains.clone());
+        let full = partial.is_none();
+        // A full sync rewrites every chain and deletes ours that are no longer wanted,
+        // including those a previous process left.
+        let previous = match partial {
+            Some(chains) => chains,
+            None => self
+                .existing_chains()
+                .await?
+                .remove("nat")
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| c.starts_with("CAPSTAN-SVC-") || c.starts_with("CAPSTAN-SEP-"))
+                .map(|c| (c, Vec::new()))
+                .collect(),
+        };
+        let (text, chains) = rules::restore_text(table, Some(&previous), &self.settings);
+        *applied = None;
+        self.restore(&text).await?;
+        if full {
+            self.ensure_jumps().await?;
+        }
+        *applied = Some(Applied {
+            table: table.clone(),
+            chains,
+        });
+        Ok(())
+    }
+
+    async fn cleanup(&self) -> Result<(), ProxyError> {
+        let mut applied = self.applied.lock().await;
+        *applied = None;
+        for (table, chain, matches, target) in JUMPS {
+            let spec = jump_spec(matches, target);
+            let spec: Vec<&str> = spec.iter().map(String::as_str).collect();
+            let mut delete = vec!["-t", table, "-D", chain];
+            delete.extend(&spec);
+            // Deleted until none is left (a crashed run may have inserted it twice).
+            for _ in 0..8 {
+                if self.iptables(&delete).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let mut text = String::new();
+        for (table, chains) in self.existing_chains().await? {
+            if chains.is_empty() {
+                continue;
+            }
+            text.push_str(&format!("*{table}\n"));
+            for chain in &chains {
+                text.push_str(&format!(":{chain} - [0:0]\n"));
+            }
+            for chain in &chains {
+                text.push_str(&format!("-X {chain}\n"));
+            }
+            text.push_str("COMMIT\n");
+        }
+        if !text.is_empty() {
+            self.restore(&text).await?;
+        }
+        Ok(())
+    }
+}

@@ -3,9 +3,9 @@
 //!
 //! The topology: a "host" namespace (where the backend runs, as a node's proxy would) joined
 //! by veth pairs to a "client" namespace and to one namespace per "pod", each pod running a TCP
-//! and a UDP server that answer with the pod's name. The host routes between them and
-//! blackholes the service CIDR, so a packet for a service address without a rule goes nowhere.
-//! Nothing here has a route off the machine.
+//! and a UDP server that answer with the pod's name. The host routes between them and sends
+//! the service CIDR nowhere, so a packet for a service address without a rule is lost (and a
+//! connection to it hangs). Nothing here has a route off the machine.
 
 use super::{Protocol, ProxyBackend, ServiceEntry, ServicePortName, ServiceTable};
 use std::collections::HashMap;
@@ -22,7 +22,7 @@ pub const POD_TCP_PORT: u16 = 8080;
 pub const POD_UDP_PORT: u16 = 5353;
 /// The host's address as the client sees it (NodePorts are reached here).
 pub const NODE_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
-/// The service CIDR the host blackholes.
+/// The service CIDR, which leads nowhere on the host.
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 const CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
 
@@ -87,7 +87,16 @@ impl Topology {
         in_namespace(&host, || {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| e.to_string())
         })??;
-        ip(&["-n", &host, "route", "add", "blackhole", SERVICE_CIDR])?;
+        // The service CIDR leads nowhere: routed to one end of a veth pair whose other end
+        // answers no neighbour lookups (the kernel has no dummy devices here). Unlike a
+        // blackhole route, packets still pass the filter table's FORWARD chain first, where a
+        // proxy rejects connections to Services without endpoints.
+        ip(&[
+            "-n", &host, "link", "add", "svcsink", "type", "veth", "peer", "name", "svcsink1",
+        ])?;
+        ip(&["-n", &host, "link", "set", "svcsink", "up"])?;
+        ip(&["-n", &host, "link", "set", "svcsink1", "up"])?;
+        ip(&["-n", &host, "route", "add", SERVICE_CIDR, "dev", "svcsink"])?;
         let client = topology.client.clone();
         ip(&["netns", "add", &client])?;
         link(
@@ -303,11 +312,17 @@ fn entry(ip: &str, port: u16, node_port: Option<u16>, endpoints: Vec<SocketAddr>
 /// affinity Service sticks; a Service without endpoints is refused within a second; a removed
 /// endpoint gets no more connections; syncing one table twice changes nothing; a removed
 /// Service stops answering; after cleanup nothing answers.
-pub fn check_backend<B: ProxyBackend + 'static>(
+/// `make_backend` runs inside the host namespace.
+pub fn check_backend<B, F, Fut>(
     topology: &Topology,
     options: KitOptions,
-    make_backend: impl FnOnce() -> B + Send + 'static,
-) -> Result<(), String> {
+    make_backend: F,
+) -> Result<(), String>
+where
+    B: ProxyBackend + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<B, super::ProxyError>>,
+{
     assert!(topology.pods.len() >= 3, "the kit needs three pods");
     if options.local_cluster_ips {
         for ip in ["10.96.0.10", "10.96.0.11", "10.96.0.12"] {
@@ -365,7 +380,13 @@ pub fn check_backend<B: ProxyBackend + 'static>(
             };
             // The runtime keeps running between requests so userspace listeners stay up.
             runtime.block_on(async move {
-                let backend = make_backend();
+                let backend = match make_backend().await {
+                    Ok(backend) => backend,
+                    Err(err) => {
+                        let _ = to_kit.send(Err(format!("creating the backend: {err}")));
+                        return;
+                    }
+                };
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                 std::thread::spawn(move || {
                     while let Ok(request) = from_kit.recv() {
@@ -388,9 +409,14 @@ pub fn check_backend<B: ProxyBackend + 'static>(
         })
     };
     let apply = |table: &ServiceTable, cleanup: bool| -> Result<(), String> {
-        to_host
-            .send((table.clone(), cleanup))
-            .map_err(|_| "the backend thread ended".to_string())?;
+        if to_host.send((table.clone(), cleanup)).is_err() {
+            // The host thread ended early; it said why.
+            return Err(results
+                .try_recv()
+                .ok()
+                .and_then(Result::err)
+                .unwrap_or_else(|| "the backend thread ended".to_string()));
+        }
         results
             .recv_timeout(Duration::from_secs(60))
             .map_err(|_| "the backend did not answer in 60 s".to_string())?

@@ -1,0 +1,168 @@
+//! The iptables backend with real iptables inside network namespaces (root needed): the proxy
+//! conformance kit's traffic checks, cleanup restoring the tables exactly, one jump rule per
+//! hook however often it syncs, and refusing to mix iptables variants.
+
+use capstan_core::proxy::testkit::{
+    check_backend, in_namespace, network_namespaces_available, KitOptions, Topology,
+};
+use capstan_core::proxy::{ProxyBackend, ProxyError, ServiceTable};
+use capstan_core::service_gate::missing_service;
+use capstan_net_iptables::{IptablesConfig, IptablesProxy, Variant};
+
+fn namespaces() -> bool {
+    match network_namespaces_available() {
+        Ok(()) => true,
+        Err(why) => {
+            missing_service("root with network namespaces", &why);
+            false
+        }
+    }
+}
+
+/// The host namespace's rules, without comments and counters.
+fn saved(topology: &Topology) -> String {
+    let raw = topology
+        .host_command(&["iptables-save"])
+        .expect("iptables-save");
+    raw.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.rfind(" [") {
+            Some(at) if l.starts_with(':') => &l[..at],
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn iptables_backend_passes_the_proxy_kit_and_cleans_up_exactly() {
+    if !namespaces() {
+        return;
+    }
+    let topology = Topology::create(3).expect("topology");
+    // A rule of somebody else's, which must survive.
+    topology
+        .host_command(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            "10.250.0.0/24",
+            "-j",
+            "RETURN",
+        ])
+        .expect("a foreign rule");
+    topology
+        .host_command(&["iptables", "-t", "filter", "-S"])
+        .expect("touch filter");
+    let before = saved(&topology);
+    check_backend(&topology, KitOptions::default(), || async {
+        IptablesProxy::new(IptablesConfig {
+            cluster_cidr: Some("10.251.0.0/16".into()),
+            ..IptablesConfig::default()
+        })
+        .await
+    })
+    .expect("the iptables backend meets the proxy contract");
+    assert_eq!(saved(&topology), before, "cleanup restores the tables");
+}
+
+#[test]
+fn repeated_syncs_keep_one_jump_per_hook_and_replace_stale_chains() {
+    if !namespaces() {
+        return;
+    }
+    let topology = Topology::create(0).expect("topology");
+    let host = topology.host.clone();
+    let outcome = in_namespace(&host, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let backend = IptablesProxy::new(IptablesConfig::default()).await?;
+            let mut table = ServiceTable::default();
+            table.services.insert(
+                capstan_core::proxy::ServicePortName {
+                    namespace: "default".into(),
+                    name: "web".into(),
+                    port: String::new(),
+                    protocol: capstan_core::proxy::Protocol::Tcp,
+                },
+                capstan_core::proxy::ServiceEntry {
+                    cluster_ips: vec!["10.96.0.10".parse().expect("ip")],
+                    port: 80,
+                    node_port: None,
+                    affinity: None,
+                    endpoints: vec!["10.251.0.2:8080".parse().expect("endpoint")],
+                },
+            );
+            for _ in 0..3 {
+                backend.sync(&table).await?;
+            }
+            // A new backend (a restarted proxy) with an empty table removes the old chains.
+            let restarted = IptablesProxy::new(IptablesConfig::default()).await?;
+            restarted.sync(&table).await?;
+            let after_restart = restarted.variant();
+            restarted.sync(&ServiceTable::default()).await?;
+            Ok::<_, ProxyError>(after_restart)
+        })
+    })
+    .expect("namespace thread");
+    assert_eq!(outcome.expect("syncs"), Variant::Nft);
+    let saved = saved(&topology);
+    assert_eq!(
+        saved
+            .matches("-A PREROUTING -m comment --comment \"capstan service portals\"")
+            .count(),
+        1,
+        "{saved}"
+    );
+    assert_eq!(
+        saved.matches("-j CAPSTAN-EXTERNAL-SERVICES").count(),
+        2,
+        "{saved}"
+    );
+    assert!(
+        !saved.contains("CAPSTAN-SVC-"),
+        "stale chains stay: {saved}"
+    );
+    assert!(
+        !saved.contains("CAPSTAN-SEP-"),
+        "stale chains stay: {saved}"
+    );
+}
+
+#[test]
+fn refuses_to_program_nft_while_legacy_holds_our_chains() {
+    if !namespaces() {
+        return;
+    }
+    let topology = Topology::create(0).expect("topology");
+    topology
+        .host_command(&["iptables-legacy", "-t", "nat", "-N", "CAPSTAN-SERVICES"])
+        .expect("a legacy chain");
+    let host = topology.host.clone();
+    let result = in_namespace(&host, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime
+            .block_on(IptablesProxy::new(IptablesConfig {
+                variant: Some(Variant::Nft),
+                ..IptablesConfig::default()
+            }))
+            .map(|_| ())
+    })
+    .expect("namespace thread");
+    match result {
+        Err(ProxyError::Unsupported(why)) => assert!(why.contains("legacy"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    topology
+        .host_command(&["iptables-legacy", "-t", "nat", "-X", "CAPSTAN-SERVICES"])
+        .expect("remove the legacy chain");
+}
