@@ -80,21 +80,58 @@ const JUMPS: &[(&str, &str, &[&str], &str)] = &[
 ];
 const NEW: &[&str] = &["-m", "conntrack", "--ctstate", "NEW"];
 
+const JUMP_COMMENT: &str = "capstan service portals";
+
 fn jump_spec(matches: &[&str], target: &str) -> Vec<String> {
     let mut spec: Vec<String> = matches.iter().map(|m| m.to_string()).collect();
     spec.extend(
-        [
-            "-m",
-            "comment",
-            "--comment",
-            "capstan service portals",
-            "-j",
-            target,
-        ]
-        .into_iter()
-        .map(String::from),
+        ["-m", "comment", "--comment", JUMP_COMMENT, "-j", target]
+            .into_iter()
+            .map(String::from),
     );
     spec
+}
+
+/// Our chains and jump rules in one table, as iptables-save printed them.
+struct Existing {
+    chains: Vec<String>,
+    jumps: Vec<String>,
+}
+
+impl Existing {
+    /// Whether the jump from `chain` to `target` is there.
+    fn has_jump(&self, chain: &str, target: &str) -> bool {
+        self.jumps
+            .iter()
+            .any(|l| l.starts_with(&format!("-A {chain} ")) && l.ends_with(&format!("-j {target}")))
+    }
+}
+
+/// Restore lines inserting the jumps missing from `existing` (in the same transaction as the
+/// chains, so a first sync needs no separate commands).
+fn missing_jumps(existing: &BTreeMap<&'static str, Existing>) -> rules::ExtraRules {
+    let mut extra = rules::ExtraRules::default();
+    for (table, chain, matches, target) in JUMPS {
+        if existing
+            .get(table)
+            .is_some_and(|e| e.has_jump(chain, target))
+        {
+            continue;
+        }
+        let mut line = format!("-I {chain} 1 ");
+        for m in *matches {
+            line.push_str(m);
+            line.push(' ');
+        }
+        line.push_str(&format!(
+            "-m comment --comment \"{JUMP_COMMENT}\" -j {target}"
+        ));
+        match *table {
+            "nat" => extra.nat.push(line),
+            _ => extra.filter.push(line),
+        }
+    }
+    extra
 }
 
 impl IptablesProxy {
@@ -125,37 +162,27 @@ impl IptablesProxy {
         command::run(&self.variant.binary("iptables"), args, None).await
     }
 
-    /// Our chains in the kernel, per table.
-    async fn existing_chains(&self) -> Result<BTreeMap<&'static str, Vec<String>>, ProxyError> {
-        let mut chains = BTreeMap::new();
+    /// What the kernel holds of ours, per table: our chains and the jump rules into them.
+    async fn existing(&self) -> Result<BTreeMap<&'static str, Existing>, ProxyError> {
+        let mut existing = BTreeMap::new();
         for table in ["nat", "filter"] {
             let saved =
                 command::run(&self.variant.binary("iptables-save"), &["-t", table], None).await?;
-            let ours = saved
+            let chains = saved
                 .lines()
                 .filter_map(|l| l.strip_prefix(':'))
                 .filter_map(|l| l.split_whitespace().next())
                 .filter(|c| c.starts_with(CHAIN_PREFIX))
                 .map(str::to_string)
                 .collect();
-            chains.insert(table, ours);
+            let jumps = saved
+                .lines()
+                .filter(|l| l.contains(JUMP_COMMENT))
+                .map(str::to_string)
+                .collect();
+            existing.insert(table, Existing { chains, jumps });
         }
-        Ok(chains)
-    }
-
-    async fn ensure_jumps(&self) -> Result<(), ProxyError> {
-        for (table, chain, matches, target) in JUMPS {
-            let spec = jump_spec(matches, target);
-            let spec: Vec<&str> = spec.iter().map(String::as_str).collect();
-            let mut check = vec!["-t", table, "-C", chain];
-            check.extend(&spec);
-            if self.iptables(&check).await.is_err() {
-                let mut insert = vec!["-t", table, "-I", chain];
-                insert.extend(&spec);
-                self.iptables(&insert).await?;
-            }
-        }
-        Ok(())
+        Ok(existing)
     }
 
     async fn restore(&self, text: &str) -> Result<(), ProxyError> {
@@ -177,27 +204,26 @@ impl ProxyBackend for IptablesProxy {
             .as_ref()
             .filter(|a| &a.table != table)
             .map(|a| a.chains.clone());
-        let full = partial.is_none();
-        // A full sync rewrites every chain and deletes ours that are no longer wanted,
-        // including those a previous process left.
-        let previous = match partial {
-            Some(chains) => chains,
-            None => self
-                .existing_chains()
-                .await?
-                .remove("nat")
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|c| c.starts_with("CAPSTAN-SVC-") || c.starts_with("CAPSTAN-SEP-"))
-                .map(|c| (c, Vec::new()))
-                .collect(),
+        // A full sync rewrites every chain, deletes ours that are no longer wanted (including
+        // those a previous process left) and puts back missing jumps into our chains.
+        let (previous, extra) = match partial {
+            Some(chains) => (chains, rules::ExtraRules::default()),
+            None => {
+                let existing = self.existing().await?;
+                let previous = existing
+                    .get("nat")
+                    .map(|e| e.chains.clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|c| c.starts_with("CAPSTAN-SVC-") || c.starts_with("CAPSTAN-SEP-"))
+                    .map(|c| (c, Vec::new()))
+                    .collect();
+                (previous, missing_jumps(&existing))
+            }
         };
-        let (text, chains) = rules::restore_text(table, Some(&previous), &self.settings);
+        let (text, chains) = rules::restore_text(table, Some(&previous), &self.settings, &extra);
         *applied = None;
         self.restore(&text).await?;
-        if full {
-            self.ensure_jumps().await?;
-        }
         *applied = Some(Applied {
             table: table.clone(),
             chains,
@@ -221,7 +247,8 @@ impl ProxyBackend for IptablesProxy {
             }
         }
         let mut text = String::new();
-        for (table, chains) in self.existing_chains().await? {
+        for (table, existing) in self.existing().await? {
+            let chains = existing.chains;
             if chains.is_empty() {
                 continue;
             }

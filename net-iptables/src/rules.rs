@@ -203,10 +203,18 @@ fn entry_rules(table: &ServiceTable) -> EntryRules {
 /// The restore text for `table`. `previous` (the table last applied, with the chains it made)
 /// makes it partial: only the chains of changed Service ports are rewritten; chains no longer
 /// needed are flushed and deleted. Without `previous`, every chain is written.
+/// Rules of other chains to add in the same transaction (the jumps into ours), per table.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ExtraRules {
+    pub nat: Vec<String>,
+    pub filter: Vec<String>,
+}
+
 pub(crate) fn restore_text(
     table: &ServiceTable,
     previous: Option<&BTreeMap<String, Vec<String>>>,
     settings: &RuleSettings,
+    extra: &ExtraRules,
 ) -> (String, BTreeMap<String, Vec<String>>) {
     let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, entry) in &table.services {
@@ -253,10 +261,18 @@ pub(crate) fn restore_text(
     for chain in &removed {
         let _ = writeln!(text, "-X {chain}");
     }
+    for line in &extra.nat {
+        text.push_str(line);
+        text.push('\n');
+    }
     text.push_str("COMMIT\n*filter\n");
     let _ = writeln!(text, ":{SERVICES} - [0:0]");
     let _ = writeln!(text, ":{EXTERNAL_SERVICES} - [0:0]");
     for line in rules.filter_services.iter().chain(&rules.filter_external) {
+        text.push_str(line);
+        text.push('\n');
+    }
+    for line in &extra.filter {
         text.push_str(line);
         text.push('\n');
     }
@@ -315,6 +331,7 @@ mod tests {
             &table(&["10.244.0.5:8080", "10.244.1.6:8080", "10.244.2.7:8080"]),
             None,
             &settings(),
+            &ExtraRules::default(),
         );
         assert_eq!(chains.len(), 4);
         assert!(text.contains("--probability 0.3333333333"));
@@ -328,7 +345,7 @@ mod tests {
 
     #[test]
     fn no_endpoints_means_reject_and_no_service_chains() {
-        let (text, chains) = restore_text(&table(&[]), None, &settings());
+        let (text, chains) = restore_text(&table(&[]), None, &settings(), &ExtraRules::default());
         assert!(chains.is_empty());
         assert!(text.contains("-A CAPSTAN-SERVICES -m comment --comment \"default/web:http/tcp\" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j REJECT"));
         assert!(text.contains("-A CAPSTAN-EXTERNAL-SERVICES -m addrtype --dst-type LOCAL"));
@@ -340,8 +357,14 @@ mod tests {
             &table(&["10.244.0.5:8080", "10.244.1.6:8080"]),
             None,
             &settings(),
+            &ExtraRules::default(),
         );
-        let (text, after) = restore_text(&table(&["10.244.0.5:8080"]), Some(&before), &settings());
+        let (text, after) = restore_text(
+            &table(&["10.244.0.5:8080"]),
+            Some(&before),
+            &settings(),
+            &ExtraRules::default(),
+        );
         let stale: Vec<&String> = before.keys().filter(|c| !after.contains_key(*c)).collect();
         assert_eq!(stale.len(), 1);
         assert!(text.contains(&format!("-X {}", stale[0])));
@@ -349,7 +372,12 @@ mod tests {
         let kept = endpoint_chain(&name("web"), &"10.244.0.5:8080".parse().unwrap());
         assert!(!text.contains(&format!(":{kept}")));
         assert!(text.contains(&format!(":{}", service_chain(&name("web")))));
-        let (unchanged, _) = restore_text(&table(&["10.244.0.5:8080"]), Some(&after), &settings());
+        let (unchanged, _) = restore_text(
+            &table(&["10.244.0.5:8080"]),
+            Some(&after),
+            &settings(),
+            &ExtraRules::default(),
+        );
         assert!(!unchanged.contains("CAPSTAN-SEP-"));
     }
 }

@@ -55,8 +55,18 @@ fn iptables_backend_passes_the_proxy_kit_and_cleans_up_exactly() {
         ])
         .expect("a foreign rule");
     topology
-        .host_command(&["iptables", "-t", "filter", "-S"])
-        .expect("touch filter");
+        .host_command(&[
+            "iptables",
+            "-t",
+            "filter",
+            "-A",
+            "INPUT",
+            "-s",
+            "10.250.0.9",
+            "-j",
+            "RETURN",
+        ])
+        .expect("a foreign filter rule");
     let before = saved(&topology);
     check_backend(&topology, KitOptions::default(), || async {
         IptablesProxy::new(IptablesConfig {
