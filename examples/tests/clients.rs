@@ -753,6 +753,13 @@ fn capstan_up_refuses_non_loopback_addresses_and_bad_flags() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown flag --bogus"));
+    let output = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["up", "--proxy", "ipvs"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("--proxy must be userspace, iptables or none"));
 }
 
 #[cfg(feature = "etcd")]
@@ -838,6 +845,20 @@ fn free_port() -> u16 {
 
 /// Runs `kubectl port-forward pod/<pod> :<port>` and returns what an HTTP GET through the
 /// forwarded local port answers.
+/// `GET /` on a loopback port; the response, or the error as text.
+fn http_get_local(port: u16) -> String {
+    use std::io::{Read, Write};
+    let attempt = || -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        Ok(body)
+    };
+    attempt().unwrap_or_else(|e| e.to_string())
+}
+
 fn port_forward_get(k: &Kubectl, pod: &str, port: u16) -> String {
     port_forward_run(k, pod, port).0
 }
@@ -937,7 +958,7 @@ async fn kubectl_logs_exec_and_top_on_docker() {
             std::thread::sleep(Duration::from_millis(200));
         }
         let manifest = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker}}\nspec:\n  nodeName: e2e-node\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {TEST_IMAGE}\n    command: [sh, -c, 'i=0; while true; do echo line-$i; i=$((i+1)); sleep 0.2; done']\n  - name: side\n    image: {TEST_IMAGE}\n    command: [sh, -c, 'mkdir -p /www && echo forwarded-ok > /www/index.html && exec httpd -f -p 8080 -h /www']\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: crasher}}\nspec:\n  nodeName: e2e-node\n  containers:\n  - name: main\n    image: {TEST_IMAGE}\n    command: [sh, -c, 'echo boom; exit 1']\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker, labels: {{app: talker}}}}\nspec:\n  nodeName: e2e-node\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {TEST_IMAGE}\n    command: [sh, -c, 'i=0; while true; do echo line-$i; i=$((i+1)); sleep 0.2; done']\n  - name: side\n    image: {TEST_IMAGE}\n    command: [sh, -c, 'mkdir -p /www && echo forwarded-ok > /www/index.html && exec httpd -f -p 8080 -h /www']\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: crasher}}\nspec:\n  nodeName: e2e-node\n  containers:\n  - name: main\n    image: {TEST_IMAGE}\n    command: [sh, -c, 'echo boom; exit 1']\n"
         );
         k.ok(&["apply", "-f", "-"], Some(&manifest), &["pod/talker created"]);
         k.ok(
@@ -946,6 +967,28 @@ async fn kubectl_logs_exec_and_top_on_docker() {
             &["condition met"],
         );
         k.ok(&["get", "pods", "-o", "wide"], None, &["talker", "Running", "10.244.203.", "e2e-node"]);
+
+        // A NodePort Service reaches the pod through the userspace proxy on loopback.
+        k.ok(
+            &["expose", "pod", "talker", "--type=NodePort", "--port=80", "--target-port=8080"],
+            None,
+            &["service/talker exposed"],
+        );
+        let node_port: u16 = k
+            .ok(&["get", "service", "talker", "-o", "jsonpath={.spec.ports[0].nodePort}"], None, &[])
+            .trim()
+            .parse()
+            .expect("a NodePort");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let body = http_get_local(node_port);
+            if body.contains("forwarded-ok") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "NodePort {node_port} never answered: {body}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        k.ok(&["delete", "service", "talker"], None, &["deleted"]);
 
         // logs: --tail and -c.
         std::thread::sleep(Duration::from_secs(1));

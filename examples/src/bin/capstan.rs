@@ -2,24 +2,32 @@
 //!
 //! `capstan up [--data-dir DIR] [--listen ADDR] [--store embedded|memory|etcd]
 //! [--etcd-endpoints URL,…] [--node-name NAME] [--runtime auto|docker|sim]
-//! [--pod-cidr CIDR] [--sandbox-image IMAGE]` runs the API server on the embedded durable
+//! [--pod-cidr CIDR] [--sandbox-image IMAGE] [--proxy userspace|iptables|none]` runs the API server on the embedded durable
 //! store (default `./.capstan/store.redb`), the controller manager and the scheduler (each
 //! under a leader-election Lease) and one node agent (Docker when its socket answers,
-//! otherwise the simulated runtime), writes `DIR/kubeconfig`, prints the kubectl command to
+//! otherwise the simulated runtime) and the service proxy (userspace by default: NodePorts on
+//! loopback, no root; `--proxy iptables` programs this host's iptables so containers reach
+//! cluster IPs too, as kube-proxy does), writes `DIR/kubeconfig`, prints the kubectl command to
 //! use, and stops cleanly on SIGINT or SIGTERM (containers keep running and are adopted on the
 //! next start). Until authentication lands it serves loopback addresses only.
 
 use capstan_core::apiserver::{ApiConfig, ApiServer};
-use capstan_core::controller::{ControllerManager, ControllerManagerConfig, LeaderElectionConfig};
+use capstan_core::controller::{
+    ControllerManager, ControllerManagerConfig, InformerFactory, LeaderElectionConfig,
+};
 use capstan_core::node::{NodeAgent, NodeConfig};
+use capstan_core::proxy::{
+    ProxyBackend, ProxyConfig, ServiceProxy, UserspaceConfig, UserspaceProxy,
+};
 use capstan_core::runtime::sim::SimRuntime;
 use capstan_core::runtime::ContainerRuntime;
 use capstan_core::scheduler::{Scheduler, SchedulerConfig};
 use capstan_core::store::{EmbeddedStore, EmbeddedStoreConfig, MemoryStore, Store};
+use capstan_net_iptables::{IptablesConfig, IptablesProxy};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-const USAGE: &str = "usage: capstan up [--data-dir DIR] [--listen ADDR] [--store embedded|memory|etcd] [--etcd-endpoints URL,...] [--node-name NAME] [--runtime auto|docker|sim] [--pod-cidr CIDR] [--sandbox-image IMAGE]";
+const USAGE: &str = "usage: capstan up [--data-dir DIR] [--listen ADDR] [--store embedded|memory|etcd] [--etcd-endpoints URL,...] [--node-name NAME] [--runtime auto|docker|sim] [--pod-cidr CIDR] [--sandbox-image IMAGE] [--proxy userspace|iptables|none]";
 
 struct UpOptions {
     data_dir: PathBuf,
@@ -30,6 +38,7 @@ struct UpOptions {
     runtime: String,
     pod_cidr: String,
     sandbox_image: Option<String>,
+    proxy: String,
 }
 
 fn default_node_name() -> String {
@@ -50,6 +59,7 @@ fn parse_up(args: &[String]) -> Result<UpOptions, String> {
         runtime: "auto".into(),
         pod_cidr: "10.244.0.0/24".into(),
         sandbox_image: None,
+        proxy: "userspace".into(),
     };
     let mut rest = args.iter();
     while let Some(flag) = rest.next() {
@@ -74,11 +84,47 @@ fn parse_up(args: &[String]) -> Result<UpOptions, String> {
             "--runtime" => options.runtime = value()?,
             "--pod-cidr" => options.pod_cidr = value()?,
             "--sandbox-image" => options.sandbox_image = Some(value()?),
+            "--proxy" => options.proxy = value()?,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
+    if !["userspace", "iptables", "none"].contains(&options.proxy.as_str()) {
+        return Err(format!(
+            "--proxy must be userspace, iptables or none, not {}\n{USAGE}",
+            options.proxy
+        ));
+    }
     Ok(options)
+}
+
+/// The service proxy for `--proxy`, with the line that describes it.
+async fn open_proxy(
+    options: &UpOptions,
+) -> Result<Option<(Arc<dyn ProxyBackend>, String)>, String> {
+    match options.proxy.as_str() {
+        "iptables" => {
+            let backend = IptablesProxy::new(IptablesConfig {
+                cluster_cidr: Some(options.pod_cidr.clone()),
+                ..IptablesConfig::default()
+            })
+            .await
+            .map_err(|e| format!("cannot use iptables: {e}"))?;
+            let line = format!("iptables ({:?})", backend.variant());
+            Ok(Some((Arc::new(backend), line)))
+        }
+        "userspace" => {
+            let backend = UserspaceProxy::new(UserspaceConfig {
+                node_addresses: vec![std::net::Ipv4Addr::LOCALHOST.into()],
+                cluster_ips: false,
+            });
+            Ok(Some((
+                Arc::new(backend),
+                "userspace (NodePorts on 127.0.0.1)".to_string(),
+            )))
+        }
+        _ => Ok(None),
+    }
 }
 
 async fn open_store(options: &UpOptions) -> Result<Arc<dyn Store>, String> {
@@ -252,11 +298,24 @@ async fn up(options: UpOptions) -> Result<(), String> {
         options.node_name,
         agent.server_address()
     );
+    let proxy = match open_proxy(&options).await? {
+        Some((backend, line)) => {
+            let informers = InformerFactory::in_process(&server);
+            let proxy = ServiceProxy::new(&informers, backend, ProxyConfig::default()).start();
+            println!("capstan: service proxy: {line}");
+            Some((proxy, informers))
+        }
+        None => None,
+    };
     println!(
         "capstan: use it with\n  kubectl --kubeconfig {} get nodes",
         absolute.display()
     );
     let served = serving.await;
+    if let Some((proxy, informers)) = proxy {
+        proxy.stop().await;
+        informers.stop();
+    }
     agent.stop().await;
     scheduler.stop().await;
     controllers.stop().await;
