@@ -7,6 +7,7 @@
 
 pub mod apiserver;
 pub mod controller;
+pub mod dns;
 pub mod node;
 pub mod patch;
 pub mod proxy;

@@ -3,6 +3,7 @@
 
 mod apiserver;
 mod controllers;
+mod dns;
 mod node_agent;
 mod proxy;
 mod registry_storage;
