@@ -988,6 +988,24 @@ async fn kubectl_logs_exec_and_top_on_docker() {
             assert!(std::time::Instant::now() < deadline, "NodePort {node_port} never answered: {body}");
             std::thread::sleep(Duration::from_millis(300));
         }
+        // Cluster DNS: the pod's resolver points at it and resolves the Service's name.
+        let cluster_ip = k.ok(&["get", "service", "talker", "-o", "jsonpath={.spec.clusterIP}"], None, &[]);
+        k.ok(
+            &["exec", "talker", "-c", "main", "--", "cat", "/etc/resolv.conf"],
+            None,
+            // Docker's embedded resolver (127.0.0.11) forwards to the cluster DNS on user networks.
+            &["search default.svc.cluster.local svc.cluster.local cluster.local", "ndots:5"],
+        );
+        k.ok(
+            &["exec", "talker", "-c", "main", "--", "nslookup", "talker.default.svc.cluster.local"],
+            None,
+            &[cluster_ip.trim()],
+        );
+        k.fails(
+            &["exec", "talker", "-c", "main", "--", "nslookup", "nothing.default.svc.cluster.local"],
+            None,
+            &["NXDOMAIN"],
+        );
         k.ok(&["delete", "service", "talker"], None, &["deleted"]);
 
         // logs: --tail and -c.

@@ -336,6 +336,9 @@ impl ContainerRuntime for DockerRuntime {
                     self.network.clone()
                 }),
                 ipc_mode: Some("shareable".into()),
+                dns: config.dns.as_ref().map(|d| d.nameservers.clone()),
+                dns_search: config.dns.as_ref().map(|d| d.searches.clone()),
+                dns_options: config.dns.as_ref().map(|d| d.options.clone()),
                 ..Default::default()
             }),
             ..Default::default()

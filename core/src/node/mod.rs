@@ -19,6 +19,7 @@
 //! ```
 
 mod admission;
+mod dns_policy;
 mod environment;
 mod pod_status;
 mod pod_worker;
@@ -108,6 +109,10 @@ pub struct NodeConfig {
     pub max_backoff: Duration,
     /// How often container usage is sampled for `/stats/summary` (and metrics.k8s.io).
     pub stats_interval: Duration,
+    /// The cluster DNS server pods with dnsPolicy ClusterFirst use (`None`: the host's).
+    pub cluster_dns: Option<IpAddr>,
+    /// The cluster domain in pods' search paths.
+    pub cluster_domain: String,
 }
 
 impl NodeConfig {
@@ -129,6 +134,8 @@ impl NodeConfig {
             initial_backoff: Duration::from_secs(10),
             max_backoff: Duration::from_secs(300),
             stats_interval: Duration::from_secs(10),
+            cluster_dns: None,
+            cluster_domain: "cluster.local".into(),
         }
     }
 

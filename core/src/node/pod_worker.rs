@@ -467,6 +467,11 @@ impl PodWorker {
                             .unwrap_or_else(|| self.name().to_string()),
                         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
                         labels,
+                        dns: super::dns_policy::pod_dns(
+                            &self.pod,
+                            self.shared.config.cluster_dns,
+                            &self.shared.config.cluster_domain,
+                        ),
                     })
                     .await?
             }

@@ -114,6 +114,19 @@ pub struct SandboxConfig {
     pub host_network: bool,
     /// Labels to put on the sandbox (the agent's ownership labels).
     pub labels: BTreeMap<String, String>,
+    /// The pod's resolver configuration; `None` keeps the runtime's default (the host's).
+    pub dns: Option<DnsSettings>,
+}
+
+/// What a sandbox's `/etc/resolv.conf` says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Name servers, in order.
+    pub nameservers: Vec<String>,
+    /// Search domains, in order.
+    pub searches: Vec<String>,
+    /// Resolver options (`ndots:5`, …).
+    pub options: Vec<String>,
 }
 
 /// A sandbox as the runtime reports it.

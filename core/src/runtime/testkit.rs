@@ -100,6 +100,7 @@ async fn lifecycle(runtime: &dyn ContainerRuntime, fixture: &Fixture) -> Result<
     let labels = owner(fixture, "lifecycle");
     let sandbox = runtime
         .run_sandbox(&SandboxConfig {
+            dns: None,
             namespace: "default".into(),
             name: format!("{}-lifecycle", fixture.prefix),
             uid: format!("{}-lifecycle", fixture.prefix),
@@ -218,6 +219,7 @@ async fn exits_and_events(runtime: &dyn ContainerRuntime, fixture: &Fixture) -> 
     let labels = owner(fixture, "exits");
     let sandbox = runtime
         .run_sandbox(&SandboxConfig {
+            dns: None,
             namespace: "default".into(),
             name: format!("{}-exits", fixture.prefix),
             uid: format!("{}-exits", fixture.prefix),
@@ -273,6 +275,7 @@ async fn exec_logs_and_stats(
     let labels = owner(fixture, "exec");
     let sandbox = runtime
         .run_sandbox(&SandboxConfig {
+            dns: None,
             namespace: "default".into(),
             name: format!("{}-exec", fixture.prefix),
             uid: format!("{}-exec", fixture.prefix),

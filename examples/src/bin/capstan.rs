@@ -15,6 +15,7 @@ use capstan_core::apiserver::{ApiConfig, ApiServer};
 use capstan_core::controller::{
     ControllerManager, ControllerManagerConfig, InformerFactory, LeaderElectionConfig,
 };
+use capstan_core::dns::{ClusterDns, DnsConfig};
 use capstan_core::node::{NodeAgent, NodeConfig};
 use capstan_core::proxy::{
     ProxyBackend, ProxyConfig, ServiceProxy, UserspaceConfig, UserspaceProxy,
@@ -96,6 +97,13 @@ fn parse_up(args: &[String]) -> Result<UpOptions, String> {
         ));
     }
     Ok(options)
+}
+
+/// The first address of an IPv4 pod CIDR: the gateway of the pod network.
+fn pod_gateway(cidr: &str) -> Option<std::net::IpAddr> {
+    let (network, _) = cidr.split_once('/')?;
+    let network: std::net::Ipv4Addr = network.parse().ok()?;
+    Some(std::net::Ipv4Addr::from(u32::from(network).checked_add(1)?).into())
 }
 
 /// The service proxy for `--proxy`, with the line that describes it.
@@ -289,6 +297,32 @@ async fn up(options: UpOptions) -> Result<(), String> {
     node_config.root_dir = std::path::absolute(options.data_dir.join("node"))
         .unwrap_or_else(|_| options.data_dir.join("node"));
     node_config.pod_cidr = Some(options.pod_cidr.clone());
+    let informers = InformerFactory::in_process(&server);
+    // Real containers get the cluster DNS on their network's gateway (this host's address on
+    // the pod bridge); simulated pods resolve nothing.
+    let dns = match (
+        runtime.capabilities().real_processes,
+        pod_gateway(&options.pod_cidr),
+    ) {
+        (true, Some(gateway)) => {
+            let config = DnsConfig {
+                listen: std::net::SocketAddr::new(gateway, 53),
+                ..DnsConfig::default()
+            };
+            match ClusterDns::new(&informers, config).start().await {
+                Ok(dns) => {
+                    println!("capstan: cluster DNS on {} (cluster.local)", dns.address());
+                    node_config.cluster_dns = Some(gateway);
+                    Some(dns)
+                }
+                Err(err) => {
+                    println!("capstan: cluster DNS off ({err})");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let agent = NodeAgent::new(server.client(), runtime, node_config)
         .start()
         .await
@@ -300,10 +334,9 @@ async fn up(options: UpOptions) -> Result<(), String> {
     );
     let proxy = match open_proxy(&options).await? {
         Some((backend, line)) => {
-            let informers = InformerFactory::in_process(&server);
             let proxy = ServiceProxy::new(&informers, backend, ProxyConfig::default()).start();
             println!("capstan: service proxy: {line}");
-            Some((proxy, informers))
+            Some(proxy)
         }
         None => None,
     };
@@ -312,10 +345,13 @@ async fn up(options: UpOptions) -> Result<(), String> {
         absolute.display()
     );
     let served = serving.await;
-    if let Some((proxy, informers)) = proxy {
+    if let Some(proxy) = proxy {
         proxy.stop().await;
-        informers.stop();
     }
+    if let Some(dns) = dns {
+        dns.stop().await;
+    }
+    informers.stop();
     agent.stop().await;
     scheduler.stop().await;
     controllers.stop().await;
