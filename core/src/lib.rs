@@ -16,6 +16,7 @@ pub mod registry;
 pub mod runtime;
 pub mod scheduler;
 pub mod selector;
+mod service_addresses;
 #[cfg(feature = "testkit")]
 pub mod service_gate;
 pub mod storage;

@@ -12,6 +12,7 @@
 //! Any other name — inside the domain or not — is NXDOMAIN: nothing is forwarded (no packet
 //! leaves the machine). A known name without records of the asked type is NOERROR and empty.
 
+use crate::service_addresses::{cluster_ips, ready_addresses, slice_service};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use k8s_openapi::api::core::v1::Service;
@@ -21,7 +22,6 @@ use std::net::{IpAddr, Ipv4Addr};
 
 /// The TTL of every answer, in seconds (changes show up quickly).
 const TTL: u32 = 5;
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// What one Service resolves to.
 #[derive(Debug, Clone, Default)]
@@ -75,13 +75,7 @@ impl ClusterZone {
             } else if spec.cluster_ip.as_deref() == Some("None") {
                 names.headless = true;
             } else {
-                let listed = spec.cluster_ips.clone().unwrap_or_default();
-                let all = if listed.is_empty() {
-                    spec.cluster_ip.iter().cloned().collect()
-                } else {
-                    listed
-                };
-                names.cluster_ips = all.iter().filter_map(|ip| ip.parse().ok()).collect();
+                names.cluster_ips = cluster_ips(spec);
             }
             for port in spec.ports.iter().flatten() {
                 if let (Some(port_name), Ok(number)) = (&port.name, u16::try_from(port.port)) {
@@ -99,12 +93,7 @@ impl ClusterZone {
                 .insert((namespace, name.to_ascii_lowercase()), names);
         }
         for slice in slices {
-            let Some(service) = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            else {
+            let Some(service) = slice_service(slice) else {
                 continue;
             };
             let namespace = slice.metadata.namespace.clone().unwrap_or_default();
@@ -117,21 +106,9 @@ impl ClusterZone {
             if !names.headless {
                 continue;
             }
-            for endpoint in &slice.endpoints {
-                let ready = endpoint
-                    .conditions
-                    .as_ref()
-                    .and_then(|c| c.ready)
-                    .unwrap_or(true);
-                if !ready {
-                    continue;
-                }
-                for address in &endpoint.addresses {
-                    if let Ok(ip) = address.parse::<IpAddr>() {
-                        if !names.endpoints.iter().any(|(known, _)| *known == ip) {
-                            names.endpoints.push((ip, endpoint.hostname.clone()));
-                        }
-                    }
+            for (ip, endpoint) in ready_addresses(slice) {
+                if !names.endpoints.iter().any(|(known, _)| *known == ip) {
+                    names.endpoints.push((ip, endpoint.hostname.clone()));
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! built from Services and EndpointSlices by a pure function. Backends turn it into rules or
 //! listeners; it never touches the network itself.
 
+use crate::service_addresses::{cluster_ips, ready_addresses, slice_service};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::{BTreeMap, BTreeSet};
@@ -9,8 +10,6 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-/// The label naming an EndpointSlice's Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Kubernetes' default ClientIP affinity timeout (3 hours).
 const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10_800);
 
@@ -177,28 +176,11 @@ impl ServiceTable {
     }
 }
 
-fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<IpAddr> {
-    let listed = spec.cluster_ips.clone().unwrap_or_default();
-    let all = if listed.is_empty() {
-        spec.cluster_ip.iter().cloned().collect()
-    } else {
-        listed
-    };
-    let mut ips: Vec<IpAddr> = all.iter().filter_map(|ip| ip.parse().ok()).collect();
-    ips.sort_by_key(|ip| ip.is_ipv6());
-    ips
-}
-
 fn collect_slice(
     slice: &EndpointSlice,
     endpoints: &mut BTreeMap<ServicePortName, BTreeSet<SocketAddr>>,
 ) {
-    let Some(service) = slice
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(SERVICE_NAME_LABEL))
-    else {
+    let Some(service) = slice_service(slice) else {
         return;
     };
     let namespace = slice.metadata.namespace.clone().unwrap_or_default();
@@ -216,20 +198,8 @@ fn collect_slice(
             protocol,
         };
         let addresses = endpoints.entry(key).or_default();
-        for endpoint in &slice.endpoints {
-            let ready = endpoint
-                .conditions
-                .as_ref()
-                .and_then(|c| c.ready)
-                .unwrap_or(true);
-            if !ready {
-                continue;
-            }
-            for address in &endpoint.addresses {
-                if let Ok(ip) = address.parse::<IpAddr>() {
-                    addresses.insert(SocketAddr::new(ip, number));
-                }
-            }
+        for (ip, _) in ready_addresses(slice) {
+            addresses.insert(SocketAddr::new(ip, number));
         }
     }
 }
