@@ -61,7 +61,11 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
 
 /// Whether this process may create network namespaces (root with `ip`); the reason if not.
 pub fn network_namespaces_available() -> Result<(), String> {
-    let name = format!("capstan-probe-{}", std::process::id());
+    let name = format!(
+        "capstan-probe-{}-{}",
+        std::process::id(),
+        SEQUENCE.fetch_add(1, Ordering::Relaxed)
+    );
     ip(&["netns", "add", &name])?;
     ip(&["netns", "del", &name])
 }
