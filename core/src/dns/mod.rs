@@ -17,6 +17,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use zone::ClusterZone;
 
+/// How long the zone waits after a change before rebuilding, gathering the changes after it.
+const REBUILD_DELAY: Duration = Duration::from_millis(50);
 /// How long a TCP client may take to send its query.
 const TCP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -133,7 +135,7 @@ fn current(zone: &SharedZone) -> Arc<ClusterZone> {
     zone.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// Rebuilds the zone whenever a Service or EndpointSlice changes.
+/// Rebuilds the zone whenever Services or EndpointSlices change.
 async fn follow(
     informers: InformerFactory,
     domain: String,
@@ -161,6 +163,11 @@ async fn follow(
             _ = stop.cancelled() => return,
             change = service_changes.next() => if change.is_none() { return },
             change = slice_changes.next() => if change.is_none() { return },
+        }
+        // Changes come in bursts (a rollout touches many slices): one rebuild per burst.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(REBUILD_DELAY) => {}
         }
     }
 }
