@@ -6,10 +6,12 @@
 //! Docker, no etcd, no protoc and no root.
 
 pub mod apiserver;
+pub mod cidr;
 pub mod controller;
 pub mod dns;
 pub mod node;
 pub mod patch;
+pub mod pod_network;
 pub mod proxy;
 pub mod quantity;
 pub mod registry;

@@ -1315,3 +1315,105 @@ async fn controllers_stop_cleanly() {
         .await
         .expect("the controllers stop within 10 s");
 }
+
+fn pod_cidr_of(node: &Node) -> Option<String> {
+    node.spec.as_ref().and_then(|s| s.pod_cidr.clone())
+}
+
+#[tokio::test]
+async fn node_ipam_gives_each_node_its_own_subnet_and_reuses_freed_ones() {
+    let c = cluster_with(ControllerManagerConfig {
+        node_ipam: Some(capstan_core::controller::NodeIpamConfig {
+            cluster_cidr: capstan_core::cidr::Ipv4Cidr::parse("10.60.0.0/22").unwrap(),
+            node_prefix: 24,
+        }),
+        ..ControllerManagerConfig::default()
+    })
+    .await;
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    let create = |name: &str, cidr: Option<&str>| {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": cidr.map(|c| json!({"podCIDR": c, "podCIDRs": [c]})).unwrap_or(json!({})),
+        }))
+        .unwrap();
+        let nodes = nodes.clone();
+        async move { nodes.create(&PostParams::default(), &node).await.unwrap() }
+    };
+    // A node that brings its own subnet keeps it, and nobody else is given it.
+    create("own", Some("10.60.0.0/24")).await;
+    for name in ["n1", "n2"] {
+        create(name, None).await;
+    }
+    let assigned = eventually(10, "n1 and n2 have subnets", || async {
+        let n1 = pod_cidr_of(&nodes.get("n1").await.ok()?)?;
+        let n2 = pod_cidr_of(&nodes.get("n2").await.ok()?)?;
+        Some((n1, n2))
+    })
+    .await;
+    let mut all = vec![
+        "10.60.0.0/24".to_string(),
+        assigned.0.clone(),
+        assigned.1.clone(),
+    ];
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 3, "three distinct subnets: {all:?}");
+    let n2 = nodes.get("n2").await.unwrap();
+    assert_eq!(
+        n2.spec.as_ref().and_then(|s| s.pod_cidrs.clone()),
+        Some(vec![assigned.1.clone()])
+    );
+    // The range holds four /24s: the fourth node takes the last, a fifth waits with an event.
+    create("n3", None).await;
+    let third = eventually(10, "n3 has a subnet", || async {
+        pod_cidr_of(&nodes.get("n3").await.ok()?)
+    })
+    .await;
+    assert!(!all.contains(&third));
+    create("n4", None).await;
+    let events: Api<Event> = Api::all(c.client.clone());
+    eventually(10, "a CIDRNotAvailable event for n4", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("CIDRNotAvailable")
+                    && e.involved_object.name.as_deref() == Some("n4")
+            })
+            .then_some(())
+    })
+    .await;
+    assert_eq!(pod_cidr_of(&nodes.get("n4").await.unwrap()), None);
+    // Deleting a node frees its subnet for the waiting one.
+    nodes.delete("n1", &DeleteParams::default()).await.unwrap();
+    let reused = eventually(60, "n4 gets n1's freed subnet", || async {
+        pod_cidr_of(&nodes.get("n4").await.ok()?)
+    })
+    .await;
+    assert_eq!(reused, assigned.0);
+}
+
+#[tokio::test]
+async fn an_agent_waits_for_its_pod_cidr_from_node_ipam() {
+    let c = cluster_with(ControllerManagerConfig {
+        node_ipam: Some(capstan_core::controller::NodeIpamConfig::default()),
+        ..ControllerManagerConfig::default()
+    })
+    .await;
+    let config = capstan_core::node::NodeConfig::new("joining");
+    let cidr = capstan_core::node::await_pod_cidr(&c.client, &config, Duration::from_secs(10))
+        .await
+        .expect("a subnet from the cluster range");
+    assert!(
+        cidr.starts_with("10.244.") && cidr.ends_with("/24"),
+        "{cidr}"
+    );
+    // Without IPAM the wait ends with a clear error.
+    let lonely = cluster().await;
+    let err =
+        capstan_core::node::await_pod_cidr(&lonely.client, &config, Duration::from_millis(500))
+            .await
+            .expect_err("nobody hands out subnets");
+    assert!(err.to_string().contains("node IPAM"), "{err}");
+}

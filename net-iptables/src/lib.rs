@@ -8,6 +8,10 @@
 //! (the proxy's periodic resync) rewrites everything, repairing whatever was changed behind its
 //! back. IPv4 only: IPv6 cluster IPs and endpoints are skipped.
 //!
+//! It also has [`NetlinkRoutes`], the host-gw pod network's
+//! [`RouteBackend`](capstan_core::pod_network::RouteBackend): routes to other nodes' pod
+//! subnets and the blackholes for the cluster and service ranges, over rtnetlink.
+//!
 //! ```no_run
 //! # async fn run(informers: capstan_core::controller::InformerFactory) -> Result<(), capstan_core::proxy::ProxyError> {
 //! use capstan_core::proxy::{ProxyConfig, ServiceProxy};
@@ -20,9 +24,11 @@
 //! ```
 
 mod command;
+mod routes;
 mod rules;
 mod variant;
 
+pub use routes::{NetlinkRoutes, ROUTE_PROTOCOL};
 pub use rules::CHAIN_PREFIX;
 pub use variant::Variant;
 

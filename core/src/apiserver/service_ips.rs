@@ -3,6 +3,7 @@
 //! restarts and several API servers never hand out the same address.
 
 use super::{ApiError, Cause};
+pub use crate::cidr::Ipv4Cidr;
 use crate::store::{Store, StoreError};
 use bytes::Bytes;
 use serde_json::Value;
@@ -12,48 +13,6 @@ use std::sync::Arc;
 
 const IP_KEY: &str = "/ranges/serviceips";
 const PORT_KEY: &str = "/ranges/servicenodeports";
-
-/// An IPv4 CIDR such as `10.96.0.0/12`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Cidr {
-    base: u32,
-    prefix: u8,
-}
-
-impl Ipv4Cidr {
-    /// Parses `a.b.c.d/n`.
-    pub fn parse(text: &str) -> Option<Self> {
-        let (addr, prefix) = text.split_once('/')?;
-        let addr: Ipv4Addr = addr.parse().ok()?;
-        let prefix: u8 = prefix.parse().ok().filter(|p| (8..=30).contains(p))?;
-        let mask = u32::MAX << (32 - prefix);
-        Some(Ipv4Cidr {
-            base: u32::from(addr) & mask,
-            prefix,
-        })
-    }
-
-    fn size(&self) -> u32 {
-        1u32 << (32 - self.prefix)
-    }
-
-    /// Whether `ip` lies in the range.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let ip = u32::from(ip);
-        ip >= self.base && ip - self.base < self.size()
-    }
-
-    /// The first usable address (the one given to the `kubernetes` service).
-    pub fn first(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.base + 1)
-    }
-}
-
-impl std::fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", Ipv4Addr::from(self.base), self.prefix)
-    }
-}
 
 /// Hands out cluster IPs and node ports.
 #[derive(Clone)]
@@ -185,13 +144,18 @@ impl ServiceAllocator {
                 if !self.cidr.contains(ip) {
                     return Err(ApiError::invalid("Service", "", vec![Cause::invalid("spec.clusterIPs", &Value::String(text.into()), format!("failed to allocate IP {text}: provided IP is not in the valid range. The range of valid IPs is {}", self.cidr))]));
                 }
-                Some(u32::from(ip) - self.cidr.base)
+                self.cidr.offset(ip)
             }
             None => None,
         };
         // Offsets 0 (network) and size-1 (broadcast) are never handed out; 1 only on request.
         match self.claim(IP_KEY, 2, size - 2, wanted).await? {
-            Some(offset) => Ok(Ipv4Addr::from(self.cidr.base + offset)),
+            Some(offset) => self.cidr.address(offset).ok_or_else(|| {
+                ApiError::internal(format!(
+                    "allocated offset {offset} is outside {}",
+                    self.cidr
+                ))
+            }),
             None => Err(ApiError::invalid(
                 "Service",
                 "",
@@ -211,7 +175,8 @@ impl ServiceAllocator {
     pub async fn release_ip(&self, ip: &str) -> Result<(), ApiError> {
         match ip.parse::<Ipv4Addr>() {
             Ok(ip) if self.cidr.contains(ip) => {
-                self.release(IP_KEY, u32::from(ip) - self.cidr.base).await
+                self.release(IP_KEY, u32::from(ip) - u32::from(self.cidr.network()))
+                    .await
             }
             _ => Ok(()),
         }

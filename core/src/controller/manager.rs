@@ -7,8 +7,8 @@ use super::{
     AutoscalerConfig, AutoscalerController, ControllerContext, CronJobController,
     DaemonSetController, DeploymentController, DisruptionController, EndpointSliceController,
     EndpointsController, GarbageCollector, JobConfig, JobController, LeaderElectionConfig,
-    LeaderElector, NodeLifecycleConfig, NodeLifecycleController, QueueConfig, ReplicaSetController,
-    StatefulSetController, WorkQueue,
+    LeaderElector, NodeIpamConfig, NodeIpamController, NodeLifecycleConfig,
+    NodeLifecycleController, QueueConfig, ReplicaSetController, StatefulSetController, WorkQueue,
 };
 use crate::apiserver::ApiServer;
 use std::sync::Arc;
@@ -28,6 +28,9 @@ pub struct ControllerManagerConfig {
     pub job: JobConfig,
     /// HorizontalPodAutoscaler settings (sync period).
     pub autoscaler: AutoscalerConfig,
+    /// When set, Nodes without a pod subnet get one from this range (off by default: nodes
+    /// then bring their own `podCIDR`, or none).
+    pub node_ipam: Option<NodeIpamConfig>,
     /// When set, the controllers run only while this candidate holds the Lease.
     pub leader_election: Option<LeaderElectionConfig>,
     /// The component name on recorded Events.
@@ -42,6 +45,7 @@ impl Default for ControllerManagerConfig {
             node_lifecycle: NodeLifecycleConfig::default(),
             job: JobConfig::default(),
             autoscaler: AutoscalerConfig::default(),
+            node_ipam: None,
             leader_election: None,
             component: "capstan-controller-manager".into(),
         }
@@ -85,7 +89,7 @@ impl RunningControllers {
     }
 }
 
-const NAMES: [&str; 11] = [
+const NAMES: [&str; 12] = [
     "horizontalpodautoscaler",
     "disruption",
     "replicaset",
@@ -97,6 +101,7 @@ const NAMES: [&str; 11] = [
     "endpoints",
     "endpointslice",
     "node-lifecycle",
+    "node-ipam",
 ];
 
 impl ControllerManager {
@@ -220,6 +225,10 @@ async fn run_term(
         config.node_lifecycle.clone(),
     ));
     spawn(nodes.clone(), &|q| nodes.triggers(q, &stop));
+    if let Some(ipam) = config.node_ipam.clone() {
+        let ipam = Arc::new(NodeIpamController::new(&ctx, ipam));
+        spawn(ipam.clone(), &|q| ipam.triggers(q, &stop));
+    }
     tasks.push(tokio::spawn(
         GarbageCollector::new(&ctx).run(config.workers, stop.clone()),
     ));

@@ -6,7 +6,7 @@
 //! [`LeaderElector`] on a Lease, an [`EventRecorder`], finalizer helpers and [`Expectations`].
 //!
 //! The controllers ([`ControllerManager`]) — ReplicaSet, Deployment, garbage collector,
-//! Endpoints and EndpointSlices, node lifecycle — read through informers and write through the
+//! Endpoints and EndpointSlices, node lifecycle, node IPAM — read through informers and write through the
 //! API with a `kube::Client`; they never touch the store. Each is level-triggered: a reconcile
 //! reads the current state of its object, so missed, repeated or reordered changes are harmless.
 
@@ -29,6 +29,7 @@ mod job;
 mod leader_election;
 mod manager;
 mod metadata_patch;
+mod node_ipam;
 mod node_lifecycle;
 mod object_key;
 pub mod pod_facts;
@@ -57,6 +58,7 @@ pub use informer::{Change, Informer, InformerFactory, Subscription};
 pub use job::{JobConfig, JobController, COMPLETION_INDEX};
 pub use leader_election::{LeaderElectionConfig, LeaderElector};
 pub use manager::{ControllerManager, ControllerManagerConfig, RunningControllers};
+pub use node_ipam::{NodeIpamConfig, NodeIpamController};
 pub use node_lifecycle::{NodeLifecycleConfig, NodeLifecycleController};
 pub use object_key::ObjectKey;
 pub use replica_set::ReplicaSetController;

@@ -28,6 +28,7 @@ mod registration;
 mod server;
 mod volumes;
 
+pub use registration::await_pod_cidr;
 pub use server::{ExecFrame, StatsSummary};
 
 use crate::runtime::{labels, ContainerRuntime, RuntimeError};
@@ -56,6 +57,14 @@ pub enum NodeError {
     /// Reported as `CreateContainerConfigError` until the spec or the source changes.
     #[error("{0}")]
     ContainerConfig(String),
+    /// The Node got no pod subnet in time (is the controller manager's node IPAM on?).
+    #[error("node {node} got no pod CIDR within {waited:?}: is node IPAM enabled in the controller manager?")]
+    NoPodCidr {
+        /// The node.
+        node: String,
+        /// How long the agent waited.
+        waited: std::time::Duration,
+    },
     /// A file of the agent could not be written.
     #[error("{path}: {source}")]
     Io {

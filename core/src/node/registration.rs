@@ -193,6 +193,51 @@ pub(crate) async fn register(client: &kube::Client, node: Value) -> Result<(), N
     }
 }
 
+/// Registers the Node `config` names if it does not exist yet (labels, addresses and the
+/// configured pod CIDR; no status, so it is not Ready) and waits until it has a pod subnet —
+/// its own `config.pod_cidr`, or one the node IPAM controller gave it — returning it. An
+/// agent whose runtime needs the subnet up front (a Docker bridge network) calls this before
+/// building the runtime.
+pub async fn await_pod_cidr(
+    client: &kube::Client,
+    config: &NodeConfig,
+    timeout: std::time::Duration,
+) -> Result<String, NodeError> {
+    let api: Api<Node> = Api::all(client.clone());
+    let mut spec = json!({});
+    if let Some(cidr) = &config.pod_cidr {
+        spec = json!({"podCIDR": cidr, "podCIDRs": [cidr]});
+    }
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": config.name, "labels": node_labels(config)},
+        "spec": spec,
+    }))
+    .map_err(|e| NodeError::ContainerConfig(format!("node object: {e}")))?;
+    match api.create(&PostParams::default(), &node).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(response)) if response.code == 409 => {}
+        Err(err) => return Err(NodeError::Api(err)),
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let current = api.get(&config.name).await.map_err(NodeError::Api)?;
+        if let Some(cidr) = current
+            .spec
+            .and_then(|s| s.pod_cidr)
+            .filter(|c| !c.is_empty())
+        {
+            return Ok(cidr);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(NodeError::NoPodCidr {
+                node: config.name.clone(),
+                waited: timeout,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// Renews the node's Lease (creating it when missing).
 pub(crate) async fn renew_lease(
     client: &kube::Client,
