@@ -34,7 +34,7 @@ pub use variant::Variant;
 
 use async_trait::async_trait;
 use capstan_core::proxy::{ProxyBackend, ProxyError, ServiceTable};
-use rules::{RuleSettings, EXTERNAL_SERVICES, POSTROUTING, SERVICES};
+use rules::{RuleSettings, EXTERNAL_SERVICES, FORWARD, POD_EGRESS, POSTROUTING, SERVICES};
 use std::collections::BTreeMap;
 use tokio::sync::Mutex;
 
@@ -48,6 +48,10 @@ pub struct IptablesConfig {
     pub masquerade_mark: u32,
     /// The iptables variant; `None` detects the host's.
     pub variant: Option<Variant>,
+    /// Confine pods to the cluster: forwarded packets from `cluster_cidr` to addresses outside
+    /// it are rejected (this host's own addresses stay reachable). For a single-node cluster
+    /// whose pods must not reach beyond the machine; needs `cluster_cidr`.
+    pub confine_pods: bool,
 }
 
 impl Default for IptablesConfig {
@@ -56,6 +60,7 @@ impl Default for IptablesConfig {
             cluster_cidr: None,
             masquerade_mark: 0x4000,
             variant: None,
+            confine_pods: false,
         }
     }
 }
@@ -73,7 +78,8 @@ struct Applied {
     chains: BTreeMap<String, Vec<String>>,
 }
 
-/// A jump from a built-in chain into ours: table, chain, extra matches, target.
+/// A jump from a built-in chain into ours: table, chain, extra matches, target. Jumps are
+/// inserted first in their chain, except those in [`APPENDED`].
 const JUMPS: &[(&str, &str, &[&str], &str)] = &[
     ("nat", "PREROUTING", &[], SERVICES),
     ("nat", "OUTPUT", &[], SERVICES),
@@ -83,7 +89,12 @@ const JUMPS: &[(&str, &str, &[&str], &str)] = &[
     ("filter", "OUTPUT", NEW, SERVICES),
     ("filter", "INPUT", NEW, EXTERNAL_SERVICES),
     ("filter", "FORWARD", NEW, EXTERNAL_SERVICES),
+    ("filter", "FORWARD", &[], FORWARD),
+    ("filter", "FORWARD", &[], POD_EGRESS),
 ];
+/// Targets whose jump goes last in its chain: the forwarding accepts must not bypass the
+/// REJECTs of Services without endpoints, while still coming before a DROP policy (Docker's).
+const APPENDED: &[&str] = &[FORWARD];
 const NEW: &[&str] = &["-m", "conntrack", "--ctstate", "NEW"];
 
 const JUMP_COMMENT: &str = "capstan service portals";
@@ -115,16 +126,26 @@ impl Existing {
 
 /// Restore lines inserting the jumps missing from `existing` (in the same transaction as the
 /// chains, so a first sync needs no separate commands).
-fn missing_jumps(existing: &BTreeMap<&'static str, Existing>) -> rules::ExtraRules {
+fn missing_jumps(
+    existing: &BTreeMap<&'static str, Existing>,
+    settings: &RuleSettings,
+) -> rules::ExtraRules {
     let mut extra = rules::ExtraRules::default();
     for (table, chain, matches, target) in JUMPS {
+        if *target == POD_EGRESS && !settings.confines_pods() {
+            continue;
+        }
         if existing
             .get(table)
             .is_some_and(|e| e.has_jump(chain, target))
         {
             continue;
         }
-        let mut line = format!("-I {chain} 1 ");
+        let mut line = if APPENDED.contains(target) {
+            format!("-A {chain} ")
+        } else {
+            format!("-I {chain} 1 ")
+        };
         for m in *matches {
             line.push_str(m);
             line.push(' ');
@@ -153,6 +174,7 @@ impl IptablesProxy {
             settings: RuleSettings {
                 cluster_cidr: config.cluster_cidr,
                 masquerade_mark: config.masquerade_mark,
+                confine_pods: config.confine_pods,
             },
             variant,
             applied: Mutex::new(None),
@@ -224,7 +246,7 @@ impl ProxyBackend for IptablesProxy {
                     .filter(|c| c.starts_with("CAPSTAN-SVC-") || c.starts_with("CAPSTAN-SEP-"))
                     .map(|c| (c, Vec::new()))
                     .collect();
-                (previous, missing_jumps(&existing))
+                (previous, missing_jumps(&existing, &self.settings))
             }
         };
         let (text, chains) = rules::restore_text(table, Some(&previous), &self.settings, &extra);

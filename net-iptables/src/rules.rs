@@ -11,6 +11,12 @@
 //!   `CAPSTAN-MARK-MASQ` sets the mark.
 //! - filter `CAPSTAN-SERVICES` (INPUT, FORWARD, OUTPUT) and `CAPSTAN-EXTERNAL-SERVICES`
 //!   (INPUT, FORWARD): REJECT for Services without endpoints, so clients fail at once.
+//! - filter `CAPSTAN-FORWARD` (appended to FORWARD): accepts forwarded service traffic (marked
+//!   for masquerade, or of an established connection) and, with a cluster CIDR, all traffic
+//!   from or to pods, which a host firewall with a DROP policy (Docker's) would otherwise stop
+//!   between nodes.
+//! - filter `CAPSTAN-POD-EGRESS` (first in FORWARD, only when pods are confined): rejects
+//!   forwarded packets from pods to anywhere outside the cluster CIDR.
 
 use capstan_core::proxy::{ServiceEntry, ServicePortName, ServiceTable};
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,6 +30,8 @@ pub(crate) const EXTERNAL_SERVICES: &str = "CAPSTAN-EXTERNAL-SERVICES";
 pub(crate) const NODEPORTS: &str = "CAPSTAN-NODEPORTS";
 pub(crate) const POSTROUTING: &str = "CAPSTAN-POSTROUTING";
 pub(crate) const MARK_MASQ: &str = "CAPSTAN-MARK-MASQ";
+pub(crate) const FORWARD: &str = "CAPSTAN-FORWARD";
+pub(crate) const POD_EGRESS: &str = "CAPSTAN-POD-EGRESS";
 
 /// Settings the rules depend on.
 #[derive(Debug, Clone)]
@@ -32,6 +40,15 @@ pub(crate) struct RuleSettings {
     pub cluster_cidr: Option<String>,
     /// The packet mark bit meaning "masquerade me".
     pub masquerade_mark: u32,
+    /// Reject forwarded packets from pods to outside the cluster CIDR.
+    pub confine_pods: bool,
+}
+
+impl RuleSettings {
+    /// Whether the pod-egress chain is in use (confinement asked for, with a cluster CIDR).
+    pub fn confines_pods(&self) -> bool {
+        self.confine_pods && self.cluster_cidr.is_some()
+    }
 }
 
 /// The per-Service chains of one Service port, by name, with their rules.
@@ -268,6 +285,24 @@ pub(crate) fn restore_text(
     text.push_str("COMMIT\n*filter\n");
     let _ = writeln!(text, ":{SERVICES} - [0:0]");
     let _ = writeln!(text, ":{EXTERNAL_SERVICES} - [0:0]");
+    let _ = writeln!(text, ":{FORWARD} - [0:0]");
+    let _ = writeln!(text, "-A {FORWARD} -m conntrack --ctstate INVALID -j DROP");
+    let _ = writeln!(text, "-A {FORWARD} -m mark --mark {mark}/{mark} -j ACCEPT");
+    let _ = writeln!(
+        text,
+        "-A {FORWARD} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+    );
+    if let Some(cidr) = &settings.cluster_cidr {
+        let _ = writeln!(text, "-A {FORWARD} -s {cidr} -j ACCEPT");
+        let _ = writeln!(text, "-A {FORWARD} -d {cidr} -j ACCEPT");
+        if settings.confines_pods() {
+            let _ = writeln!(text, ":{POD_EGRESS} - [0:0]");
+            let _ = writeln!(
+                text,
+                "-A {POD_EGRESS} -s {cidr} ! -d {cidr} -m comment --comment \"pods stay in the cluster\" -j REJECT --reject-with icmp-net-prohibited"
+            );
+        }
+    }
     for line in rules.filter_services.iter().chain(&rules.filter_external) {
         text.push_str(line);
         text.push('\n');
@@ -298,6 +333,7 @@ mod tests {
     fn settings() -> RuleSettings {
         RuleSettings {
             cluster_cidr: Some("10.244.0.0/16".into()),
+            confine_pods: false,
             masquerade_mark: 0x4000,
         }
     }
@@ -341,6 +377,30 @@ mod tests {
         assert!(text.contains("! -s 10.244.0.0/16 -d 10.96.0.10/32"));
         assert!(text.contains("--dport 30080 -j CAPSTAN-SVC-"));
         assert!(!text.contains("REJECT"));
+    }
+
+    #[test]
+    fn confined_pods_get_an_egress_reject_and_unconfined_ones_none() {
+        let table = ServiceTable::default();
+        let extra = ExtraRules::default();
+        let (open, _) = restore_text(&table, None, &settings(), &extra);
+        assert!(!open.contains(POD_EGRESS));
+        assert!(open.contains("-A CAPSTAN-FORWARD -d 10.244.0.0/16 -j ACCEPT"));
+        let confined = RuleSettings {
+            confine_pods: true,
+            ..settings()
+        };
+        let (text, _) = restore_text(&table, None, &confined, &extra);
+        assert!(text.contains(&format!(
+            "-A {POD_EGRESS} -s 10.244.0.0/16 ! -d 10.244.0.0/16 -m comment --comment \"pods stay in the cluster\" -j REJECT"
+        )));
+        let no_cidr = RuleSettings {
+            cluster_cidr: None,
+            ..confined
+        };
+        assert!(!restore_text(&table, None, &no_cidr, &extra)
+            .0
+            .contains(POD_EGRESS));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! the node's pod CIDR; its IP is the pod IP. App containers join the sandbox's network and IPC
 //! namespaces (`container:<id>`), so a pod's containers reach each other on localhost. The
 //! network is `internal` with masquerading off: pods reach each other and the host, nothing
-//! beyond. The sandbox image is configurable; the default one is built on this machine from a
+//! beyond — unless [`DockerRuntimeConfig::routed`] opens it to a multi-node pod network. The sandbox image is configurable; the default one is built on this machine from a
 //! program the crate ships ([`local_image::pause_program`]), so no registry is needed.
 //!
 //! Docker here may be old (20.10, API 1.41): the client negotiates the version and uses only
@@ -72,6 +72,11 @@ pub struct DockerRuntimeConfig {
     pub network: Option<String>,
     /// The sandbox image; `None` uses (and builds when missing) `capstan/sandbox:<version>`.
     pub sandbox_image: Option<String>,
+    /// Whether the pod network is routed beyond this host (a multi-node pod network such as
+    /// host-gw): the bridge is then an ordinary one (still without masquerading) instead of an
+    /// `internal` one, whose isolation rules drop traffic to and from other hosts. What pods
+    /// may reach is then up to the host's routes: blackhole what must go nowhere.
+    pub routed: bool,
 }
 
 impl DockerRuntimeConfig {
@@ -83,6 +88,7 @@ impl DockerRuntimeConfig {
             pod_cidr: None,
             network: None,
             sandbox_image: None,
+            routed: false,
         }
     }
 }
@@ -147,7 +153,9 @@ impl DockerRuntime {
                 .clone()
                 .unwrap_or_else(default_sandbox_image),
         };
-        runtime.ensure_network(config.pod_cidr.as_deref()).await?;
+        runtime
+            .ensure_network(config.pod_cidr.as_deref(), config.routed)
+            .await?;
         if runtime
             .docker
             .inspect_image(&runtime.sandbox_image)
@@ -176,22 +184,41 @@ impl DockerRuntime {
         &self.network
     }
 
-    async fn ensure_network(&self, subnet: Option<&str>) -> Result<(), DockerError> {
-        if self
+    /// Makes the node's bridge network, or checks the one a previous run made still fits.
+    async fn ensure_network(&self, subnet: Option<&str>, routed: bool) -> Result<(), DockerError> {
+        if let Ok(existing) = self
             .docker
             .inspect_network(
                 &self.network,
                 None::<bollard::query_parameters::InspectNetworkOptions>,
             )
             .await
-            .is_ok()
         {
-            return Ok(());
+            let existing_subnet = existing
+                .ipam
+                .as_ref()
+                .and_then(|i| i.config.as_ref())
+                .and_then(|c| c.first())
+                .and_then(|c| c.subnet.clone());
+            let subnet_fits = subnet.is_none_or(|s| existing_subnet.as_deref() == Some(s));
+            let internal = existing.internal.unwrap_or(false);
+            if subnet_fits && internal != routed {
+                return Ok(());
+            }
+            return Err(DockerError::Network(format!(
+                "network {} exists with subnet {} ({}), but this node needs {} ({}); remove it with `docker network rm {}` once no pod uses it",
+                self.network,
+                existing_subnet.as_deref().unwrap_or("unknown"),
+                if internal { "internal" } else { "routed" },
+                subnet.unwrap_or("any subnet"),
+                if routed { "routed" } else { "internal" },
+                self.network,
+            )));
         }
         let request = NetworkCreateRequest {
             name: self.network.clone(),
             driver: Some("bridge".into()),
-            internal: Some(true),
+            internal: Some(!routed),
             ipam: subnet.map(|subnet| Ipam {
                 config: Some(vec![IpamConfig {
                     subnet: Some(subnet.to_string()),

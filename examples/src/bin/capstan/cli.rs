@@ -1,0 +1,164 @@
+//! The command line: `capstan up | server | agent`, each flag also readable from a
+//! `CAPSTAN_*` environment variable.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// Capstan, the reference orchestrator.
+#[derive(Debug, Parser)]
+#[command(name = "capstan", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to run.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Everything in one process: API server, controller manager, scheduler, one node agent
+    /// and its service proxy.
+    Up(UpArgs),
+    /// The control plane only (API server, controller manager, scheduler). Several may share
+    /// one etcd: the controller manager and the scheduler elect a leader through Leases.
+    Server(ServerArgs),
+    /// A node: node agent, service proxy, cluster DNS and pod network, joining `--server`.
+    Agent(AgentArgs),
+}
+
+/// Where the cluster's objects live.
+#[derive(Debug, Clone, Args)]
+pub struct ControlPlaneArgs {
+    /// Holds the embedded store and `kubeconfig`.
+    #[arg(long, env = "CAPSTAN_DATA_DIR", default_value = ".capstan")]
+    pub data_dir: PathBuf,
+    /// The API server's address.
+    #[arg(long, env = "CAPSTAN_LISTEN", default_value = "127.0.0.1:6443")]
+    pub listen: String,
+    /// `embedded` (durable, in the data dir), `memory` (nothing kept), `etcd` (with
+    /// `--etcd-endpoints`) or `etcd://HOST:PORT,HOST:PORT`.
+    #[arg(long, env = "CAPSTAN_STORE", default_value = "embedded")]
+    pub store: String,
+    /// etcd client URLs for `--store etcd`.
+    #[arg(
+        long,
+        env = "CAPSTAN_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// Cluster IPs of Services come from this range.
+    #[arg(long, env = "CAPSTAN_SERVICE_CIDR", default_value = "10.96.0.0/12")]
+    pub service_cidr: String,
+    /// Pod subnets of nodes come from this range.
+    #[arg(long, env = "CAPSTAN_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
+}
+
+/// The service proxy's data path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyMode {
+    /// Userspace forwarders: NodePorts on the node address, no root needed.
+    Userspace,
+    /// iptables rules (root): cluster IPs and NodePorts, as kube-proxy does.
+    Iptables,
+    /// No service proxy.
+    None,
+}
+
+/// The pod network across nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PodNetworkMode {
+    /// host-gw when this process may program routes (root), otherwise none.
+    Auto,
+    /// Routes to every other node's pod subnet via its address, blackholes for the cluster
+    /// and service ranges.
+    HostGw,
+    /// No routes: pods reach only this node.
+    None,
+}
+
+/// The container runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeChoice {
+    /// Docker when its socket answers, otherwise simulated containers.
+    Auto,
+    /// The Docker engine (`DOCKER_HOST` or the default socket).
+    Docker,
+    /// Simulated containers (no processes).
+    Sim,
+}
+
+/// One node's settings.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// The Node's name (default: this host's name).
+    #[arg(long, env = "CAPSTAN_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The node's address: its InternalIP, where its agent server listens, the next hop other
+    /// nodes route this node's pods through.
+    #[arg(long, env = "CAPSTAN_NODE_IP", default_value = "127.0.0.1")]
+    pub node_ip: IpAddr,
+    /// The container runtime.
+    #[arg(long, env = "CAPSTAN_RUNTIME", value_enum, default_value = "auto")]
+    pub runtime: RuntimeChoice,
+    /// The sandbox image (default: built locally).
+    #[arg(long, env = "CAPSTAN_SANDBOX_IMAGE")]
+    pub sandbox_image: Option<String>,
+    /// The service proxy.
+    #[arg(long, env = "CAPSTAN_PROXY", value_enum, default_value = "userspace")]
+    pub proxy: ProxyMode,
+    /// The pod network across nodes.
+    #[arg(long, env = "CAPSTAN_POD_NETWORK", value_enum, default_value = "auto")]
+    pub pod_network: PodNetworkMode,
+}
+
+/// `capstan up`.
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Store, address and ranges.
+    #[command(flatten)]
+    pub control: ControlPlaneArgs,
+    /// The node.
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// This node's pod subnet (inside the cluster CIDR).
+    #[arg(long, env = "CAPSTAN_POD_CIDR", default_value = "10.244.0.0/24")]
+    pub pod_cidr: String,
+}
+
+/// `capstan server`.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Store, address and ranges.
+    #[command(flatten)]
+    pub control: ControlPlaneArgs,
+    /// Serve a non-loopback address although there is no authentication yet: anyone who
+    /// reaches the address controls the cluster. Only on networks nobody else reaches.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+}
+
+/// `capstan agent`.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// The API server's URL (`http://HOST:PORT`).
+    #[arg(long, env = "CAPSTAN_SERVER")]
+    pub server: String,
+    /// Holds the agent's files (volumes, logs).
+    #[arg(long, env = "CAPSTAN_DATA_DIR", default_value = ".capstan-agent")]
+    pub data_dir: PathBuf,
+    /// The node.
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// This node's pod subnet; by default the one the controller manager's node IPAM gives.
+    #[arg(long, env = "CAPSTAN_POD_CIDR")]
+    pub pod_cidr: Option<String>,
+    /// The cluster's pod range (masquerade decisions, forwarding, blackholes).
+    #[arg(long, env = "CAPSTAN_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
+    /// The cluster's service range (blackholed).
+    #[arg(long, env = "CAPSTAN_SERVICE_CIDR", default_value = "10.96.0.0/12")]
+    pub service_cidr: String,
+}

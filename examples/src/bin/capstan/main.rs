@@ -1,0 +1,178 @@
+//! `capstan`: the reference orchestrator.
+//!
+//! - `capstan up` runs everything in one process: the API server on the embedded durable store
+//!   (default `./.capstan/store.redb`; `--store memory|etcd|etcd://…`), the controller manager
+//!   and the scheduler (each under a leader-election Lease), one node agent (Docker when its
+//!   socket answers, otherwise simulated containers), cluster DNS, the service proxy
+//!   (userspace by default: NodePorts on the node address, no root; `--proxy iptables`
+//!   programs this host's iptables as kube-proxy does) and the host-gw pod network (blackholes
+//!   for the cluster and service ranges when it may program routes). It writes
+//!   `DIR/kubeconfig`, prints the kubectl command to use, and stops cleanly on SIGINT or
+//!   SIGTERM (containers keep running and are adopted on the next start).
+//! - `capstan server` runs the control plane only; `capstan agent --server URL` runs a node
+//!   against it, with its pod subnet from the server's node IPAM, so a cluster spans hosts.
+//!
+//! Until authentication lands the API serves loopback addresses only, unless `capstan server
+//! --insecure-no-auth` is told the network is private. Every flag has a `CAPSTAN_*`
+//! environment variable; `capstan help <command>` lists them.
+
+mod cli;
+mod control_plane;
+mod node;
+
+use capstan_core::controller::InformerFactory;
+use clap::Parser;
+use cli::{AgentArgs, Cli, Command, ServerArgs, UpArgs};
+use control_plane::ControlPlane;
+use node::{Node, NodeSetup};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// A token cancelled at the first SIGINT or SIGTERM. The handlers are installed before it
+/// returns, so a signal arriving while components start is not lost (nor fatal).
+fn shutdown_on_signal() -> Result<CancellationToken, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
+        }
+        cancel.cancel();
+    });
+    Ok(token)
+}
+
+fn identity(node_name: Option<&str>) -> String {
+    format!(
+        "{}-{}",
+        node_name.map_or_else(node::default_node_name, str::to_string),
+        std::process::id()
+    )
+}
+
+async fn up(args: UpArgs, shutdown: CancellationToken) -> Result<(), String> {
+    let control = ControlPlane::start(
+        &args.control,
+        false,
+        &identity(args.node.node_name.as_deref()),
+    )
+    .await?;
+    let informers = InformerFactory::in_process(&control.server);
+    let node = Node::start(
+        control.server.client(),
+        &informers,
+        &args.node,
+        NodeSetup {
+            pod_cidr: args.pod_cidr.clone(),
+            cluster_cidr: &args.control.cluster_cidr,
+            service_cidr: &args.control.service_cidr,
+            data_dir: &args.control.data_dir,
+            joins_other_hosts: false,
+        },
+    )
+    .await?;
+    println!(
+        "capstan: use it with\n  kubectl --kubeconfig {} get nodes",
+        ControlPlane::kubeconfig_path(&args.control).display()
+    );
+    shutdown.cancelled().await;
+    node.stop().await;
+    informers.stop();
+    control.stop().await?;
+    println!("capstan: stopped");
+    Ok(())
+}
+
+async fn server(args: ServerArgs, shutdown: CancellationToken) -> Result<(), String> {
+    let control =
+        ControlPlane::start(&args.control, args.insecure_no_auth, &identity(None)).await?;
+    println!(
+        "capstan: control plane ready; nodes join with\n  capstan agent --server http://{}\n  kubectl --kubeconfig {} get nodes",
+        control.address,
+        ControlPlane::kubeconfig_path(&args.control).display()
+    );
+    shutdown.cancelled().await;
+    control.stop().await?;
+    println!("capstan: stopped");
+    Ok(())
+}
+
+async fn agent(args: AgentArgs, shutdown: CancellationToken) -> Result<(), String> {
+    let url: http::Uri = args
+        .server
+        .parse()
+        .map_err(|e| format!("--server {:?}: {e}", args.server))?;
+    let client = kube::Client::try_from(kube::Config::new(url))
+        .map_err(|e| format!("cannot make a client for {}: {e}", args.server))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
+    let node_name = args
+        .node
+        .node_name
+        .clone()
+        .unwrap_or_else(node::default_node_name);
+    let pod_cidr = match &args.pod_cidr {
+        Some(cidr) => cidr.clone(),
+        None => {
+            let mut config = capstan_core::node::NodeConfig::new(&node_name);
+            config.address = args.node.node_ip;
+            let waiting =
+                capstan_core::node::await_pod_cidr(&client, &config, Duration::from_secs(60));
+            let cidr = tokio::select! {
+                cidr = waiting => cidr.map_err(|e| e.to_string())?,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            println!("capstan: node {node_name} was given pod CIDR {cidr}");
+            cidr
+        }
+    };
+    let informers = InformerFactory::new(client.clone());
+    let node = Node::start(
+        client,
+        &informers,
+        &args.node,
+        NodeSetup {
+            pod_cidr,
+            cluster_cidr: &args.cluster_cidr,
+            service_cidr: &args.service_cidr,
+            data_dir: &args.data_dir,
+            joins_other_hosts: true,
+        },
+    )
+    .await?;
+    println!("capstan: agent joined {}", args.server);
+    shutdown.cancelled().await;
+    node.stop().await;
+    informers.stop();
+    println!("capstan: stopped");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match shutdown_on_signal() {
+        Ok(shutdown) => match cli.command {
+            Command::Up(args) => up(args, shutdown).await,
+            Command::Server(args) => server(args, shutdown).await,
+            Command::Agent(args) => agent(args, shutdown).await,
+        },
+        Err(message) => Err(message),
+    };
+    if let Err(message) = result {
+        eprintln!("capstan: {message}");
+        std::process::exit(2);
+    }
+}

@@ -1,0 +1,663 @@
+//! Pods reaching Services by DNS name and ClusterIP on real Docker engines.
+//!
+//! `capstan up --proxy iptables` on this machine: its pods sit on a routed bridge, confined to
+//! the cluster's addresses, and reach a Service's pods through the iptables rules.
+//!
+//! A cluster across "hosts": `capstan server` in one network namespace, and two `capstan agent`
+//! hosts, each a network namespace with its own dockerd (own data root, exec root, socket and
+//! containerd namespace), joined by a bridge with no route out (DESIGN.md, network safety).
+//! The agents get their pod subnets from the server's node IPAM, program host-gw routes and
+//! iptables service rules, and serve cluster DNS. Driven by kubectl 1.33 from the server's
+//! namespace: a pod reaches a Service by DNS name and by ClusterIP, landing on pods on its own
+//! host and on the other one, and reaches the other host's pod by pod IP.
+
+use super::{ensure_test_image, free_port, kubectl_dir, start_capstan_with, Kubectl, TEST_IMAGE};
+use capstan_core::proxy::testkit::network_namespaces_available;
+use capstan_core::proxy::ProxyBackend;
+use capstan_core::service_gate::missing_service;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SERVER_IP: &str = "10.250.10.1";
+
+/// Standard output of a finished `program args`, or everything it said when it failed.
+fn outcome(program: &str, args: &[&str], out: std::process::Output) -> Result<String, String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{program} {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    outcome(program, args, out)
+}
+
+fn ip(args: &[&str]) {
+    run("ip", args).expect("ip");
+}
+
+/// Everything the test made; torn down on drop, in reverse.
+struct Lab {
+    id: String,
+    dir: tempfile::TempDir,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+    dockerds: Vec<(Child, String)>,
+}
+
+impl Lab {
+    fn namespace(&self, role: &str) -> String {
+        format!("cap-{role}-{}", self.id)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The server's namespace with the `lan` bridge at `SERVER_IP`; hosts join it.
+    fn create() -> Lab {
+        let id = std::process::id().to_string();
+        let mut lab = Lab {
+            id,
+            dir: tempfile::tempdir().expect("tempdir"),
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            dockerds: Vec::new(),
+        };
+        let ctl = lab.namespace("ctl");
+        ip(&["netns", "add", &ctl]);
+        lab.namespaces.push(ctl.clone());
+        ip(&["-n", &ctl, "link", "set", "lo", "up"]);
+        ip(&["-n", &ctl, "link", "add", "lan", "type", "bridge"]);
+        ip(&[
+            "-n",
+            &ctl,
+            "addr",
+            "add",
+            &format!("{SERVER_IP}/24"),
+            "dev",
+            "lan",
+        ]);
+        ip(&["-n", &ctl, "link", "set", "lan", "up"]);
+        lab
+    }
+
+    /// A host namespace on the bridge at `address`.
+    fn add_host(&mut self, role: &str, address: &str) -> String {
+        let (ctl, host) = (self.namespace("ctl"), self.namespace(role));
+        ip(&["netns", "add", &host]);
+        self.namespaces.push(host.clone());
+        ip(&["-n", &host, "link", "set", "lo", "up"]);
+        let port = format!("to-{role}");
+        ip(&[
+            "-n", &ctl, "link", "add", &port, "type", "veth", "peer", "name", "uplink", "netns",
+            &host,
+        ]);
+        ip(&["-n", &ctl, "link", "set", &port, "master", "lan", "up"]);
+        ip(&[
+            "-n",
+            &host,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "uplink",
+        ]);
+        ip(&["-n", &host, "link", "set", "uplink", "up"]);
+        host
+    }
+
+    /// `program args` inside `namespace` (nsenter keeps /sys and the cgroup mounts dockerd
+    /// needs, unlike `ip netns exec`).
+    fn command_in(&self, namespace: &str, program: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{namespace}"))
+            .arg(program)
+            .args(args);
+        command
+    }
+
+    /// Starts a dockerd in `namespace`; returns its socket once it answers.
+    fn start_dockerd(&mut self, namespace: &str, role: &str) -> String {
+        let root = self.path(&format!("docker-{role}"));
+        // Unix socket paths are short: keep the exec root under /run.
+        let exec_root = format!("/run/capstan-e2e-{}-{role}", self.id);
+        let socket = format!("unix://{exec_root}.sock");
+        let log = std::fs::File::create(self.path(&format!("dockerd-{role}.log"))).expect("log");
+        let child = self
+            .command_in(
+                namespace,
+                "dockerd",
+                &[
+                    "--data-root",
+                    root.to_str().expect("path"),
+                    "--exec-root",
+                    &exec_root,
+                    "--pidfile",
+                    &format!("{exec_root}.pid"),
+                    "-H",
+                    &socket,
+                    "--bridge",
+                    "none",
+                    "--containerd-namespace",
+                    &format!("capstan-e2e-{}-{role}", self.id),
+                    "--containerd-plugins-namespace",
+                    &format!("capstan-e2e-{}-{role}-plugins", self.id),
+                ],
+            )
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        self.dockerds.push((child, socket.clone()));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while run("docker", &["-H", &socket, "version"]).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "dockerd in {namespace} did not start: {}",
+                std::fs::read_to_string(self.path(&format!("dockerd-{role}.log")))
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        // No registry: the test image comes from this machine's engine.
+        let saved = self.path("image.tar");
+        if !saved.exists() {
+            run(
+                "docker",
+                &["save", "-o", saved.to_str().expect("path"), TEST_IMAGE],
+            )
+            .expect("docker save");
+        }
+        run(
+            "docker",
+            &["-H", &socket, "load", "-i", saved.to_str().expect("path")],
+        )
+        .expect("docker load");
+        socket
+    }
+
+    /// Starts `capstan args` in `namespace` and waits for a line containing `ready_line`.
+    fn start_capstan(
+        &mut self,
+        namespace: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        ready_line: &str,
+    ) {
+        let mut command = self.command_in(namespace, env!("CARGO_BIN_EXE_capstan"), args);
+        command
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("start capstan");
+        let stdout = child.stdout.take().expect("stdout");
+        let (lines_tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                println!("[capstan] {line}");
+                let _ = lines_tx.send(line);
+            }
+        });
+        self.children.push(child);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(ready_line) => break,
+                Ok(_) => {}
+                Err(_) => panic!("capstan {} never said {ready_line:?}", args.join(" ")),
+            }
+        }
+        // Keep draining so the child never blocks on a full pipe.
+        std::thread::spawn(move || while lines.recv().is_ok() {});
+    }
+
+    /// kubectl 1.33 from the server's namespace.
+    fn kubectl(
+        &self,
+        kubectl: &Path,
+        args: &[&str],
+        input: Option<&str>,
+    ) -> Result<String, String> {
+        let kubeconfig = self.path("ctl/kubeconfig");
+        let mut command = self.command_in(
+            &self.namespace("ctl"),
+            kubectl.to_str().expect("path"),
+            &[&["--kubeconfig", kubeconfig.to_str().expect("path")], args].concat(),
+        );
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|e| e.to_string())?;
+        if let Some(text) = input {
+            use std::io::Write;
+            let _ = child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes());
+        } else {
+            drop(child.stdin.take());
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        outcome("kubectl", args, out)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for child in &mut self.children {
+            let _ = child.wait();
+        }
+        for (child, socket) in &mut self.dockerds {
+            if let Ok(ids) = run("docker", &["-H", socket, "ps", "-aq"]) {
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                if !ids.is_empty() {
+                    let _ = run("docker", &[&["-H", socket, "rm", "-f"], &ids[..]].concat());
+                }
+            }
+            let _ = run("docker", &["-H", socket, "network", "prune", "-f"]);
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+        for namespace in self.namespaces.iter().rev() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", namespace])
+                .status();
+        }
+        for (_, socket) in &self.dockerds {
+            let exec_root = socket
+                .trim_start_matches("unix://")
+                .trim_end_matches(".sock");
+            let _ = std::fs::remove_dir_all(exec_root);
+            let _ = std::fs::remove_file(format!("{exec_root}.sock"));
+            let _ = std::fs::remove_file(format!("{exec_root}.pid"));
+        }
+    }
+}
+
+fn dockerd_available() -> Result<(), String> {
+    run("dockerd", &["--version"]).map(drop)
+}
+
+fn manifests() -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: echo}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  template:
+    metadata: {{labels: {{app: echo}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: {TEST_IMAGE}
+        command: [sh, -c, 'mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www']
+        ports: [{{containerPort: 8080, name: http}}]
+        readinessProbe:
+          tcpSocket: {{port: 8080}}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo}}
+spec:
+  selector: {{app: echo}}
+  ports: [{{port: 80, targetPort: http}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeName: host-a
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {TEST_IMAGE}
+    command: [sleep, '3600']
+"#
+    )
+}
+
+/// Fetches `url` `times` times from the client pod; the distinct answers. (`wget -T`
+/// crashes Debian's static busybox, so `timeout` bounds each fetch.)
+fn answers(lab: &Lab, kubectl: &Path, url: &str, times: usize) -> Vec<String> {
+    let script =
+        format!("for i in $(seq 1 {times}); do timeout 5 wget -qO- {url} || echo FAILED; done");
+    let out = lab
+        .kubectl(
+            kubectl,
+            &["exec", "client", "--", "sh", "-c", &script],
+            None,
+        )
+        .unwrap_or_else(|e| e);
+    let mut distinct: Vec<String> = out.lines().map(|l| l.trim().to_string()).collect();
+    distinct.sort();
+    distinct.dedup();
+    distinct
+}
+
+#[test]
+fn pods_reach_services_across_two_docker_hosts() {
+    let Some(kubectl_dir) = kubectl_dir() else {
+        return;
+    };
+    if let Err(why) = network_namespaces_available() {
+        return missing_service("root with network namespaces", &why);
+    }
+    if let Err(why) = dockerd_available() {
+        return missing_service("dockerd", &why);
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    if !runtime.block_on(ensure_test_image()) {
+        return;
+    }
+    let kubectl = kubectl_dir.join("kubectl.1.33");
+    let mut lab = Lab::create();
+    let ctl = lab.namespace("ctl");
+    let server_dir = lab.path("ctl");
+    lab.start_capstan(
+        &ctl,
+        &[
+            "server",
+            "--listen",
+            &format!("{SERVER_IP}:6443"),
+            "--insecure-no-auth",
+            "--store",
+            "memory",
+            "--data-dir",
+            server_dir.to_str().expect("path"),
+        ],
+        &[],
+        "control plane ready",
+    );
+    for (role, address) in [("host-a", "10.250.10.11"), ("host-b", "10.250.10.12")] {
+        let namespace = lab.add_host(role, address);
+        let socket = lab.start_dockerd(&namespace, role);
+        let agent_dir = lab.path(role);
+        lab.start_capstan(
+            &namespace,
+            &[
+                "agent",
+                "--server",
+                &format!("http://{SERVER_IP}:6443"),
+                "--node-name",
+                role,
+                "--node-ip",
+                address,
+                "--runtime",
+                "docker",
+                "--proxy",
+                "iptables",
+                "--pod-network",
+                "host-gw",
+                "--data-dir",
+                agent_dir.to_str().expect("path"),
+            ],
+            &[("DOCKER_HOST", &socket)],
+            "agent joined",
+        );
+    }
+    let cidrs = lab
+        .kubectl(
+            &kubectl,
+            &[
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}={.spec.podCIDR} {end}",
+            ],
+            None,
+        )
+        .expect("nodes");
+    assert!(
+        cidrs.contains("host-a=10.244.") && cidrs.contains("host-b=10.244."),
+        "node IPAM gave both hosts subnets: {cidrs}"
+    );
+    lab.kubectl(&kubectl, &["apply", "-f", "-"], Some(&manifests()))
+        .expect("apply");
+    lab.kubectl(
+        &kubectl,
+        &["rollout", "status", "daemonset/echo", "--timeout=120s"],
+        None,
+    )
+    .expect("the echo DaemonSet runs on both hosts");
+    lab.kubectl(
+        &kubectl,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/client",
+            "--timeout=60s",
+        ],
+        None,
+    )
+    .expect("client pod ready");
+    let pods = lab
+        .kubectl(
+            &kubectl,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=echo",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name},{.spec.nodeName},{.status.podIP} {end}",
+            ],
+            None,
+        )
+        .expect("echo pods");
+    let pods: Vec<(String, String, String)> = pods
+        .split_whitespace()
+        .map(|p| {
+            let parts: Vec<&str> = p.split(',').collect();
+            (parts[0].into(), parts[1].into(), parts[2].into())
+        })
+        .collect();
+    assert_eq!(pods.len(), 2, "one echo pod per host: {pods:?}");
+    let mut names: Vec<String> = pods.iter().map(|p| p.0.clone()).collect();
+    names.sort();
+    let remote = pods
+        .iter()
+        .find(|p| p.1 == "host-b")
+        .expect("an echo pod on host-b");
+
+    // By pod IP, across hosts (host-gw routes).
+    let direct = answers(&lab, &kubectl, &format!("http://{}:8080/", remote.2), 3);
+    assert_eq!(direct, vec![remote.0.clone()], "pod IP across hosts");
+
+    // By ClusterIP and by DNS name: both pods answer, the local and the remote one.
+    let cluster_ip = lab
+        .kubectl(
+            &kubectl,
+            &["get", "service", "echo", "-o", "jsonpath={.spec.clusterIP}"],
+            None,
+        )
+        .expect("cluster IP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for url in [
+        format!("http://{cluster_ip}/"),
+        "http://echo/".to_string(),
+        "http://echo.default.svc.cluster.local/".to_string(),
+    ] {
+        loop {
+            let seen = answers(&lab, &kubectl, &url, 24);
+            if seen == names {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{url} should reach both echo pods {names:?}, saw {seen:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// Fetches `url` `times` times from pod `client` through `k`; the distinct answers.
+fn answers_via(k: &Kubectl, url: &str, times: usize) -> Vec<String> {
+    let script =
+        format!("for i in $(seq 1 {times}); do timeout 5 wget -qO- {url} || echo FAILED; done");
+    let (_, out) = k.run(&["exec", "client", "--", "sh", "-c", &script], None);
+    let mut distinct: Vec<String> = out.lines().map(|l| l.trim().to_string()).collect();
+    distinct.sort();
+    distinct.dedup();
+    distinct
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capstan_up_with_iptables_serves_cluster_ips_to_pods() {
+    let Some(dir) = kubectl_dir() else { return };
+    if let Err(why) = network_namespaces_available() {
+        return missing_service("root (iptables and routes)", &why);
+    }
+    if !ensure_test_image().await {
+        return;
+    }
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut child = start_capstan_with(
+        data.path(),
+        port,
+        &[
+            "--runtime",
+            "docker",
+            "--node-name",
+            "e2e-iptables",
+            "--pod-cidr",
+            "10.244.204.0/24",
+            "--proxy",
+            "iptables",
+            "--pod-network",
+            "host-gw",
+        ],
+    );
+    let k = Kubectl {
+        binary: dir.join("kubectl.1.33"),
+        kubeconfig: data.path().join("kubeconfig"),
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !k.run(&["get", "node", "e2e-iptables"], None).0 {
+            assert!(Instant::now() < deadline, "the node never registered");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let manifests = manifests().replace("nodeName: host-a", "nodeName: e2e-iptables");
+        // Two echo pods on the one node: a Deployment instead of the DaemonSet.
+        let manifests = manifests
+            .replace("kind: DaemonSet", "kind: Deployment")
+            .replace(
+                "spec:\n  selector: {matchLabels: {app: echo}}",
+                "spec:\n  replicas: 2\n  selector: {matchLabels: {app: echo}}",
+            );
+        k.ok(
+            &["apply", "-f", "-"],
+            Some(&manifests),
+            &["deployment.apps/echo created"],
+        );
+        k.ok(
+            &["rollout", "status", "deployment/echo", "--timeout=120s"],
+            None,
+            &["successfully rolled out"],
+        );
+        k.ok(
+            &[
+                "wait",
+                "--for=condition=Ready",
+                "pod/client",
+                "--timeout=60s",
+            ],
+            None,
+            &["condition met"],
+        );
+        let names = k.ok(
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=echo",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ],
+            None,
+            &[],
+        );
+        let mut names: Vec<String> = names.split_whitespace().map(str::to_string).collect();
+        names.sort();
+        assert_eq!(names.len(), 2, "{names:?}");
+        let cluster_ip = k.ok(
+            &["get", "service", "echo", "-o", "jsonpath={.spec.clusterIP}"],
+            None,
+            &[],
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for url in [format!("http://{cluster_ip}/"), "http://echo/".to_string()] {
+            loop {
+                let seen = answers_via(&k, &url, 24);
+                if seen == names {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{url} should reach both echo pods {names:?}, saw {seen:?}"
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        // The pods are confined: forwarded traffic from them to outside the cluster is refused.
+        let saved = run("iptables-save", &["-t", "filter"]).expect("iptables-save");
+        assert!(
+            saved.contains("-A CAPSTAN-POD-EGRESS -s 10.244.0.0/16 ! -d 10.244.0.0/16"),
+            "{saved}"
+        );
+        k.ok(&["delete", "deployment", "echo"], None, &["deleted"]);
+        k.ok(
+            &["delete", "pod", "client", "--wait=true", "--timeout=60s"],
+            None,
+            &["deleted"],
+        );
+    })
+    .await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join");
+    // The rules outlive the process by design (traffic keeps flowing across restarts); this
+    // machine's other tests must not see them.
+    capstan_net_iptables::IptablesProxy::new(capstan_net_iptables::IptablesConfig::default())
+        .await
+        .expect("iptables")
+        .cleanup()
+        .await
+        .expect("cleanup");
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+    assert!(status.expect("wait").success());
+}
