@@ -1,4 +1,4 @@
-//! Running iptables tools: waiting for the xtables lock, retrying while another program holds
+//! Running iptables tools (and nft): waiting for the xtables lock, retrying while another program holds
 //! it, and reporting failures with the tool's own words.
 
 use capstan_core::proxy::ProxyError;
@@ -23,8 +23,8 @@ pub(crate) async fn run(
     let command_line = || format!("{program} {}", args.join(" "));
     let mut last = String::new();
     for attempt in 0..ATTEMPTS {
-        // iptables-save takes no lock.
-        let wait: &[&str] = if program.ends_with("-save") {
+        // iptables-save takes no lock; nft has none to wait for.
+        let wait: &[&str] = if program.ends_with("-save") || !program.contains("iptables") {
             &[]
         } else {
             &["-w", LOCK_WAIT_SECONDS]

@@ -8,6 +8,9 @@
 //! (the proxy's periodic resync) rewrites everything, repairing whatever was changed behind its
 //! back. IPv4 only: IPv6 cluster IPs and endpoints are skipped.
 //!
+//! [`NftablesProxy`] is the same contract on nftables: its own table, map lookups, and
+//! incremental transactions that stay fast with thousands of Services.
+//!
 //! It also has [`NetlinkRoutes`], the host-gw pod network's
 //! [`RouteBackend`](capstan_core::pod_network::RouteBackend): routes to other nodes' pod
 //! subnets and the blackholes for the cluster and service ranges, over rtnetlink.
@@ -24,10 +27,13 @@
 //! ```
 
 mod command;
+mod nft_ruleset;
+mod nftables;
 mod routes;
 mod rules;
 mod variant;
 
+pub use nftables::{NftablesConfig, NftablesProxy};
 pub use routes::{NetlinkRoutes, ROUTE_PROTOCOL};
 pub use rules::CHAIN_PREFIX;
 pub use variant::Variant;

@@ -59,7 +59,7 @@ pub(crate) struct ServiceChains {
 }
 
 /// A 64-bit FNV-1a hash in 16 hex digits: stable across builds, so chain names are too.
-fn digest(text: &str) -> String {
+pub(crate) fn digest(text: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in text.bytes() {
         hash ^= u64::from(byte);
@@ -315,13 +315,14 @@ pub(crate) fn restore_text(
     (text, wanted)
 }
 
+/// What the rule-text tests of both backends share.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use capstan_core::proxy::Protocol;
-    use std::time::Duration;
+pub(crate) mod fixtures {
+    use super::RuleSettings;
+    use capstan_core::proxy::{Protocol, ServicePortName};
 
-    fn name(service: &str) -> ServicePortName {
+    /// The `http` TCP port of Service `default/{service}`.
+    pub(crate) fn name(service: &str) -> ServicePortName {
         ServicePortName {
             namespace: "default".into(),
             name: service.into(),
@@ -330,13 +331,21 @@ mod tests {
         }
     }
 
-    fn settings() -> RuleSettings {
+    /// Cluster CIDR 10.244.0.0/16, mark 0x4000, pods not confined.
+    pub(crate) fn settings() -> RuleSettings {
         RuleSettings {
             cluster_cidr: Some("10.244.0.0/16".into()),
             confine_pods: false,
             masquerade_mark: 0x4000,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{name, settings};
+    use super::*;
+    use std::time::Duration;
 
     fn table(endpoints: &[&str]) -> ServiceTable {
         let mut table = ServiceTable::default();

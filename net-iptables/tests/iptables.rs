@@ -7,7 +7,7 @@ use capstan_core::proxy::testkit::{
 };
 use capstan_core::proxy::{ProxyBackend, ProxyError, ServiceTable};
 use capstan_core::service_gate::missing_service;
-use capstan_net_iptables::{IptablesConfig, IptablesProxy, Variant};
+use capstan_net_iptables::{IptablesConfig, IptablesProxy, NftablesConfig, NftablesProxy, Variant};
 
 fn namespaces() -> bool {
     match network_namespaces_available() {
@@ -175,4 +175,27 @@ fn refuses_to_program_nft_while_legacy_holds_our_chains() {
     topology
         .host_command(&["iptables-legacy", "-t", "nat", "-X", "CAPSTAN-SERVICES"])
         .expect("remove the legacy chain");
+}
+
+#[test]
+fn nftables_backend_passes_the_proxy_kit_and_cleans_up_exactly() {
+    if !namespaces() {
+        return;
+    }
+    let topology = Topology::create(3).expect("topology");
+    let ruleset = || {
+        topology
+            .host_command(&["nft", "list", "ruleset"])
+            .expect("nft list ruleset")
+    };
+    let before = ruleset();
+    check_backend(&topology, KitOptions::default(), || async {
+        NftablesProxy::new(NftablesConfig {
+            cluster_cidr: Some("10.251.0.0/16".into()),
+            ..NftablesConfig::default()
+        })
+        .await
+    })
+    .expect("the nftables backend meets the proxy contract");
+    assert_eq!(ruleset(), before, "cleanup leaves the ruleset as it was");
 }

@@ -63,6 +63,8 @@ pub enum ProxyMode {
     Userspace,
     /// iptables rules (root): cluster IPs and NodePorts, as kube-proxy does.
     Iptables,
+    /// An nftables table of its own (root): map lookups, fast incremental updates.
+    Nftables,
     /// No service proxy.
     None,
 }

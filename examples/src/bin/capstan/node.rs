@@ -15,7 +15,9 @@ use capstan_core::proxy::{
 };
 use capstan_core::runtime::sim::SimRuntime;
 use capstan_core::runtime::ContainerRuntime;
-use capstan_net_iptables::{IptablesConfig, IptablesProxy, NetlinkRoutes};
+use capstan_net_iptables::{
+    IptablesConfig, IptablesProxy, NetlinkRoutes, NftablesConfig, NftablesProxy,
+};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -107,6 +109,18 @@ async fn open_proxy(
             .map_err(|e| format!("cannot use iptables: {e}"))?;
             let line = format!("iptables ({:?})", backend.variant());
             Ok(Some((Arc::new(backend), line)))
+        }
+        ProxyMode::Nftables => {
+            let backend = NftablesProxy::new(NftablesConfig {
+                cluster_cidr: Some(cluster_cidr.to_string()),
+                ..NftablesConfig::default()
+            })
+            .await
+            .map_err(|e| format!("cannot use nftables: {e}"))?;
+            Ok(Some((
+                Arc::new(backend),
+                "nftables (table ip capstan)".into(),
+            )))
         }
         ProxyMode::Userspace => {
             let backend = UserspaceProxy::new(UserspaceConfig {
