@@ -575,6 +575,60 @@ async fn services_get_unique_addresses_that_are_released() {
         again["spec"]["clusterIP"], ip_a,
         "a released address can be claimed again"
     );
+
+    // Dual-stack fields on this IPv4-only cluster: preferring dual-stack settles on IPv4;
+    // requiring it, or IPv6 first, is refused with the field and changes nothing.
+    let prefer = api
+        .ok(
+            Method::POST,
+            "/api/v1/namespaces/default/services",
+            Some(svc(
+                "prefer",
+                json!({"spec": {"ipFamilyPolicy": "PreferDualStack", "ipFamilies": ["IPv4", "IPv6"]}}),
+            )),
+        )
+        .await;
+    assert_eq!(prefer["spec"]["ipFamilies"], json!(["IPv4"]));
+    assert_eq!(prefer["spec"]["ipFamilyPolicy"], "PreferDualStack");
+    assert_eq!(
+        prefer["spec"]["clusterIPs"].as_array().map(Vec::len),
+        Some(1)
+    );
+    for (name, spec, field) in [
+        (
+            "require",
+            json!({"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}),
+            "spec.ipFamilyPolicy",
+        ),
+        ("six", json!({"ipFamilies": ["IPv6"]}), "spec.ipFamilies[0]"),
+        (
+            "two",
+            json!({"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4", "IPv6"]}),
+            "spec.ipFamilies",
+        ),
+        ("odd", json!({"ipFamilies": ["IPv5"]}), "spec.ipFamilies[0]"),
+    ] {
+        let (status, body) = api
+            .call(
+                Method::POST,
+                "/api/v1/namespaces/default/services",
+                Some(svc(name, json!({ "spec": spec }))),
+            )
+            .await;
+        assert_eq!(status.as_u16(), 422, "{name}: {body}");
+        assert_eq!(
+            body["details"]["causes"][0]["field"], field,
+            "{name}: {body}"
+        );
+        let (status, _) = api
+            .call(
+                Method::GET,
+                &format!("/api/v1/namespaces/default/services/{name}"),
+                None,
+            )
+            .await;
+        assert_eq!(status.as_u16(), 404, "{name} was not created");
+    }
 }
 
 #[tokio::test]

@@ -14,6 +14,59 @@ use std::sync::Arc;
 const IP_KEY: &str = "/ranges/serviceips";
 const PORT_KEY: &str = "/ranges/servicenodeports";
 
+/// Settles a new Service's dual-stack fields on this IPv4-only cluster, as Kubernetes does
+/// on a single-stack one: `PreferDualStack` keeps the IPv4 family only; `RequireDualStack`,
+/// an IPv6 primary family, or two families under `SingleStack` are invalid.
+fn settle_ip_families(object: &mut Value) -> Result<(), ApiError> {
+    let invalid = |cause: Cause| ApiError::invalid("Service", "", vec![cause]);
+    let policy = object
+        .pointer("/spec/ipFamilyPolicy")
+        .cloned()
+        .unwrap_or_else(|| Value::String("SingleStack".into()));
+    let families: Vec<Value> = object
+        .pointer("/spec/ipFamilies")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_else(|| vec![Value::String("IPv4".into())]);
+    for (i, family) in families.iter().enumerate() {
+        if !matches!(family.as_str(), Some("IPv4" | "IPv6")) {
+            return Err(invalid(Cause::not_supported(
+                format!("spec.ipFamilies[{i}]"),
+                family,
+                &["IPv4", "IPv6"],
+            )));
+        }
+    }
+    match policy.as_str() {
+        Some("SingleStack") if families.len() > 1 => Err(invalid(Cause::invalid(
+            "spec.ipFamilies",
+            &Value::Array(families),
+            "when spec.ipFamilyPolicy is SingleStack only one ipFamily is allowed",
+        ))),
+        Some("RequireDualStack") => Err(invalid(Cause::invalid(
+            "spec.ipFamilyPolicy",
+            &policy,
+            "this cluster is not configured for dual-stack services",
+        ))),
+        Some("SingleStack" | "PreferDualStack") => {
+            if families.first().and_then(Value::as_str) == Some("IPv6") {
+                return Err(invalid(Cause::invalid(
+                    "spec.ipFamilies[0]",
+                    &families[0],
+                    "not configured on this cluster",
+                )));
+            }
+            object["spec"]["ipFamilies"] = serde_json::json!(["IPv4"]);
+            Ok(())
+        }
+        _ => Err(invalid(Cause::not_supported(
+            "spec.ipFamilyPolicy",
+            &policy,
+            &["SingleStack", "PreferDualStack", "RequireDualStack"],
+        ))),
+    }
+}
+
 /// Hands out cluster IPs and node ports.
 #[derive(Clone)]
 pub struct ServiceAllocator {
@@ -232,6 +285,7 @@ impl ServiceAllocator {
         if spec_type == "ExternalName" {
             return Ok(());
         }
+        settle_ip_families(object)?;
         let requested = object
             .pointer("/spec/clusterIP")
             .and_then(Value::as_str)
