@@ -740,6 +740,91 @@ async fn capstan_up_serves_persists_and_stops_on_sigterm() {
         .success());
 }
 
+/// `capstan sim` with its settings from a YAML file (`--config`) overridden by a flag: every
+/// simulated node registers Ready with the given capacity, and SIGTERM stops it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capstan_sim_runs_simulated_nodes_from_a_config_file() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("capstan.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\nstore: memory\nnodes: 2\ncapacity: cpu=8,memory=32Gi,pods=50\ndata-dir: {}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["sim", "--config"])
+        .arg(&config)
+        // The command line wins over the file.
+        .args(["--nodes", "5", "--log-format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let found = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.contains("simulated nodes ready"));
+        std::thread::spawn(move || lines.for_each(drop));
+        found
+    })
+    .await
+    .unwrap()
+    .expect("capstan sim reports its nodes ready");
+    assert!(ready.contains("5 simulated nodes ready"), "{ready}");
+    let kubeconfig = kube::config::Kubeconfig::read_from(dir.path().join("kubeconfig")).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let nodes: Api<k8s_openapi::api::core::v1::Node> =
+        Api::all(kube::Client::try_from(config).unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = nodes.list(&ListParams::default()).await.unwrap();
+        let ready = list
+            .items
+            .iter()
+            .filter(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        if ready == 5 {
+            let node = &list.items[0];
+            let capacity = node
+                .status
+                .as_ref()
+                .and_then(|s| s.capacity.clone())
+                .unwrap();
+            assert_eq!(capacity["cpu"].0, "8");
+            assert_eq!(capacity["pods"].0, "50");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{ready} of 5 nodes Ready"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
 #[test]
 fn capstan_up_refuses_non_loopback_addresses_and_bad_flags() {
     let dir = tempfile::tempdir().unwrap();
@@ -763,7 +848,8 @@ fn capstan_up_refuses_non_loopback_addresses_and_bad_flags() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("invalid value 'ipvs'") && stderr.contains("userspace, iptables, none"),
+        stderr.contains("invalid value 'ipvs'")
+            && stderr.contains("userspace, iptables, nftables, none"),
         "{stderr}"
     );
 }

@@ -6,7 +6,8 @@
 //! is one atomic `iptables-restore --noflush`. A sync whose table differs from the last one
 //! applied rewrites only the chains of changed Service ports; a sync of an unchanged table
 //! (the proxy's periodic resync) rewrites everything, repairing whatever was changed behind its
-//! back. IPv4 only: IPv6 cluster IPs and endpoints are skipped.
+//! back. IPv4 only: IPv6 cluster IPs and endpoints are skipped. After a sync, UDP flows to
+//! removed endpoints are deleted from connection tracking (the `conntrack` tool).
 //!
 //! [`NftablesProxy`] is the same contract on nftables: its own table, map lookups, and
 //! incremental transactions that stay fast with thousands of Services.
@@ -27,6 +28,7 @@
 //! ```
 
 mod command;
+mod conntrack;
 mod nft_ruleset;
 mod nftables;
 mod routes;
@@ -43,6 +45,9 @@ use capstan_core::proxy::{ProxyBackend, ProxyError, ServiceTable};
 use rules::{RuleSettings, EXTERNAL_SERVICES, FORWARD, POD_EGRESS, POSTROUTING, SERVICES};
 use std::collections::BTreeMap;
 use tokio::sync::Mutex;
+
+/// The connection-tracking tool both backends use to forget stale UDP flows.
+const CONNTRACK: &str = "conntrack";
 
 /// How an [`IptablesProxy`] programs its rules.
 #[derive(Debug, Clone)]
@@ -256,8 +261,11 @@ impl ProxyBackend for IptablesProxy {
             }
         };
         let (text, chains) = rules::restore_text(table, Some(&previous), &self.settings, &extra);
-        *applied = None;
+        let before = applied.take().map(|a| a.table);
         self.restore(&text).await?;
+        if let Some(before) = &before {
+            conntrack::delete(CONNTRACK, &conntrack::stale_udp_flows(before, table)).await;
+        }
         *applied = Some(Applied {
             table: table.clone(),
             chains,

@@ -150,6 +150,15 @@ impl Objects {
     }
 }
 
+impl crate::conntrack::Entries for Objects {
+    fn entry(&self, name: &ServicePortName) -> Option<&ServiceEntry> {
+        self.services.get(name).map(|o| &o.0)
+    }
+    fn entries(&self) -> Box<dyn Iterator<Item = (&ServicePortName, &ServiceEntry)> + '_> {
+        Box::new(self.services.iter().map(|(name, o)| (name, &o.0)))
+    }
+}
+
 fn release(hairpin: &mut BTreeMap<Ipv4Addr, usize>, ips: &[Ipv4Addr]) {
     for ip in ips {
         if let Some(count) = hairpin.get_mut(ip) {

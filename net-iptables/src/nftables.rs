@@ -7,9 +7,9 @@
 //! another table's DROP policy (an nftables accept is final only in its own table), so hosts
 //! whose forward policy drops (Docker's) need their own accept rules for the pod range.
 
-use crate::command;
 use crate::nft_ruleset::{ruleset_text, Mode, Objects, TABLE};
 use crate::rules::RuleSettings;
+use crate::{command, conntrack, CONNTRACK};
 use async_trait::async_trait;
 use capstan_core::proxy::{ProxyBackend, ProxyError, ServiceTable};
 use tokio::sync::Mutex;
@@ -112,6 +112,10 @@ impl ProxyBackend for NftablesProxy {
         };
         match self.apply(&text).await {
             Ok(()) => {
+                if let Some(before) = &previous {
+                    let stale = conntrack::stale_udp_flows(before, &objects);
+                    conntrack::delete(CONNTRACK, &stale).await;
+                }
                 *applied = Some(objects);
                 Ok(())
             }

@@ -199,3 +199,109 @@ fn nftables_backend_passes_the_proxy_kit_and_cleans_up_exactly() {
     .expect("the nftables backend meets the proxy contract");
     assert_eq!(ruleset(), before, "cleanup leaves the ruleset as it was");
 }
+
+/// A UDP client keeps its source port; after its endpoint is removed, its next datagram must
+/// reach the remaining endpoint, not the one its old flow was DNATed to.
+fn udp_flows_follow_endpoint_changes<B: ProxyBackend + 'static>(
+    topology: &Topology,
+    backend: B,
+    client_port: u16,
+) {
+    use capstan_core::proxy::testkit::POD_UDP_PORT;
+    use capstan_core::proxy::{Protocol, ServiceEntry, ServicePortName};
+    use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+    use std::time::Duration;
+    let backend = std::sync::Arc::new(backend);
+    let sync = |endpoints: Vec<usize>| {
+        let mut table = ServiceTable::default();
+        table.services.insert(
+            ServicePortName {
+                namespace: "default".into(),
+                name: "dns".into(),
+                port: "dns".into(),
+                protocol: Protocol::Udp,
+            },
+            ServiceEntry {
+                cluster_ips: vec!["10.96.0.20".parse().expect("ip")],
+                port: 53,
+                node_port: None,
+                affinity: None,
+                endpoints: endpoints
+                    .iter()
+                    .map(|i| SocketAddr::new(topology.pod_address(*i).into(), POD_UDP_PORT))
+                    .collect(),
+            },
+        );
+        let backend = backend.clone();
+        in_namespace(&topology.host, move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(backend.sync(&table))
+        })
+        .expect("namespace")
+        .expect("sync");
+    };
+    let socket = in_namespace(&topology.client, move || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, client_port))
+    })
+    .expect("namespace")
+    .expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let ask = || {
+        socket.send_to(b"who", ("10.96.0.20", 53)).expect("send");
+        let mut buffer = [0u8; 64];
+        let (len, _) = socket.recv_from(&mut buffer).expect("an answer");
+        String::from_utf8_lossy(&buffer[..len]).into_owned()
+    };
+    sync(vec![0]);
+    assert_eq!(ask(), "pod0");
+    assert_eq!(ask(), "pod0");
+    sync(vec![1]);
+    assert_eq!(
+        ask(),
+        "pod1",
+        "the flow to the removed endpoint was forgotten"
+    );
+    let backend = backend.clone();
+    in_namespace(&topology.host, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(backend.cleanup())
+    })
+    .expect("namespace")
+    .expect("cleanup");
+}
+
+#[test]
+fn stale_udp_flows_are_forgotten_by_both_backends() {
+    if !namespaces() {
+        return;
+    }
+    let topology = Topology::create(3).expect("topology");
+    let iptables = in_namespace(&topology.host, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(IptablesProxy::new(IptablesConfig::default()))
+    })
+    .expect("namespace")
+    .expect("iptables");
+    udp_flows_follow_endpoint_changes(&topology, iptables, 40053);
+    let nftables = in_namespace(&topology.host, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(NftablesProxy::new(NftablesConfig::default()))
+    })
+    .expect("namespace")
+    .expect("nftables");
+    udp_flows_follow_endpoint_changes(&topology, nftables, 40054);
+}

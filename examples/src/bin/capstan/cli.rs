@@ -7,11 +7,32 @@ use std::path::PathBuf;
 
 /// Capstan, the reference orchestrator.
 #[derive(Debug, Parser)]
-#[command(name = "capstan", version, about)]
+#[command(name = "capstan", version, about, args_override_self = true)]
 pub struct Cli {
+    /// A YAML file of flags (keys are long flag names; the command line wins).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Log lines as `text` or `json` (levels from `RUST_LOG`, default warn).
+    #[arg(
+        long,
+        global = true,
+        env = "CAPSTAN_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// What to run.
@@ -25,6 +46,9 @@ pub enum Command {
     Server(ServerArgs),
     /// A node: node agent, service proxy, cluster DNS and pod network, joining `--server`.
     Agent(AgentArgs),
+    /// A control plane with N simulated nodes in one process, for scale experiments and
+    /// what-if runs (no containers run; pods are reported Running).
+    Sim(SimArgs),
 }
 
 /// Where the cluster's objects live.
@@ -163,4 +187,22 @@ pub struct AgentArgs {
     /// The cluster's service range (blackholed).
     #[arg(long, env = "CAPSTAN_SERVICE_CIDR", default_value = "10.96.0.0/12")]
     pub service_cidr: String,
+}
+
+/// `capstan sim`.
+#[derive(Debug, Clone, Args)]
+pub struct SimArgs {
+    /// Store, address and ranges.
+    #[command(flatten)]
+    pub control: ControlPlaneArgs,
+    /// How many simulated nodes.
+    #[arg(long, env = "CAPSTAN_SIM_NODES", default_value_t = 3)]
+    pub nodes: usize,
+    /// Each simulated node's capacity, as `cpu=4,memory=16Gi,pods=110`.
+    #[arg(
+        long,
+        env = "CAPSTAN_SIM_CAPACITY",
+        default_value = "cpu=4,memory=16Gi,pods=110"
+    )]
+    pub capacity: String,
 }

@@ -76,11 +76,12 @@ fn kubeconfig(server: &str) -> String {
 
 impl ControlPlane {
     /// Opens the store, serves the API on `args.listen` (loopback only unless
-    /// `allow_remote`), writes `DATA_DIR/kubeconfig` and starts the controller manager and
-    /// the scheduler as candidates named `identity`.
+    /// `allow_remote`), writes `DATA_DIR/kubeconfig` and starts the controller manager (with
+    /// node IPAM when `node_ipam`) and the scheduler as candidates named `identity`.
     pub async fn start(
         args: &ControlPlaneArgs,
         allow_remote: bool,
+        node_ipam: bool,
         identity: &str,
     ) -> Result<ControlPlane, String> {
         let cluster_cidr = Ipv4Cidr::parse(&args.cluster_cidr)
@@ -136,7 +137,7 @@ impl ControlPlane {
                     "capstan-controller-manager",
                     identity,
                 )),
-                node_ipam: Some(NodeIpamConfig {
+                node_ipam: node_ipam.then(|| NodeIpamConfig {
                     cluster_cidr,
                     ..NodeIpamConfig::default()
                 }),
@@ -144,7 +145,12 @@ impl ControlPlane {
             },
         )
         .start();
-        println!("capstan: controller manager started (replicasets, deployments, daemonsets, statefulsets, jobs, cronjobs, autoscalers, disruption budgets, garbage collector, endpoints, endpointslices, node lifecycle, node IPAM from {cluster_cidr})");
+        let ipam = if node_ipam {
+            format!(", node IPAM from {cluster_cidr}")
+        } else {
+            String::new()
+        };
+        println!("capstan: controller manager started (replicasets, deployments, daemonsets, statefulsets, jobs, cronjobs, autoscalers, disruption budgets, garbage collector, endpoints, endpointslices, node lifecycle{ipam})");
         let scheduler = Scheduler::in_process(&server, SchedulerConfig::default()).start_elected(
             LeaderElectionConfig::new("kube-system", "capstan-scheduler", identity),
         );

@@ -11,18 +11,21 @@
 //!   SIGTERM (containers keep running and are adopted on the next start).
 //! - `capstan server` runs the control plane only; `capstan agent --server URL` runs a node
 //!   against it, with its pod subnet from the server's node IPAM, so a cluster spans hosts.
+//! - `capstan sim --nodes N` runs a control plane with N simulated nodes in one process.
 //!
 //! Until authentication lands the API serves loopback addresses only, unless `capstan server
 //! --insecure-no-auth` is told the network is private. Every flag has a `CAPSTAN_*`
-//! environment variable; `capstan help <command>` lists them.
+//! environment variable and may come from a YAML file (`--config FILE`, keys are flag names;
+//! the command line wins); `capstan help <command>` lists them.
 
 mod cli;
+mod config_file;
 mod control_plane;
 mod node;
 
 use capstan_core::controller::InformerFactory;
 use clap::Parser;
-use cli::{AgentArgs, Cli, Command, ServerArgs, UpArgs};
+use cli::{AgentArgs, Cli, Command, LogFormat, ServerArgs, SimArgs, UpArgs};
 use control_plane::ControlPlane;
 use node::{Node, NodeSetup};
 use std::time::Duration;
@@ -60,6 +63,7 @@ async fn up(args: UpArgs, shutdown: CancellationToken) -> Result<(), String> {
     let control = ControlPlane::start(
         &args.control,
         false,
+        true,
         &identity(args.node.node_name.as_deref()),
     )
     .await?;
@@ -91,7 +95,7 @@ async fn up(args: UpArgs, shutdown: CancellationToken) -> Result<(), String> {
 
 async fn server(args: ServerArgs, shutdown: CancellationToken) -> Result<(), String> {
     let control =
-        ControlPlane::start(&args.control, args.insecure_no_auth, &identity(None)).await?;
+        ControlPlane::start(&args.control, args.insecure_no_auth, true, &identity(None)).await?;
     println!(
         "capstan: control plane ready; nodes join with\n  capstan agent --server http://{}\n  kubectl --kubeconfig {} get nodes",
         control.address,
@@ -154,20 +158,83 @@ async fn agent(args: AgentArgs, shutdown: CancellationToken) -> Result<(), Strin
     Ok(())
 }
 
+async fn sim(args: SimArgs, shutdown: CancellationToken) -> Result<(), String> {
+    let capacity: std::collections::BTreeMap<String, String> = args
+        .capacity
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| format!("--capacity: {pair:?} is not NAME=QUANTITY"))
+        })
+        .collect::<Result<_, _>>()?;
+    // Simulated pods need no subnets (and thousands of nodes would not fit one /16).
+    let control = ControlPlane::start(&args.control, false, false, &identity(None)).await?;
+    let mut agents = Vec::with_capacity(args.nodes);
+    for i in 0..args.nodes {
+        let name = format!("sim-node-{i}");
+        let mut config = capstan_core::node::NodeConfig::new(&name);
+        config.capacity = Some(capacity.clone());
+        config.root_dir = args.control.data_dir.join("nodes").join(&name);
+        let agent = capstan_core::node::NodeAgent::new(
+            control.server.client(),
+            std::sync::Arc::new(capstan_core::runtime::sim::SimRuntime::default()),
+            config,
+        )
+        .start()
+        .await
+        .map_err(|e| format!("cannot start {name}: {e}"))?;
+        agents.push(agent);
+        if (i + 1) % 500 == 0 {
+            println!(
+                "capstan: {} of {} simulated nodes started",
+                i + 1,
+                args.nodes
+            );
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+    println!(
+        "capstan: {} simulated nodes ready ({})\ncapstan: use it with\n  kubectl --kubeconfig {} get nodes",
+        agents.len(),
+        args.capacity,
+        ControlPlane::kubeconfig_path(&args.control).display()
+    );
+    shutdown.cancelled().await;
+    futures::future::join_all(agents.into_iter().map(|a| a.stop())).await;
+    control.stop().await?;
+    println!("capstan: stopped");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
+    let args = match config_file::expand(std::env::args().collect()) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("capstan: {message}");
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let result = match shutdown_on_signal() {
         Ok(shutdown) => match cli.command {
             Command::Up(args) => up(args, shutdown).await,
             Command::Server(args) => server(args, shutdown).await,
             Command::Agent(args) => agent(args, shutdown).await,
+            Command::Sim(args) => sim(args, shutdown).await,
         },
         Err(message) => Err(message),
     };
