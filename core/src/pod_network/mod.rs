@@ -162,6 +162,6 @@ mod tests {
             ]
         );
         assert_eq!(host.blackholes.len(), 2);
-        assert_eq!(host.blackholes[0].to_string(), "10.244.0.0/16");
+        assert_eq!(host.blackholes[1].to_string(), "10.244.0.0/16");
     }
 }

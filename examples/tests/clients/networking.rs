@@ -51,6 +51,8 @@ fn ip(args: &[&str]) {
 /// Everything the test made; torn down on drop, in reverse.
 struct Lab {
     id: String,
+    /// The kubeconfig kubectl uses (default: the server's in `ctl/`).
+    kubeconfig: PathBuf,
     dir: tempfile::TempDir,
     namespaces: Vec<String>,
     children: Vec<Child>,
@@ -69,9 +71,11 @@ impl Lab {
     /// The server's namespace with the `lan` bridge at `SERVER_IP`; hosts join it.
     fn create() -> Lab {
         let id = std::process::id().to_string();
+        let dir = tempfile::tempdir().expect("tempdir");
         let mut lab = Lab {
             id,
-            dir: tempfile::tempdir().expect("tempdir"),
+            kubeconfig: dir.path().join("ctl/kubeconfig"),
+            dir,
             namespaces: Vec::new(),
             children: Vec::new(),
             dockerds: Vec::new(),
@@ -197,13 +201,14 @@ impl Lab {
         args: &[&str],
         env: &[(&str, &str)],
         ready_line: &str,
-    ) {
+    ) -> u32 {
         let mut command = self.command_in(namespace, env!("CARGO_BIN_EXE_capstan"), args);
         command
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = command.spawn().expect("start capstan");
+        let pid = child.id();
         let stdout = child.stdout.take().expect("stdout");
         let (lines_tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -224,6 +229,7 @@ impl Lab {
         }
         // Keep draining so the child never blocks on a full pipe.
         std::thread::spawn(move || while lines.recv().is_ok() {});
+        pid
     }
 
     /// kubectl 1.33 from the server's namespace.
@@ -233,7 +239,7 @@ impl Lab {
         args: &[&str],
         input: Option<&str>,
     ) -> Result<String, String> {
-        let kubeconfig = self.path("ctl/kubeconfig");
+        let kubeconfig = self.kubeconfig.clone();
         let mut command = self.command_in(
             &self.namespace("ctl"),
             kubectl.to_str().expect("path"),
@@ -660,4 +666,242 @@ async fn capstan_up_with_iptables_serves_cluster_ips_to_pods() {
         std::panic::resume_unwind(panic.into_panic());
     }
     assert!(status.expect("wait").success());
+}
+
+/// Two `capstan server`s on one etcd and two Docker hosts: when the leading server dies the
+/// other one's scheduler and controllers take over, and when a host's agent stops its node
+/// goes not ready and its pods are recreated on the other host, the Service following them.
+#[cfg(feature = "etcd")]
+#[test]
+fn the_cluster_survives_a_lost_server_and_a_lost_host() {
+    let Some(kubectl_dir) = kubectl_dir() else {
+        return;
+    };
+    if let Err(why) = network_namespaces_available() {
+        return missing_service("root with network namespaces", &why);
+    }
+    if let Err(why) = run("etcd", &["--version"]).and(dockerd_available()) {
+        return missing_service("etcd and dockerd", &why);
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    if !runtime.block_on(ensure_test_image()) {
+        return;
+    }
+    let kubectl = kubectl_dir.join("kubectl.1.33");
+    let mut lab = Lab::create();
+    let ctl = lab.namespace("ctl");
+    // etcd inside the servers' namespace, on its loopback.
+    let etcd_dir = lab.path("etcd");
+    let etcd = lab
+        .command_in(
+            &ctl,
+            "etcd",
+            &[
+                "--name",
+                "e2e",
+                "--data-dir",
+                etcd_dir.to_str().expect("path"),
+                "--listen-client-urls",
+                "http://127.0.0.1:23790",
+                "--advertise-client-urls",
+                "http://127.0.0.1:23790",
+                "--listen-peer-urls",
+                "http://127.0.0.1:23800",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:23800",
+                "--initial-cluster",
+                "e2e=http://127.0.0.1:23800",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start etcd");
+    lab.children.push(etcd);
+    let ctl_for_probe = ctl.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while capstan_core::proxy::testkit::in_namespace(&ctl_for_probe, || {
+        std::net::TcpStream::connect(("127.0.0.1", 23790)).is_ok()
+    }) != Ok(true)
+    {
+        assert!(Instant::now() < deadline, "etcd did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut servers = Vec::new();
+    for (port, dir) in [(6443, "ctl-a"), (6444, "ctl-b")] {
+        let data = lab.path(dir);
+        let pid = lab.start_capstan(
+            &ctl,
+            &[
+                "server",
+                "--listen",
+                &format!("{SERVER_IP}:{port}"),
+                "--insecure-no-auth",
+                "--store",
+                "etcd://127.0.0.1:23790",
+                "--node-monitor-grace-period",
+                "6s",
+                "--data-dir",
+                data.to_str().expect("path"),
+            ],
+            &[],
+            "control plane ready",
+        );
+        servers.push((pid, port, data));
+    }
+    // Whoever leads the scheduler is the one to lose; everything else talks to the other.
+    lab.kubeconfig = servers[0].2.join("kubeconfig");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let holder = loop {
+        let holder = lab
+            .kubectl(
+                &kubectl,
+                &[
+                    "get",
+                    "lease",
+                    "-n",
+                    "kube-system",
+                    "capstan-scheduler",
+                    "-o",
+                    "jsonpath={.spec.holderIdentity}",
+                ],
+                None,
+            )
+            .unwrap_or_default();
+        if !holder.is_empty() {
+            break holder;
+        }
+        assert!(Instant::now() < deadline, "no scheduler leader");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let leader = servers
+        .iter()
+        .position(|(pid, _, _)| holder.ends_with(&format!("-{pid}")))
+        .unwrap_or_else(|| panic!("the leader {holder} is one of the servers"));
+    let survivor = &servers[1 - leader];
+    lab.kubeconfig = survivor.2.join("kubeconfig");
+    let survivor_url = format!("http://{SERVER_IP}:{}", survivor.1);
+    for (role, address) in [("host-a", "10.250.10.11"), ("host-b", "10.250.10.12")] {
+        let namespace = lab.add_host(role, address);
+        let socket = lab.start_dockerd(&namespace, role);
+        let agent_dir = lab.path(role);
+        lab.start_capstan(
+            &namespace,
+            &[
+                "agent",
+                "--server",
+                &survivor_url,
+                "--node-name",
+                role,
+                "--node-ip",
+                address,
+                "--runtime",
+                "docker",
+                "--proxy",
+                "iptables",
+                "--pod-network",
+                "host-gw",
+                "--data-dir",
+                agent_dir.to_str().expect("path"),
+            ],
+            &[("DOCKER_HOST", &socket)],
+            "agent joined",
+        );
+    }
+    // Two replicas, one per host; they leave an unreachable node after two seconds.
+    let web = format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      topologySpreadConstraints:
+      - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway, labelSelector: {{matchLabels: {{app: web}}}}}}
+      tolerations:
+      - {{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}}
+      - {{key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 2}}
+      containers:
+      - name: httpd
+        image: {TEST_IMAGE}
+        command: [sh, -c, 'mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www']
+"#
+    );
+    lab.kubectl(&kubectl, &["apply", "-f", "-"], Some(&web))
+        .expect("apply web");
+    lab.kubectl(
+        &kubectl,
+        &["rollout", "status", "deployment/web", "--timeout=120s"],
+        None,
+    )
+    .expect("web rolls out");
+    let placements = || {
+        lab.kubectl(
+            &kubectl,
+            &["get", "pods", "-l", "app=web", "-o", "jsonpath={range .items[*]}{.spec.nodeName},{.status.phase},{.metadata.deletionTimestamp} {end}"],
+            None,
+        )
+        .unwrap_or_default()
+    };
+    let spread = placements();
+    assert!(
+        spread.contains("host-a,Running") && spread.contains("host-b,Running"),
+        "one replica per host: {spread}"
+    );
+
+    // The leading server dies: the survivor's scheduler and controllers take over.
+    let _ = Command::new("kill")
+        .args(["-KILL", &servers[leader].0.to_string()])
+        .status();
+    lab.kubectl(&kubectl, &["scale", "deployment/web", "--replicas=4"], None)
+        .expect("scale");
+    lab.kubectl(
+        &kubectl,
+        &["rollout", "status", "deployment/web", "--timeout=120s"],
+        None,
+    )
+    .expect("the surviving server schedules and runs the new replicas");
+
+    // host-b's agent stops: its node goes not ready and its pods come back on host-a.
+    let agent_b = lab.children.len() - 1;
+    let _ = Command::new("kill")
+        .args(["-TERM", &lab.children[agent_b].id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ready = lab
+            .kubectl(
+                &kubectl,
+                &[
+                    "get",
+                    "node",
+                    "host-b",
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                ],
+                None,
+            )
+            .unwrap_or_default();
+        let live: Vec<String> = placements()
+            .split_whitespace()
+            .filter(|p| p.split(',').nth(2).is_none_or(str::is_empty))
+            .map(str::to_string)
+            .collect();
+        let on_a = live
+            .iter()
+            .filter(|p| p.starts_with("host-a,Running"))
+            .count();
+        if ready != "True" && on_a == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host-b ready={ready:?}; live web pods: {live:?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }

@@ -78,6 +78,33 @@ pub struct ControlPlaneArgs {
     /// Pod subnets of nodes come from this range.
     #[arg(long, env = "CAPSTAN_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
     pub cluster_cidr: String,
+    /// How long a node may go without renewing its Lease before it is marked not ready
+    /// (`40s`, `2m`, `500ms`).
+    #[arg(
+        long,
+        env = "CAPSTAN_NODE_MONITOR_GRACE_PERIOD",
+        default_value = "40s",
+        value_parser = parse_duration
+    )]
+    pub node_monitor_grace_period: std::time::Duration,
+}
+
+/// A duration as `500ms`, `40s`, `2m` or `1h`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} needs a unit (ms, s, m, h)"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(number)),
+        "s" => Ok(std::time::Duration::from_secs(number)),
+        "m" => Ok(std::time::Duration::from_secs(number * 60)),
+        "h" => Ok(std::time::Duration::from_secs(number * 3600)),
+        _ => Err(format!("{text:?}: the unit must be ms, s, m or h")),
+    }
 }
 
 /// The service proxy's data path.

@@ -7,7 +7,7 @@ use capstan_core::apiserver::{ApiConfig, ApiServer};
 use capstan_core::cidr::Ipv4Cidr;
 use capstan_core::controller::{
     ControllerManager, ControllerManagerConfig, LeaderElectionConfig, NodeIpamConfig,
-    RunningControllers,
+    NodeLifecycleConfig, RunningControllers,
 };
 use capstan_core::scheduler::{ElectedScheduler, Scheduler, SchedulerConfig};
 use capstan_core::store::{EmbeddedStore, EmbeddedStoreConfig, MemoryStore, Store};
@@ -137,6 +137,9 @@ impl ControlPlane {
                     "capstan-controller-manager",
                     identity,
                 )),
+                node_lifecycle: NodeLifecycleConfig {
+                    grace_period: args.node_monitor_grace_period,
+                },
                 node_ipam: node_ipam.then(|| NodeIpamConfig {
                     cluster_cidr,
                     ..NodeIpamConfig::default()
