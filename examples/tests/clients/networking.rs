@@ -267,12 +267,11 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for child in &mut self.children {
+        // Last started, first stopped: agents, then servers, then etcd.
+        for child in self.children.iter_mut().rev() {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .status();
-        }
-        for child in &mut self.children {
             let _ = child.wait();
         }
         for (child, socket) in &mut self.dockerds {
