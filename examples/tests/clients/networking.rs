@@ -70,7 +70,13 @@ impl Lab {
 
     /// The server's namespace with the `lan` bridge at `SERVER_IP`; hosts join it.
     fn create() -> Lab {
-        let id = std::process::id().to_string();
+        // Unique per lab: tests in this process build labs at the same time.
+        static LABS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let mut lab = Lab {
             id,
