@@ -910,3 +910,159 @@ spec:
         std::thread::sleep(Duration::from_secs(1));
     }
 }
+
+/// `capstan up` on Docker killed with SIGKILL and started again on the same data directory:
+/// every object is still there and the running containers are adopted, none duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capstan_up_killed_and_restarted_keeps_objects_and_adopts_containers() {
+    let Some(dir) = kubectl_dir() else { return };
+    if !ensure_test_image().await {
+        return;
+    }
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let flags = [
+        "--runtime",
+        "docker",
+        "--node-name",
+        "e2e-restart",
+        "--pod-cidr",
+        "10.244.205.0/24",
+        "--pod-network",
+        "none",
+    ];
+    let child = start_capstan_with(data.path(), port, &flags);
+    let k = Kubectl {
+        binary: dir.join("kubectl.1.33"),
+        kubeconfig: data.path().join("kubeconfig"),
+    };
+    let containers = || {
+        let mut ids: Vec<String> = run(
+            "docker",
+            &[
+                "ps",
+                "-q",
+                "--no-trunc",
+                "--filter",
+                "label=capstan.dev/node=e2e-restart",
+            ],
+        )
+        .expect("docker ps")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+        ids.sort();
+        ids
+    };
+    let deployment = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: sleeper}}\nspec:\n  replicas: 2\n  selector: {{matchLabels: {{app: sleeper}}}}\n  template:\n    metadata: {{labels: {{app: sleeper}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers: [{{name: main, image: \"{TEST_IMAGE}\", command: [sleep, '3600']}}]\n"
+    );
+    let (child, before, pods_before) = tokio::task::spawn_blocking({
+        let k = Kubectl {
+            binary: k.binary.clone(),
+            kubeconfig: k.kubeconfig.clone(),
+        };
+        move || {
+            let mut child = child;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !k.run(&["get", "node", "e2e-restart"], None).0 {
+                assert!(Instant::now() < deadline, "the node never registered");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            k.ok(&["apply", "-f", "-"], Some(&deployment), &["created"]);
+            k.ok(
+                &["create", "configmap", "kept", "--from-literal=a=1"],
+                None,
+                &["created"],
+            );
+            k.ok(
+                &["rollout", "status", "deployment/sleeper", "--timeout=120s"],
+                None,
+                &["successfully rolled out"],
+            );
+            let pods = k.ok(
+                &[
+                    "get",
+                    "pods",
+                    "-l",
+                    "app=sleeper",
+                    "-o",
+                    "jsonpath={.items[*].metadata.uid}",
+                ],
+                None,
+                &[],
+            );
+            let before = containers();
+            // Two pods: a sandbox and an app container each.
+            assert_eq!(before.len(), 4, "{before:?}");
+            let _ = Command::new("kill")
+                .args(["-KILL", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+            (child, before, pods)
+        }
+    })
+    .await
+    .expect("join");
+    drop(child);
+    assert_eq!(
+        containers(),
+        before,
+        "the containers outlive the killed process"
+    );
+    let mut child = start_capstan_with(data.path(), port, &flags);
+    let result = tokio::task::spawn_blocking(move || {
+        k.ok(
+            &["get", "configmap", "kept", "-o", "jsonpath={.data.a}"],
+            None,
+            &["1"],
+        );
+        k.ok(
+            &["rollout", "status", "deployment/sleeper", "--timeout=120s"],
+            None,
+            &["successfully rolled out"],
+        );
+        // Give the agent time to (wrongly) start anything twice, then compare.
+        std::thread::sleep(Duration::from_secs(5));
+        let pods = k.ok(
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=sleeper",
+                "-o",
+                "jsonpath={.items[*].metadata.uid}",
+            ],
+            None,
+            &[],
+        );
+        assert_eq!(pods, pods_before, "the same pods");
+        k.ok(&["get", "pods", "-l", "app=sleeper"], None, &["Running"]);
+        assert_eq!(
+            containers(),
+            before,
+            "the same containers, adopted, none duplicated"
+        );
+        k.ok(&["delete", "deployment", "sleeper"], None, &["deleted"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !containers().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "containers left: {:?}",
+                containers()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })
+    .await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join");
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+    assert!(status.expect("wait").success());
+}
