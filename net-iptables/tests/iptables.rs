@@ -19,6 +19,21 @@ fn namespaces() -> bool {
     }
 }
 
+/// Runs `work` to completion on a fresh single-threaded runtime inside `namespace`.
+fn block_in<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
+    namespace: &str,
+    work: impl FnOnce() -> F + Send + 'static,
+) -> T {
+    in_namespace(namespace, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(work())
+    })
+    .expect("namespace")
+}
+
 /// The host namespace's rules, without comments and counters.
 fn saved(topology: &Topology) -> String {
     let raw = topology
@@ -233,14 +248,10 @@ fn udp_flows_follow_endpoint_changes<B: ProxyBackend + 'static>(
             },
         );
         let backend = backend.clone();
-        in_namespace(&topology.host, move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(backend.sync(&table))
-        })
-        .expect("namespace")
+        block_in(
+            &topology.host,
+            move || async move { backend.sync(&table).await },
+        )
         .expect("sync");
     };
     let socket = in_namespace(&topology.client, move || {
@@ -267,14 +278,10 @@ fn udp_flows_follow_endpoint_changes<B: ProxyBackend + 'static>(
         "the flow to the removed endpoint was forgotten"
     );
     let backend = backend.clone();
-    in_namespace(&topology.host, move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(backend.cleanup())
-    })
-    .expect("namespace")
+    block_in(
+        &topology.host,
+        move || async move { backend.cleanup().await },
+    )
     .expect("cleanup");
 }
 
@@ -284,24 +291,14 @@ fn stale_udp_flows_are_forgotten_by_both_backends() {
         return;
     }
     let topology = Topology::create(3).expect("topology");
-    let iptables = in_namespace(&topology.host, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(IptablesProxy::new(IptablesConfig::default()))
+    let iptables = block_in(&topology.host, move || {
+        IptablesProxy::new(IptablesConfig::default())
     })
-    .expect("namespace")
     .expect("iptables");
     udp_flows_follow_endpoint_changes(&topology, iptables, 40053);
-    let nftables = in_namespace(&topology.host, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(NftablesProxy::new(NftablesConfig::default()))
+    let nftables = block_in(&topology.host, move || {
+        NftablesProxy::new(NftablesConfig::default())
     })
-    .expect("namespace")
     .expect("nftables");
     udp_flows_follow_endpoint_changes(&topology, nftables, 40054);
 }

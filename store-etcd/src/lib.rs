@@ -36,6 +36,21 @@ use etcd_client::{
 use futures::StreamExt;
 use std::time::Duration;
 
+/// Attempts after the first for a request that never reached a member.
+const UNSENT_RETRIES: u64 = 4;
+
+/// Whether `err` says the request was never sent: the connection to the chosen member could
+/// not be made.
+fn unsent(err: &etcd_client::Error) -> bool {
+    match err {
+        etcd_client::Error::GRpcStatus(status) => {
+            status.code() == tonic::Code::Unavailable
+                && status.message().contains("tcp connect error")
+        }
+        _ => false,
+    }
+}
+
 /// How an [`EtcdStore`] connects and lays out its keys.
 #[derive(Debug, Clone)]
 pub struct EtcdStoreConfig {
@@ -115,6 +130,38 @@ impl EtcdStore {
         self.client
             .kv_client()
             .max_decoding_message_size(i32::MAX as usize)
+    }
+
+    /// A range read. A request the channel could not even send (it picked a member that
+    /// refuses connections, e.g. one that just died) is retried at once on another: with
+    /// several endpoints, losing one member costs no failed request.
+    async fn range(
+        &self,
+        key: impl Into<Vec<u8>>,
+        options: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse, etcd_client::Error> {
+        let key: Vec<u8> = key.into();
+        let mut attempt = 0;
+        loop {
+            match self.kv().get(key.clone(), options.clone()).await {
+                Err(err) if unsent(&err) && attempt < UNSENT_RETRIES => attempt += 1,
+                result => return result,
+            }
+            tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+        }
+    }
+
+    /// A transaction, retried like [`range`](Self::range) when it could not be sent (so it
+    /// cannot have been applied).
+    async fn transact(&self, txn: Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+        let mut attempt = 0;
+        loop {
+            match self.kv().txn(txn.clone()).await {
+                Err(err) if unsent(&err) && attempt < UNSENT_RETRIES => attempt += 1,
+                result => return result,
+            }
+            tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+        }
     }
 
     /// The root prefix of this store's keys in etcd.
@@ -214,8 +261,7 @@ impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         validate_key(key)?;
         let response = self
-            .kv()
-            .get(self.full_key(key), None)
+            .range(self.full_key(key), None)
             .await
             .map_err(map_error)?;
         response
@@ -249,8 +295,7 @@ impl Store for EtcdStore {
             get = get.with_revision(revision);
         }
         let response = self
-            .kv()
-            .get(start, Some(get))
+            .range(start, Some(get))
             .await
             .map_err(|e| match map_error(e) {
                 StoreError::Compacted { compacted, .. } => StoreError::Compacted {
@@ -294,8 +339,7 @@ impl Store for EtcdStore {
             .and_then([TxnOp::put(full.clone(), value.to_vec(), put)])
             .or_else([TxnOp::get(full, None)]);
         let response = self
-            .kv()
-            .txn(txn)
+            .transact(txn)
             .await
             .map_err(|e| sized(map_error(e), key, value.len()))?;
         if !response.succeeded() {
@@ -338,8 +382,7 @@ impl Store for EtcdStore {
             ])
             .or_else([TxnOp::get(full, None)]);
         let response = self
-            .kv()
-            .txn(txn)
+            .transact(txn)
             .await
             .map_err(|e| sized(map_error(e), key, value.len()))?;
         if !response.succeeded() {
@@ -379,7 +422,7 @@ impl Store for EtcdStore {
                 Some(etcd_client::DeleteOptions::new().with_prev_key()),
             )])
             .or_else([TxnOp::get(full, None)]);
-        let response = self.kv().txn(txn).await.map_err(map_error)?;
+        let response = self.transact(txn).await.map_err(map_error)?;
         if !response.succeeded() {
             return Err(self.failed_compare(key, response.op_responses())?);
         }
@@ -437,8 +480,7 @@ impl Store for EtcdStore {
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
         let response = self
-            .kv()
-            .get(
+            .range(
                 self.prefix.clone(),
                 Some(GetOptions::new().with_count_only()),
             )

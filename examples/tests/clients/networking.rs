@@ -673,9 +673,10 @@ async fn capstan_up_with_iptables_serves_cluster_ips_to_pods() {
     assert!(status.expect("wait").success());
 }
 
-/// Two `capstan server`s on one etcd and two Docker hosts: when the leading server dies the
-/// other one's scheduler and controllers take over, and when a host's agent stops its node
-/// goes not ready and its pods are recreated on the other host, the Service following them.
+/// Two `capstan server`s on a three-member etcd and two Docker hosts: when the leading server
+/// dies the other one's scheduler and controllers take over; when an etcd member dies the API
+/// keeps serving; when a host's agent stops its node goes not ready and its pods are recreated
+/// on the other host.
 #[cfg(feature = "etcd")]
 #[test]
 fn the_cluster_survives_a_lost_server_and_a_lost_host() {
@@ -695,38 +696,52 @@ fn the_cluster_survives_a_lost_server_and_a_lost_host() {
     let kubectl = kubectl_dir.join("kubectl.1.33");
     let mut lab = Lab::create();
     let ctl = lab.namespace("ctl");
-    // etcd inside the servers' namespace, on its loopback.
-    let etcd_dir = lab.path("etcd");
-    let etcd = lab
-        .command_in(
-            &ctl,
-            "etcd",
-            &[
-                "--name",
-                "e2e",
-                "--data-dir",
-                etcd_dir.to_str().expect("path"),
-                "--listen-client-urls",
-                "http://127.0.0.1:23790",
-                "--advertise-client-urls",
-                "http://127.0.0.1:23790",
-                "--listen-peer-urls",
-                "http://127.0.0.1:23800",
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:23800",
-                "--initial-cluster",
-                "e2e=http://127.0.0.1:23800",
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start etcd");
-    lab.children.push(etcd);
+    // A three-member etcd inside the servers' namespace, on its loopback.
+    let members: Vec<(String, u16, u16)> = (0..3)
+        .map(|i| (format!("e2e{i}"), 23790 + i, 23800 + i))
+        .collect();
+    let initial_cluster = members
+        .iter()
+        .map(|(name, _, peer)| format!("{name}=http://127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut etcd_pids = Vec::new();
+    for (name, client, peer) in &members {
+        let data = lab.path(&format!("etcd-{name}"));
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let etcd = lab
+            .command_in(
+                &ctl,
+                "etcd",
+                &[
+                    "--name",
+                    name,
+                    "--data-dir",
+                    data.to_str().expect("path"),
+                    "--listen-client-urls",
+                    &client_url,
+                    "--advertise-client-urls",
+                    &client_url,
+                    "--listen-peer-urls",
+                    &peer_url,
+                    "--initial-advertise-peer-urls",
+                    &peer_url,
+                    "--initial-cluster",
+                    &initial_cluster,
+                ],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        etcd_pids.push(etcd.id());
+        lab.children.push(etcd);
+    }
     let ctl_for_probe = ctl.clone();
     let deadline = Instant::now() + Duration::from_secs(30);
     while capstan_core::proxy::testkit::in_namespace(&ctl_for_probe, || {
-        std::net::TcpStream::connect(("127.0.0.1", 23790)).is_ok()
+        (23790..23793).all(|port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
     }) != Ok(true)
     {
         assert!(Instant::now() < deadline, "etcd did not start");
@@ -743,7 +758,7 @@ fn the_cluster_survives_a_lost_server_and_a_lost_host() {
                 &format!("{SERVER_IP}:{port}"),
                 "--insecure-no-auth",
                 "--store",
-                "etcd://127.0.0.1:23790",
+                "etcd://127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792",
                 "--node-monitor-grace-period",
                 "6s",
                 "--data-dir",
@@ -870,6 +885,22 @@ spec:
         None,
     )
     .expect("the surviving server schedules and runs the new replicas");
+
+    // One etcd member dies: the API keeps serving reads and writes.
+    let _ = Command::new("kill")
+        .args(["-KILL", &etcd_pids[2].to_string()])
+        .status();
+    for i in 0..5 {
+        let name = format!("after-member-loss-{i}");
+        lab.kubectl(
+            &kubectl,
+            &["create", "configmap", &name, "--from-literal=a=1"],
+            None,
+        )
+        .expect("writes go on with two of three etcd members");
+        lab.kubectl(&kubectl, &["get", "configmap", &name], None)
+            .expect("reads go on with two of three etcd members");
+    }
 
     // host-b's agent stops: its node goes not ready and its pods come back on host-a.
     let agent_b = lab.children.len() - 1;
