@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
 
-struct Api {
+pub(crate) struct Api {
     router: axum::Router,
     store: Arc<dyn Store>,
 }
 
-async fn api() -> Api {
+pub(crate) async fn api() -> Api {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::with_config(MemoryStoreConfig {
         progress_interval: Duration::from_millis(200),
         ..Default::default()
@@ -46,7 +46,7 @@ async fn api() -> Api {
 }
 
 impl Api {
-    async fn raw(
+    pub(crate) async fn raw(
         &self,
         method: Method,
         uri: &str,
@@ -75,11 +75,16 @@ impl Api {
         (status, headers, bytes.to_vec())
     }
 
-    async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         self.send(method, uri, "application/json", body).await
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         uri: &str,
@@ -96,14 +101,14 @@ impl Api {
         )
     }
 
-    async fn ok(&self, method: Method, uri: &str, body: Option<Value>) -> Value {
+    pub(crate) async fn ok(&self, method: Method, uri: &str, body: Option<Value>) -> Value {
         let (status, value) = self.call(method.clone(), uri, body).await;
         assert!(status.is_success(), "{method} {uri}: {status} {value}");
         value
     }
 
     /// Opens a watch and returns its event stream.
-    async fn watch(&self, uri: &str) -> futures::stream::BoxStream<'static, Value> {
+    pub(crate) async fn watch(&self, uri: &str) -> futures::stream::BoxStream<'static, Value> {
         let request = Request::builder().uri(uri).body(Body::empty()).unwrap();
         let response = self.router.clone().oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
@@ -124,7 +129,7 @@ impl Api {
     }
 }
 
-async fn next_event(stream: &mut futures::stream::BoxStream<'static, Value>) -> Value {
+pub(crate) async fn next_event(stream: &mut futures::stream::BoxStream<'static, Value>) -> Value {
     loop {
         let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
             .await
@@ -991,6 +996,7 @@ async fn discovery_tables_and_priority() {
             .unwrap()
             .iter()
             .filter(|r| !r["name"].as_str().unwrap().contains('/'))
+            .filter(|r| r["verbs"].as_array().unwrap().contains(&json!("list")))
         {
             let name = resource["name"].as_str().unwrap();
             let uri = format!("{gv}/{name}");

@@ -1,6 +1,7 @@
 //! Integration tests of capstan-core: the store conformance kit against the in-process
 //! backends. One test binary for the crate keeps link time down.
 
+mod api_extensions;
 mod apiserver;
 mod controllers;
 mod dns;

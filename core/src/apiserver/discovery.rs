@@ -35,6 +35,8 @@ fn verbs(kind: &ResourceKind) -> Vec<&'static str> {
         || kind.group == "metrics.k8s.io"
     {
         vec!["get", "list"]
+    } else if kind.group == "authorization.k8s.io" {
+        vec!["create"]
     } else {
         ALL_VERBS.to_vec()
     }

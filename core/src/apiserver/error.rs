@@ -159,6 +159,34 @@ impl ApiError {
         .about("", resource, name)
     }
 
+    /// 409 Conflict of a server-side apply: fields another manager owns with other values.
+    /// `conflicts` holds (manager description, field path) pairs.
+    pub fn apply_conflict(conflicts: Vec<(String, String)>) -> Self {
+        let lines: Vec<String> = conflicts
+            .iter()
+            .map(|(manager, field)| format!("conflict with {manager}: {field}"))
+            .collect();
+        let count = conflicts.len();
+        let plural = if count == 1 { "" } else { "s" };
+        let message = match lines.as_slice() {
+            [one] => format!("Apply failed with 1 conflict: {one}"),
+            many => format!(
+                "Apply failed with {count} conflict{plural}: {}",
+                many.join("\n")
+            ),
+        };
+        let mut err = ApiError::new(409, "Conflict", message);
+        err.details.causes = conflicts
+            .into_iter()
+            .map(|(manager, field)| Cause {
+                reason: "FieldManagerConflict",
+                message: format!("conflict with {manager}"),
+                field,
+            })
+            .collect();
+        err
+    }
+
     /// 422 Invalid with field causes.
     pub fn invalid(kind: &str, name: &str, causes: Vec<Cause>) -> Self {
         let list: Vec<String> = causes.iter().map(Cause::describe).collect();

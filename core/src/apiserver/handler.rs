@@ -4,15 +4,16 @@
 
 use super::admission::{AdmissionRequest, Operation};
 use super::body::{body_format, error_response, json_response, parse_body, BodyFormat};
+use super::managed_fields::{self, Writer};
 use super::request::{parse_path, Query, ResourcePath, Target};
 use super::strategy::{
-    apply_defaults, check_types, duplicate_fields, split_status, unknown_fields, validate_object,
-    validate_update, FieldValidation,
+    apply_defaults, check_types, duplicate_fields, prune_custom, split_status, unknown_fields,
+    validate_object, validate_update, FieldValidation,
 };
 use super::{
     discovery, list, node_proxy, watch, ApiError, ApiState, Cause, RequestAttributes, UserInfo,
 };
-use crate::registry::{Registry, ResourceKind};
+use crate::registry::{json_path_pointer, Registry, ResourceKind};
 use crate::storage::StorageError;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -34,6 +35,8 @@ pub(crate) struct Ctx {
     pub warnings: Vec<String>,
     pub field_validation: FieldValidation,
     pub body_problems: Vec<String>,
+    /// Set while a server-side apply writes: the apply has set `managedFields` itself.
+    pub applying: bool,
     /// A websocket upgrade offered by the client (exec, attach).
     pub websocket: Option<axum::extract::ws::WebSocketUpgrade>,
     /// The connection upgrade of a SPDY request (port-forward).
@@ -157,6 +160,7 @@ pub(crate) async fn handle(
                     warnings: Vec::new(),
                     field_validation: FieldValidation::parse(query_field_validation.as_deref())?,
                     body_problems: duplicate_fields(&body),
+                    applying: false,
                     websocket,
                     upgrade,
                 };
@@ -297,6 +301,17 @@ async fn resource_request(
     if ctx.kind.group.is_empty() && ctx.kind.plural == "componentstatuses" {
         return component_statuses(&ctx, verb).await;
     }
+    if ctx.kind.group == "authorization.k8s.io" {
+        if verb != "create" || ctx.path.subresource.is_some() {
+            return Err(ApiError::method_not_allowed(format!(
+                "{verb} is not supported on {}: it only answers creates",
+                ctx.kind.plural
+            )));
+        }
+        let input = decode(&ctx, &body)?;
+        let answer = super::access_review::review(&ctx, input).await?;
+        return Ok(json_response(StatusCode::CREATED, &answer, &ctx.warnings));
+    }
     if ctx.kind.group == "metrics.k8s.io" {
         let mut value = node_proxy::metrics(&ctx, verb).await?;
         if wants_table(&ctx.headers) {
@@ -358,7 +373,7 @@ async fn resource_request(
                 write_scale(&mut ctx, &name, parse_patch(format, &body)?, Some(format)).await?,
             )
         }
-        ("patch", None | Some("status")) => (StatusCode::OK, patch(&mut ctx, &name, &body).await?),
+        ("patch", None | Some("status")) => patch(&mut ctx, &name, &body).await?,
         ("delete", None) => delete(&mut ctx, &name, &body).await?,
         ("deletecollection", None) => (StatusCode::OK, delete_collection(&mut ctx, &body).await?),
         _ => {
@@ -369,6 +384,16 @@ async fn resource_request(
             )))
         }
     };
+    if super::crd::is_definition(&ctx.kind)
+        && !ctx.dry_run
+        && matches!(
+            verb,
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        )
+    {
+        // The definition's kinds are served (or gone) before the client hears back.
+        super::crd::sync(&ctx.state).await;
+    }
     Ok(json_response(status, &value, &ctx.warnings))
 }
 
@@ -448,7 +473,37 @@ fn validate_fields(ctx: &mut Ctx, object: &mut Value) -> Result<(), ApiError> {
         problems.extend(unknown_fields(object, &known));
         *object = known;
     }
+    problems.extend(prune_custom(&ctx.kind, object));
     ctx.field_validation.enforce(problems, &mut ctx.warnings)
+}
+
+/// Who writes, for `managedFields`: the `fieldManager` parameter, else the client's user agent
+/// up to its first `/`, as Kubernetes names managers.
+fn writer(ctx: &Ctx) -> Writer {
+    let manager = ctx
+        .query
+        .get("fieldManager")
+        .filter(|m| !m.is_empty())
+        .map(str::to_string)
+        .or_else(|| {
+            ctx.headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|ua| ua.split('/').next())
+                .filter(|m| !m.is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    let api_version = if ctx.path.group.is_empty() {
+        ctx.path.version.clone()
+    } else {
+        format!("{}/{}", ctx.path.group, ctx.path.version)
+    };
+    Writer {
+        manager,
+        api_version,
+        subresource: ctx.path.subresource.clone(),
+    }
 }
 
 fn namespace_of(ctx: &Ctx) -> Option<&str> {
@@ -627,6 +682,12 @@ async fn create(ctx: &mut Ctx, mut object: Value) -> Result<Value, ApiError> {
             meta.remove("name");
         }
     }
+    if !ctx.applying {
+        managed_fields::track_create(&ctx.kind, &mut object, &writer(ctx));
+    }
+    if super::crd::is_definition(&ctx.kind) {
+        super::crd::prepare_create(&mut object);
+    }
     let is_service = is_kind(&ctx.kind, "", "Service");
     if ctx.dry_run {
         return Ok(object);
@@ -766,8 +827,17 @@ async fn write_update_checked(
             )
             .await?;
     }
+    if ctx.applying {
+        managed_fields::prune_only(&mut object);
+    } else {
+        managed_fields::track_update(&ctx.kind, &old, &mut object, &writer(ctx));
+    }
     if ctx.dry_run {
         return Ok(object);
+    }
+    if unchanged(&old, &object) {
+        // An update that changes nothing writes nothing (the resourceVersion stays).
+        return Ok(old);
     }
     let updated = ctx
         .state
@@ -788,6 +858,28 @@ async fn write_update_checked(
     Ok(updated)
 }
 
+/// Whether `new` says exactly what `old` says, its resourceVersion aside.
+fn unchanged(old: &Value, new: &Value) -> bool {
+    let (Some(old_map), Some(new_map)) = (old.as_object(), new.as_object()) else {
+        return false;
+    };
+    if old_map.len() != new_map.len() {
+        return false;
+    }
+    old_map.iter().all(|(key, value)| match new_map.get(key) {
+        None => false,
+        Some(new_value) if key == "metadata" => {
+            let (Some(a), Some(b)) = (value.as_object(), new_value.as_object()) else {
+                return false;
+            };
+            a.len() == b.len()
+                && a.iter()
+                    .all(|(k, v)| k == "resourceVersion" || b.get(k) == Some(v))
+        }
+        Some(new_value) => new_value == value,
+    })
+}
+
 fn is_graceful_pod(kind: &ResourceKind, pod: &Value) -> bool {
     is_kind(kind, "", "Pod")
         && pod
@@ -801,9 +893,16 @@ fn parse_patch(format: BodyFormat, body: &[u8]) -> Result<Value, ApiError> {
         BodyFormat::MergePatch | BodyFormat::JsonPatch | BodyFormat::StrategicMergePatch => {
             parse_body(body, format)?.ok_or_else(|| ApiError::bad_request("the patch is empty"))
         }
-        BodyFormat::ApplyPatch => Err(ApiError::unsupported_media_type(
-            "server-side apply (application/apply-patch+yaml) is not served yet",
-        )),
+        BodyFormat::ApplyPatch => {
+            let applied = parse_body(body, format)?
+                .ok_or_else(|| ApiError::bad_request("the apply configuration is empty"))?;
+            if !applied.is_object() {
+                return Err(ApiError::bad_request(
+                    "an apply configuration must be an object",
+                ));
+            }
+            Ok(applied)
+        }
         BodyFormat::Json | BodyFormat::Yaml | BodyFormat::Protobuf => Err(
             ApiError::unsupported_media_type("a patch needs a patch Content-Type"),
         ),
@@ -849,9 +948,103 @@ pub(super) fn apply_patch(
     }
 }
 
-async fn patch(ctx: &mut Ctx, name: &str, body: &[u8]) -> Result<Value, ApiError> {
+async fn patch(ctx: &mut Ctx, name: &str, body: &[u8]) -> Result<(StatusCode, Value), ApiError> {
     let format = body_format(&ctx.headers)?;
     let patch = parse_patch(format, body)?;
+    if format == BodyFormat::ApplyPatch {
+        return server_side_apply(ctx, name, patch).await;
+    }
+    Ok((StatusCode::OK, patch_with(ctx, name, format, &patch).await?))
+}
+
+/// A server-side apply: creates the object when it is absent (201), otherwise merges the
+/// applied configuration under field management (see `managed_fields`). Retried on write
+/// conflicts unless the configuration names a resourceVersion.
+async fn server_side_apply(
+    ctx: &mut Ctx,
+    name: &str,
+    applied: Value,
+) -> Result<(StatusCode, Value), ApiError> {
+    let api_version = applied.get("apiVersion").and_then(Value::as_str);
+    let kind = applied.get("kind").and_then(Value::as_str);
+    if api_version.is_none_or(str::is_empty) || kind.is_none_or(str::is_empty) {
+        return Err(ApiError::bad_request(
+            "an apply configuration must set apiVersion and kind",
+        ));
+    }
+    if kind != Some(ctx.kind.kind.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "the apply configuration's kind {:?} does not match the resource's kind {:?}",
+            kind.unwrap_or_default(),
+            ctx.kind.kind
+        )));
+    }
+    let body_name = object_name(&applied);
+    if !body_name.is_empty() && body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    if ctx.query.get("fieldManager").is_none_or(str::is_empty) {
+        return Err(ApiError::bad_request(
+            "PATCH requests with an apply configuration need a fieldManager parameter",
+        ));
+    }
+    let force = ctx.query.bool("force")?;
+    let explicit_rv = applied
+        .pointer("/metadata/resourceVersion")
+        .is_some_and(|v| !v.is_null());
+    let who = writer(ctx);
+    ctx.applying = true;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let live = match get(ctx, name).await {
+            Ok(live) => Some(live),
+            Err(err) if err.reason == "NotFound" && ctx.path.subresource.is_none() => None,
+            Err(err) => return Err(err),
+        };
+        let mut object = managed_fields::apply(&ctx.kind, live.as_ref(), &applied, &who, force)?;
+        if object.get("metadata").is_none_or(|m| !m.is_object()) {
+            object["metadata"] = json!({});
+        }
+        object["metadata"]["name"] = Value::String(name.to_string());
+        let result = match live {
+            None => create(ctx, object)
+                .await
+                .map(|created| (StatusCode::CREATED, created)),
+            Some(live) => {
+                if !explicit_rv {
+                    object["metadata"]["resourceVersion"] =
+                        live["metadata"]["resourceVersion"].clone();
+                }
+                write_update(ctx, name, object, live)
+                    .await
+                    .map(|updated| (StatusCode::OK, updated))
+            }
+        };
+        match result {
+            Err(err)
+                if matches!(err.reason, "Conflict" | "AlreadyExists")
+                    && err.details.causes.is_empty()
+                    && !explicit_rv
+                    && attempts < 5 =>
+            {
+                continue
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A JSON, merge or strategic merge patch, retried on write conflicts unless the patch names
+/// a resourceVersion.
+async fn patch_with(
+    ctx: &mut Ctx,
+    name: &str,
+    format: BodyFormat,
+    patch: &Value,
+) -> Result<Value, ApiError> {
     let explicit_rv = patch
         .pointer("/metadata/resourceVersion")
         .is_some_and(|v| !v.is_null());
@@ -860,7 +1053,7 @@ async fn patch(ctx: &mut Ctx, name: &str, body: &[u8]) -> Result<Value, ApiError
         attempts += 1;
         let old = get(ctx, name).await?;
         let mut target = old.clone();
-        apply_patch(&ctx.kind, format, &mut target, &patch)?;
+        apply_patch(&ctx.kind, format, &mut target, patch)?;
         if !target.is_object() {
             return Err(ApiError::bad_request(
                 "the patched object is not a JSON object",
@@ -876,25 +1069,71 @@ async fn patch(ctx: &mut Ctx, name: &str, body: &[u8]) -> Result<Value, ApiError
     }
 }
 
-fn scale_of(_kind: &ResourceKind, object: &Value) -> Value {
-    let selector = object
-        .pointer("/spec/selector")
-        .cloned()
-        .unwrap_or(Value::Null);
-    let selector_text = serde_json::from_value::<
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-    >(selector)
-    .ok()
-    .and_then(|ls| crate::selector::LabelSelector::try_from(&ls).ok())
-    .map(|s| s.to_string())
-    .unwrap_or_default();
+/// Where a kind keeps its scale: `spec.replicas`, `status.replicas` and a label selector
+/// object at `spec.selector` for the built-in kinds; the CRD's paths for custom kinds.
+fn scale_pointers(kind: &ResourceKind) -> (String, String, Option<String>) {
+    match kind.custom.as_ref().and_then(|c| c.scale.as_ref()) {
+        Some(paths) => (
+            json_path_pointer(&paths.spec_replicas),
+            json_path_pointer(&paths.status_replicas),
+            paths.label_selector.as_deref().map(json_path_pointer),
+        ),
+        None => ("/spec/replicas".into(), "/status/replicas".into(), None),
+    }
+}
+
+fn scale_of(kind: &ResourceKind, object: &Value) -> Value {
+    let (spec_replicas, status_replicas, selector_path) = scale_pointers(kind);
+    let selector_text = match selector_path {
+        // A custom kind's selector path holds the selector in its string form.
+        Some(path) => object
+            .pointer(&path)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        None if kind.custom.is_some() => String::new(),
+        None => {
+            let selector = object
+                .pointer("/spec/selector")
+                .cloned()
+                .unwrap_or(Value::Null);
+            serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>(
+                selector,
+            )
+            .ok()
+            .and_then(|ls| crate::selector::LabelSelector::try_from(&ls).ok())
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+        }
+    };
+    let default_replicas = if kind.custom.is_some() { 0 } else { 1 };
     let meta = &object["metadata"];
     json!({
         "kind": "Scale", "apiVersion": "autoscaling/v1",
         "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"], "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"]},
-        "spec": {"replicas": object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)},
-        "status": {"replicas": object.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0), "selector": selector_text},
+        "spec": {"replicas": object.pointer(&spec_replicas).and_then(Value::as_i64).unwrap_or(default_replicas)},
+        "status": {"replicas": object.pointer(&status_replicas).and_then(Value::as_i64).unwrap_or(0), "selector": selector_text},
     })
+}
+
+/// Sets the value at a JSON pointer, creating the objects on the way.
+fn set_at_pointer(target: &mut Value, pointer: &str, value: Value) {
+    let mut current = target;
+    let steps: Vec<&str> = pointer.split('/').skip(1).collect();
+    for (i, raw) in steps.iter().enumerate() {
+        let step = raw.replace("~1", "/").replace("~0", "~");
+        if !current.is_object() {
+            *current = json!({});
+        }
+        let Value::Object(map) = current else {
+            return;
+        };
+        if i + 1 == steps.len() {
+            map.insert(step, value);
+            return;
+        }
+        current = map.entry(step).or_insert_with(|| json!({}));
+    }
 }
 
 async fn write_scale(
@@ -952,7 +1191,7 @@ async fn write_scale(
             return Err(ApiError::conflict(&ctx.kind.resource_name(), name, "the object has been modified; please apply your changes to the latest version and try again"));
         }
         let mut target = old.clone();
-        target["spec"]["replicas"] = json!(replicas);
+        set_at_pointer(&mut target, &scale_pointers(&ctx.kind).0, json!(replicas));
         let saved_sub = ctx.path.subresource.take();
         let result = write_update(ctx, name, target, old).await;
         ctx.path.subresource = saved_sub;
@@ -1045,6 +1284,18 @@ pub(super) struct DeleteOptions {
     propagation: Option<String>,
     uid: Option<String>,
     resource_version: Option<String>,
+}
+
+impl DeleteOptions {
+    /// A plain deletion with background propagation (what the server's own cleanups use).
+    pub(super) fn background() -> DeleteOptions {
+        DeleteOptions {
+            grace: None,
+            propagation: Some("Background".into()),
+            uid: None,
+            resource_version: None,
+        }
+    }
 }
 
 pub(super) fn delete_options(ctx: &Ctx, body: &[u8]) -> Result<DeleteOptions, ApiError> {
@@ -1292,6 +1543,43 @@ async fn delete_collection(ctx: &mut Ctx, body: &[u8]) -> Result<Value, ApiError
 /// DELETE would be — pods gracefully, finalizers honoured, dependents left to the garbage
 /// collector — and the namespace goes once nothing is left; every step is an ordinary
 /// deletion, so it is safe to repeat after a restart.
+/// The context of a request the server makes itself, as `user`, on one object.
+pub(crate) fn system_ctx(
+    state: &Arc<ApiState>,
+    registry: &Arc<Registry>,
+    kind: &Arc<ResourceKind>,
+    namespace: Option<&str>,
+    name: &str,
+    user: &str,
+) -> Ctx {
+    Ctx {
+        state: state.clone(),
+        registry: registry.clone(),
+        user: UserInfo {
+            name: user.into(),
+            groups: vec!["system:serviceaccounts".into()],
+        },
+        query: Query::default(),
+        headers: HeaderMap::new(),
+        kind: kind.clone(),
+        path: ResourcePath {
+            group: kind.group.clone(),
+            version: kind.version.clone(),
+            namespace: namespace.map(str::to_string),
+            plural: kind.plural.clone(),
+            name: Some(name.to_string()),
+            subresource: None,
+        },
+        dry_run: false,
+        warnings: Vec::new(),
+        field_validation: FieldValidation::Ignore,
+        body_problems: Vec::new(),
+        applying: false,
+        websocket: None,
+        upgrade: None,
+    }
+}
+
 pub(crate) fn finalize_namespace(state: Arc<ApiState>, registry: Arc<Registry>, namespace: String) {
     let weak = Arc::downgrade(&state);
     let task = tokio::spawn(async move {
@@ -1316,37 +1604,15 @@ pub(crate) fn finalize_namespace(state: Arc<ApiState>, registry: Arc<Registry>, 
                         continue;
                     }
                     let name = object_name(&object);
-                    let mut ctx = Ctx {
-                        state: state.clone(),
-                        registry: registry.clone(),
-                        user: UserInfo {
-                            name: "system:serviceaccount:kube-system:namespace-controller".into(),
-                            groups: vec!["system:serviceaccounts".into()],
-                        },
-                        query: Query::default(),
-                        headers: HeaderMap::new(),
-                        kind: kind.clone(),
-                        path: ResourcePath {
-                            group: kind.group.clone(),
-                            version: kind.version.clone(),
-                            namespace: Some(namespace.clone()),
-                            plural: kind.plural.clone(),
-                            name: Some(name.clone()),
-                            subresource: None,
-                        },
-                        dry_run: false,
-                        warnings: Vec::new(),
-                        field_validation: FieldValidation::Ignore,
-                        body_problems: Vec::new(),
-                        websocket: None,
-                        upgrade: None,
-                    };
-                    let options = DeleteOptions {
-                        grace: None,
-                        propagation: Some("Background".into()),
-                        uid: None,
-                        resource_version: None,
-                    };
+                    let mut ctx = system_ctx(
+                        &state,
+                        &registry,
+                        kind,
+                        Some(&namespace),
+                        &name,
+                        "system:serviceaccount:kube-system:namespace-controller",
+                    );
+                    let options = DeleteOptions::background();
                     if let Err(err) = delete_object(&mut ctx, &name, object, &options).await {
                         if err.code != 404 && err.code != 409 {
                             tracing::warn!(error = %err.message, namespace = %namespace, "could not delete namespace content");

@@ -6,9 +6,11 @@
 //! [`ObjectStorage`]. The API server is the only component that touches the store; everything
 //! else — scheduler, controllers, node agents, kubectl — goes through this API.
 
+mod access_review;
 mod admission;
 mod auth;
 mod body;
+mod crd;
 mod discovery;
 mod error;
 mod eviction;
@@ -16,11 +18,13 @@ mod handler;
 mod hpa_v1;
 mod list;
 mod local_watch;
+mod managed_fields;
 mod metrics;
 mod node_proxy;
 mod openapi;
 mod port_forward;
 mod protobuf;
+mod protobuf_workloads;
 mod request;
 mod selection;
 mod service_ips;
@@ -83,6 +87,9 @@ impl Default for ApiConfig {
 /// Shared state behind the router.
 pub(crate) struct ApiState {
     registry: RwLock<Arc<Registry>>,
+    /// The kinds served without CustomResourceDefinitions (built-in and the builder's).
+    base_registry: Arc<Registry>,
+    definitions: crd::Definitions,
     storage: ObjectStorage,
     admission: Vec<Arc<dyn AdmissionPlugin>>,
     authenticator: Arc<dyn Authenticator>,
@@ -179,8 +186,11 @@ impl ApiServerBuilder {
         })?;
         let services = ServiceAllocator::new(self.store.clone(), cidr, self.config.node_port_range);
         let storage = ObjectStorage::new(self.store);
+        let base_registry = Arc::new(self.registry);
         let state = ApiState {
-            registry: RwLock::new(Arc::new(self.registry)),
+            registry: RwLock::new(base_registry.clone()),
+            base_registry,
+            definitions: crd::Definitions::default(),
             cache: watch_cache::WatchCache::new(
                 storage.clone(),
                 watch_cache::CacheConfig {
@@ -261,6 +271,9 @@ impl ApiServer {
     }
 
     async fn bootstrap(&self) -> Result<(), ApiError> {
+        // The kinds of stored CustomResourceDefinitions are served from the start.
+        crd::sync(&self.state).await;
+        crd::start(&self.state);
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             self.ensure("namespaces", "", json!({"metadata": {"name": ns}}))
                 .await?;

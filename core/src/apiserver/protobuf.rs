@@ -2,12 +2,17 @@
 //! for its typed commands: the `k8s\0` magic, a `runtime.Unknown` envelope naming the
 //! apiVersion and kind, and the object's message (decoded with k8s-pb's prost types). The object
 //! is converted to its JSON form, so everything after decoding is the same as for JSON bodies.
-//! Kinds converted so far: Namespace, ConfigMap, Secret and autoscaling/v1
-//! HorizontalPodAutoscaler (`kubectl create namespace|configmap|secret`, `kubectl autoscale`);
-//! any other kind gets a clear 415.
+//! Kinds converted: Namespace, ConfigMap, Secret, autoscaling/v1 HorizontalPodAutoscaler
+//! (`kubectl create namespace|configmap|secret`, `kubectl autoscale`) here, and Deployment,
+//! Service, Job, CronJob and SelfSubjectAccessReview in `protobuf_workloads`; any other kind
+//! gets a clear 415.
 
 use super::error::ApiError;
+use super::protobuf_workloads as workloads;
+use k8s_pb::api::apps::v1 as apps_v1;
+use k8s_pb::api::authorization::v1 as authorization_v1;
 use k8s_pb::api::autoscaling::v1 as autoscaling_v1;
+use k8s_pb::api::batch::v1 as batch_v1;
 use k8s_pb::api::core::v1 as core_v1;
 use k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
@@ -20,7 +25,7 @@ const MAGIC: &[u8] = b"k8s\0";
 
 fn unsupported(what: &str) -> ApiError {
     ApiError::unsupported_body(format!(
-        "a protobuf body for {what} is not supported yet (protobuf bodies are accepted for Namespace, ConfigMap, Secret and autoscaling/v1 HorizontalPodAutoscaler); send it as JSON or YAML"
+        "a protobuf body for {what} is not supported (protobuf bodies are accepted for Namespace, ConfigMap, Secret, Service, Deployment, Job, CronJob, autoscaling/v1 HorizontalPodAutoscaler and SelfSubjectAccessReview); send it as JSON or YAML"
     ))
 }
 
@@ -105,6 +110,24 @@ pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
             }
             object
         }
+        ("v1", "Service") => {
+            workloads::service(core_v1::Service::decode(raw.as_slice()).map_err(invalid)?)?
+        }
+        ("apps/v1", "Deployment") => {
+            workloads::deployment(apps_v1::Deployment::decode(raw.as_slice()).map_err(invalid)?)?
+        }
+        ("batch/v1", "Job") => {
+            workloads::job(batch_v1::Job::decode(raw.as_slice()).map_err(invalid)?)?
+        }
+        ("batch/v1", "CronJob") => {
+            workloads::cron_job(batch_v1::CronJob::decode(raw.as_slice()).map_err(invalid)?)?
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
+            workloads::self_subject_access_review(
+                authorization_v1::SelfSubjectAccessReview::decode(raw.as_slice())
+                    .map_err(invalid)?,
+            )?
+        }
         _ => return Err(unsupported(&format!("{api_version} {kind}"))),
     };
     object["apiVersion"] = json!(api_version);
@@ -125,7 +148,7 @@ fn base64_map(map: BTreeMap<String, Vec<u8>>) -> Value {
 }
 
 /// What a client may set in metadata (the server owns the rest).
-fn metadata(meta: Option<ObjectMeta>) -> Value {
+pub(super) fn metadata(meta: Option<ObjectMeta>) -> Value {
     let meta = meta.unwrap_or_default();
     let mut out = json!({
         "name": meta.name,
@@ -246,10 +269,146 @@ mod tests {
     }
 
     #[test]
+    fn deployments_services_jobs_and_cron_jobs_decode_to_json() {
+        let template = core_v1::PodTemplateSpec {
+            metadata: meta("ignored"),
+            spec: Some(core_v1::PodSpec {
+                containers: vec![core_v1::Container {
+                    name: Some("app".into()),
+                    image: Some("busybox".into()),
+                    command: vec!["sleep".into(), "1".into()],
+                    resources: Some(Default::default()),
+                    ports: vec![core_v1::ContainerPort {
+                        container_port: Some(80),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                restart_policy: Some("Never".into()),
+                ..Default::default()
+            }),
+        };
+        let deployment = apps_v1::Deployment {
+            metadata: meta("web"),
+            spec: Some(apps_v1::DeploymentSpec {
+                replicas: Some(2),
+                selector: Some(k8s_pb::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                    match_labels: [("app".to_string(), "web".to_string())].into(),
+                    ..Default::default()
+                }),
+                template: Some(template.clone()),
+                strategy: Some(Default::default()),
+                ..Default::default()
+            }),
+            status: Some(Default::default()),
+        };
+        let value = decode(&envelope(
+            "apps/v1",
+            "Deployment",
+            deployment.encode_to_vec(),
+        ))
+        .unwrap();
+        assert_eq!(value["spec"]["replicas"], 2);
+        assert_eq!(value["spec"]["selector"]["matchLabels"]["app"], "web");
+        let container = &value["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["command"], json!(["sleep", "1"]));
+        assert_eq!(container["resources"], json!({}));
+        assert_eq!(container["ports"][0]["containerPort"], 80);
+        assert_eq!(value["spec"]["strategy"], json!({}));
+        assert!(value.get("status").is_none());
+
+        let service = core_v1::Service {
+            metadata: meta("web"),
+            spec: Some(core_v1::ServiceSpec {
+                ports: vec![core_v1::ServicePort {
+                    name: Some("80-8080".into()),
+                    port: Some(80),
+                    target_port: Some(k8s_pb::apimachinery::pkg::util::intstr::IntOrString {
+                        r#type: Some(0),
+                        int_val: Some(8080),
+                        str_val: None,
+                    }),
+                    ..Default::default()
+                }],
+                r#type: Some("ClusterIP".into()),
+                ..Default::default()
+            }),
+            status: Some(Default::default()),
+        };
+        let value = decode(&envelope("v1", "Service", service.encode_to_vec())).unwrap();
+        assert_eq!(value["spec"]["ports"][0]["targetPort"], 8080);
+        assert_eq!(value["spec"]["type"], "ClusterIP");
+
+        let job_spec = batch_v1::JobSpec {
+            template: Some(template),
+            ..Default::default()
+        };
+        let cron_job = batch_v1::CronJob {
+            metadata: meta("tick"),
+            spec: Some(batch_v1::CronJobSpec {
+                schedule: Some("*/1 * * * *".into()),
+                job_template: Some(batch_v1::JobTemplateSpec {
+                    metadata: meta("tick"),
+                    spec: Some(job_spec.clone()),
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let value = decode(&envelope("batch/v1", "CronJob", cron_job.encode_to_vec())).unwrap();
+        assert_eq!(value["spec"]["schedule"], "*/1 * * * *");
+        assert_eq!(
+            value["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"],
+            "Never"
+        );
+        let job = batch_v1::Job {
+            metadata: meta("once"),
+            spec: Some(job_spec),
+            status: None,
+        };
+        let value = decode(&envelope("batch/v1", "Job", job.encode_to_vec())).unwrap();
+        assert_eq!(value["kind"], "Job");
+        assert_eq!(
+            value["spec"]["template"]["spec"]["containers"][0]["image"],
+            "busybox"
+        );
+    }
+
+    #[test]
     fn other_kinds_and_garbage_are_refused_clearly() {
-        let err = decode(&envelope("apps/v1", "Deployment", Vec::new())).unwrap_err();
+        let err = decode(&envelope("apps/v1", "StatefulSet", Vec::new())).unwrap_err();
         assert_eq!(err.code, 415);
-        assert!(err.message.contains("apps/v1 Deployment"));
+        assert!(err.message.contains("apps/v1 StatefulSet"));
+        // A field the converter does not know is refused, not dropped.
+        let deployment = apps_v1::Deployment {
+            metadata: meta("web"),
+            spec: Some(apps_v1::DeploymentSpec {
+                template: Some(core_v1::PodTemplateSpec {
+                    metadata: None,
+                    spec: Some(core_v1::PodSpec {
+                        containers: vec![core_v1::Container {
+                            name: Some("app".into()),
+                            liveness_probe: Some(core_v1::Probe {
+                                period_seconds: Some(3),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+            status: Some(Default::default()),
+        };
+        let err = decode(&envelope(
+            "apps/v1",
+            "Deployment",
+            deployment.encode_to_vec(),
+        ))
+        .unwrap_err();
+        assert_eq!(err.code, 415);
+        assert!(err.message.contains("a container"), "{}", err.message);
         assert_eq!(decode(b"{\"json\": true}").unwrap_err().code, 400);
         assert_eq!(decode(b"k8s\0\xff\xff\xff").unwrap_err().code, 400);
     }

@@ -1,17 +1,18 @@
 //! Server-side printing: `meta.k8s.io/v1` Tables with the columns `kubectl get` shows for each
 //! served kind (wide columns at priority 1), for lists, single objects and watch events.
 
-use crate::registry::ResourceKind;
+use crate::registry::{json_path_pointer, CustomKind, ResourceKind};
 use serde_json::{json, Value};
+use std::borrow::Cow;
 
 type Cell = Box<dyn Fn(&Value) -> Value + Send + Sync>;
 
 /// One column of a kind's table.
 pub struct Column {
-    name: &'static str,
-    kind: &'static str,
-    priority: u8,
-    description: &'static str,
+    name: Cow<'static, str>,
+    kind: Cow<'static, str>,
+    priority: i64,
+    description: Cow<'static, str>,
     cell: Cell,
 }
 
@@ -21,10 +22,10 @@ fn col(
     cell: impl Fn(&Value) -> Value + Send + Sync + 'static,
 ) -> Column {
     Column {
-        name,
-        kind: "string",
-        priority,
-        description: "",
+        name: name.into(),
+        kind: "string".into(),
+        priority: priority.into(),
+        description: "".into(),
         cell: Box::new(cell),
     }
 }
@@ -35,10 +36,10 @@ fn int_col(
     cell: impl Fn(&Value) -> Value + Send + Sync + 'static,
 ) -> Column {
     Column {
-        name,
-        kind: "integer",
-        priority,
-        description: "",
+        name: name.into(),
+        kind: "integer".into(),
+        priority: priority.into(),
+        description: "".into(),
         cell: Box::new(cell),
     }
 }
@@ -104,10 +105,10 @@ fn age(v: &Value) -> Value {
 
 fn name_col() -> Column {
     Column {
-        name: "Name",
-        kind: "string",
+        name: "Name".into(),
+        kind: "string".into(),
         priority: 0,
-        description: "Name must be unique within a namespace.",
+        description: "Name must be unique within a namespace.".into(),
         cell: Box::new(|v| json!(s(v, "/metadata/name"))),
     }
 }
@@ -650,17 +651,48 @@ pub fn columns(kind: &ResourceKind) -> Vec<Column> {
             int_col("Replicas", 0, |v| json!(i(v, "/status/currentReplicas"))),
             age_col(),
         ],
-        _ => vec![
-            name_col(),
-            Column {
-                name: "Created At",
-                kind: "date",
-                priority: 0,
-                description: "CreationTimestamp",
-                cell: Box::new(|v| json!(s(v, "/metadata/creationTimestamp"))),
-            },
-        ],
+        _ => match &kind.custom {
+            Some(custom) => custom_columns(custom),
+            None => vec![
+                name_col(),
+                Column {
+                    name: "Created At".into(),
+                    kind: "date".into(),
+                    priority: 0,
+                    description: "CreationTimestamp".into(),
+                    cell: Box::new(|v| json!(s(v, "/metadata/creationTimestamp"))),
+                },
+            ],
+        },
     }
+}
+
+/// A custom kind's columns: its CRD's printer columns (read by simple JSONPath), or Age.
+fn custom_columns(custom: &CustomKind) -> Vec<Column> {
+    let mut columns = vec![name_col()];
+    if custom.printer_columns.is_empty() {
+        columns.push(age_col());
+    }
+    for printer in &custom.printer_columns {
+        let pointer = json_path_pointer(&printer.json_path);
+        let is_date = printer.type_ == "date";
+        let is_age = is_date && pointer == "/metadata/creationTimestamp";
+        columns.push(Column {
+            name: printer.name.clone().into(),
+            kind: printer.type_.clone().into(),
+            priority: printer.priority,
+            description: printer.description.clone().into(),
+            cell: Box::new(move |v| match v.pointer(&pointer) {
+                None => Value::Null,
+                Some(_) if is_age => age(v),
+                Some(Value::String(ts)) if is_date => {
+                    Value::String(seconds_since(ts).map_or_else(|| ts.clone(), human_duration))
+                }
+                Some(value) => value.clone(),
+            }),
+        });
+    }
+    columns
 }
 
 fn partial_metadata(object: &Value) -> Value {

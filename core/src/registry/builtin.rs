@@ -80,6 +80,20 @@ pub(super) fn kinds() -> Vec<ResourceKind> {
             ]),
         ResourceKind::of::<core::v1::ServiceAccount>().with_short_names(&["sa"]),
         ResourceKind::of::<core::v1::ComponentStatus>().with_short_names(&["cs"]),
+        ResourceKind::of::<
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        >()
+        .with_short_names(&["crd", "crds"])
+        .with_categories(&["api-extensions"])
+        .with_subresource("status", STATUS),
+        // Answered by the authorizer, never stored (create only).
+        ResourceKind::new(
+            "authorization.k8s.io",
+            "v1",
+            "SelfSubjectAccessReview",
+            "selfsubjectaccessreviews",
+            false,
+        ),
         // Served from the node agents' usage reports (read-only).
         ResourceKind::new("metrics.k8s.io", "v1beta1", "PodMetrics", "pods", true),
         ResourceKind::new("metrics.k8s.io", "v1beta1", "NodeMetrics", "nodes", false),

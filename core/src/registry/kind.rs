@@ -87,6 +87,8 @@ pub struct ResourceKind {
     pub schema: Option<Value>,
     /// How long objects of the kind live after their last write (Events: one hour), if limited.
     pub ttl: Option<std::time::Duration>,
+    /// What its CustomResourceDefinition says, for kinds defined by one.
+    pub custom: Option<std::sync::Arc<super::CustomKind>>,
 }
 
 impl ResourceKind {
@@ -105,6 +107,7 @@ impl ResourceKind {
             field_selectors: Vec::new(),
             schema: None,
             ttl: None,
+            custom: None,
         }
     }
 

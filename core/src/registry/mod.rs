@@ -5,8 +5,10 @@
 //! kinds; it stores and serves nothing.
 
 mod builtin;
+mod custom;
 mod kind;
 
+pub use custom::{json_path_pointer, CustomKind, PrinterColumn, ScalePaths};
 pub use kind::{FieldSpec, KindScope, ResourceKind, Subresource};
 
 use std::collections::HashMap;

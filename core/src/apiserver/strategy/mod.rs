@@ -3,12 +3,14 @@
 //! generic behaviour (metadata validation only).
 
 mod builtin_types;
+mod custom;
 mod defaults;
 mod field_validation;
 mod typecheck;
 mod validation;
 
 pub use builtin_types::{visit_builtin, BuiltinVisitor};
+pub use custom::prune_custom;
 pub use defaults::apply_defaults;
 pub use field_validation::{duplicate_fields, unknown_fields, FieldValidation};
 pub use typecheck::check_types;

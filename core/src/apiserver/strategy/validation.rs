@@ -388,6 +388,10 @@ pub fn validate_object(kind: &ResourceKind, object: &Value) -> Vec<Cause> {
         return vec![Cause::invalid("", object, "must be a JSON object")];
     }
     validate_metadata(kind, object, &mut causes);
+    super::custom::validate_custom(kind, object, &mut causes);
+    if kind.group == "apiextensions.k8s.io" && kind.kind == "CustomResourceDefinition" {
+        causes.extend(crate::apiserver::crd::validate_definition(object));
+    }
     let spec = object.get("spec").cloned().unwrap_or(Value::Null);
     match (kind.group.as_str(), kind.kind.as_str()) {
         ("", "Pod") => validate_pod_spec(object.get("spec"), "spec", &mut causes),
