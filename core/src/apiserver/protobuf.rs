@@ -150,10 +150,12 @@ fn base64_map(map: BTreeMap<String, Vec<u8>>) -> Value {
 /// What a client may set in metadata (the server owns the rest).
 pub(super) fn metadata(meta: Option<ObjectMeta>) -> Value {
     let meta = meta.unwrap_or_default();
+    // Go writes empty strings for unset names; they mean "unset".
+    let set = |s: Option<String>| s.filter(|s| !s.is_empty());
     let mut out = json!({
-        "name": meta.name,
-        "generateName": meta.generate_name,
-        "namespace": meta.namespace,
+        "name": set(meta.name),
+        "generateName": set(meta.generate_name),
+        "namespace": set(meta.namespace),
     });
     if !meta.labels.is_empty() {
         out["labels"] = json!(meta.labels);
@@ -282,6 +284,13 @@ mod tests {
                         container_port: Some(80),
                         ..Default::default()
                     }],
+                    // Zero values, as Go writes them for unset fields: absent.
+                    working_dir: Some(String::new()),
+                    stdin: Some(false),
+                    liveness_probe: Some(core_v1::Probe {
+                        period_seconds: Some(0),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }],
                 restart_policy: Some("Never".into()),
@@ -313,6 +322,7 @@ mod tests {
         let container = &value["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(container["command"], json!(["sleep", "1"]));
         assert_eq!(container["resources"], json!({}));
+        assert!(container.get("workingDir").is_none() && container.get("livenessProbe").is_none());
         assert_eq!(container["ports"][0]["containerPort"], 80);
         assert_eq!(value["spec"]["strategy"], json!({}));
         assert!(value.get("status").is_none());

@@ -20,15 +20,65 @@ use std::collections::BTreeMap;
 
 type Converted = Result<Value, ApiError>;
 
-/// Refuses a message that still holds fields after conversion.
+/// Refuses a message that still holds fields after conversion. Go's encoder writes every
+/// non-pointer field, so zero values (`""`, `0`, `false`, empty messages) count as absent.
 fn consumed<M: Message>(rest: &M, what: &str) -> Result<(), ApiError> {
-    if rest.encoded_len() == 0 {
+    if only_zero_values(&rest.encode_to_vec(), 0) {
         Ok(())
     } else {
         Err(ApiError::unsupported_body(format!(
             "the protobuf body sets fields of {what} that are not converted yet; send it as JSON or YAML"
         )))
     }
+}
+
+/// Whether protobuf wire bytes hold nothing but zero values, nested messages included (a
+/// length-delimited field is taken as a nested message when it parses as one).
+fn only_zero_values(mut bytes: &[u8], depth: usize) -> bool {
+    use prost::encoding::{decode_key, decode_varint, WireType};
+    if depth > 32 {
+        return false;
+    }
+    while !bytes.is_empty() {
+        let Ok((_, wire_type)) = decode_key(&mut bytes) else {
+            return false;
+        };
+        let zero = match wire_type {
+            WireType::Varint => decode_varint(&mut bytes).is_ok_and(|v| v == 0),
+            WireType::LengthDelimited => {
+                let Ok(length) = decode_varint(&mut bytes) else {
+                    return false;
+                };
+                let Some((field, rest)) = usize::try_from(length)
+                    .ok()
+                    .and_then(|l| bytes.split_at_checked(l))
+                else {
+                    return false;
+                };
+                bytes = rest;
+                field.is_empty() || only_zero_values(field, depth + 1)
+            }
+            WireType::ThirtyTwoBit => match bytes.split_at_checked(4) {
+                Some((field, rest)) => {
+                    bytes = rest;
+                    field.iter().all(|b| *b == 0)
+                }
+                None => false,
+            },
+            WireType::SixtyFourBit => match bytes.split_at_checked(8) {
+                Some((field, rest)) => {
+                    bytes = rest;
+                    field.iter().all(|b| *b == 0)
+                }
+                None => false,
+            },
+            WireType::StartGroup | WireType::EndGroup => false,
+        };
+        if !zero {
+            return false;
+        }
+    }
+    true
 }
 
 /// An optional message this module does not convert: accepted only when empty.
@@ -44,9 +94,13 @@ fn empty_message<M: Message>(message: Option<M>, what: &str) -> Result<Option<Va
 struct Object(Map<String, Value>);
 
 impl Object {
+    /// Sets `key` unless the value is absent or an empty string (Go's zero value, which its
+    /// JSON form leaves out).
     fn set(mut self, key: &str, value: Option<impl Into<Value>>) -> Self {
-        if let Some(value) = value {
-            self.0.insert(key.to_string(), value.into());
+        if let Some(value) = value.map(Into::into) {
+            if value.as_str() != Some("") {
+                self.0.insert(key.to_string(), value);
+            }
         }
         self
     }
@@ -117,7 +171,7 @@ fn container(mut c: core_v1::Container) -> Converted {
             let value = Object::default()
                 .set("name", p.name.take())
                 .set("containerPort", p.container_port.take())
-                .set("hostPort", p.host_port.take())
+                .set("hostPort", p.host_port.take().filter(|p| *p != 0))
                 .set("protocol", p.protocol.take())
                 .set("hostIP", p.host_ip.take())
                 .done();
@@ -293,7 +347,7 @@ pub(super) fn service(mut svc: core_v1::Service) -> Converted {
                         .set("appProtocol", p.app_protocol.take())
                         .set("port", p.port.take())
                         .set("targetPort", int_or_string(p.target_port.take()))
-                        .set("nodePort", p.node_port.take())
+                        .set("nodePort", p.node_port.take().filter(|p| *p != 0))
                         .done();
                     consumed(&p, "a service port").map(|()| value)
                 })
