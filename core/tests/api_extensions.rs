@@ -223,6 +223,29 @@ async fn every_write_records_its_manager() {
     assert_eq!(editor["fieldsV1"], json!({"f:data": {"f:b": {}}}));
     let maker = entries.iter().find(|e| e["manager"] == "maker").unwrap();
     assert_eq!(maker["fieldsV1"], json!({"f:data": {"f:a": {}}}));
+    // The same content again writes nothing; at a stale resourceVersion it is a conflict.
+    let (status, same) = api
+        .call(
+            Method::PUT,
+            "/api/v1/namespaces/default/configmaps/c",
+            Some(updated.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        same["metadata"]["resourceVersion"],
+        updated["metadata"]["resourceVersion"]
+    );
+    let mut stale = updated.clone();
+    stale["metadata"]["resourceVersion"] = created["metadata"]["resourceVersion"].clone();
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/api/v1/namespaces/default/configmaps/c",
+            Some(stale),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
 }
 
 fn widget_crd(printer: bool) -> Value {

@@ -858,26 +858,10 @@ async fn write_update_checked(
     Ok(updated)
 }
 
-/// Whether `new` says exactly what `old` says, its resourceVersion aside.
+/// Whether `new` says exactly what `old` says, at the same resourceVersion (a stale
+/// resourceVersion goes on to storage, which refuses it).
 fn unchanged(old: &Value, new: &Value) -> bool {
-    let (Some(old_map), Some(new_map)) = (old.as_object(), new.as_object()) else {
-        return false;
-    };
-    if old_map.len() != new_map.len() {
-        return false;
-    }
-    old_map.iter().all(|(key, value)| match new_map.get(key) {
-        None => false,
-        Some(new_value) if key == "metadata" => {
-            let (Some(a), Some(b)) = (value.as_object(), new_value.as_object()) else {
-                return false;
-            };
-            a.len() == b.len()
-                && a.iter()
-                    .all(|(k, v)| k == "resourceVersion" || b.get(k) == Some(v))
-        }
-        Some(new_value) => new_value == value,
-    })
+    old == new
 }
 
 fn is_graceful_pod(kind: &ResourceKind, pod: &Value) -> bool {
