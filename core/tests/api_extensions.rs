@@ -633,3 +633,45 @@ async fn protobuf_bodies_create_workloads() {
         vec![("kubectl-create".to_string(), "Update".to_string())]
     );
 }
+
+#[tokio::test]
+async fn watches_older_than_the_cache_history_expire() {
+    use capstan_core::apiserver::{ApiConfig, ApiServer};
+    use capstan_core::store::{MemoryStore, Store};
+    use std::sync::Arc;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let server = ApiServer::builder(store)
+        .config(ApiConfig {
+            watch_history: 4,
+            ..ApiConfig::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let client = server.client();
+    let maps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client, "default");
+    // Start the cache, note a revision, then push it out of the cache's history.
+    let first = maps
+        .list(&kube::api::ListParams::default().match_any())
+        .await
+        .unwrap();
+    let rv = first.metadata.resource_version.unwrap();
+    for i in 0..10 {
+        let cm = serde_json::from_value(json!({"metadata": {"name": format!("h{i}")}})).unwrap();
+        maps.create(&kube::api::PostParams::default(), &cm)
+            .await
+            .unwrap();
+    }
+    let mut events = maps
+        .watch(&kube::api::WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    use futures::StreamExt;
+    match events.next().await {
+        Some(Err(kube::Error::Api(status))) => assert_eq!(status.code, 410, "{status:?}"),
+        Some(Ok(kube::core::WatchEvent::Error(status))) => assert_eq!(status.code, 410),
+        other => panic!("expected 410 Gone, got {other:?}"),
+    }
+}

@@ -274,6 +274,7 @@ impl ApiServer {
         // The kinds of stored CustomResourceDefinitions are served from the start.
         crd::sync(&self.state).await;
         crd::start(&self.state);
+        self.state.cache.start_all(self.state.registry().kinds());
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             self.ensure("namespaces", "", json!({"metadata": {"name": ns}}))
                 .await?;

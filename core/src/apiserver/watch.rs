@@ -9,7 +9,7 @@ use super::handler::{table_wanted, Ctx};
 use super::list::snapshot;
 use super::selection::Selection;
 use super::table;
-use super::watch_cache::{Delivery, Start, Subscription};
+use super::watch_cache::{CacheMiss, Delivery, Start, Subscription};
 use super::ApiError;
 use crate::registry::ResourceKind;
 use crate::storage::{ObjectEvent, StorageError};
@@ -223,6 +223,13 @@ pub(crate) async fn watch(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             start,
         )
         .await;
+    if let Err(CacheMiss::TooOld(oldest)) = cached {
+        // As Kubernetes' watch cache: the client relists (kube-runtime and client-go do).
+        let status =
+            ApiError::expired(format!("too old resource version: {rv} ({oldest})")).status();
+        let line = format!("{}\n", json!({"type": "ERROR", "object": status}));
+        return Ok(streaming(Body::from(line)));
+    }
     if let Ok((Subscription { initial, live }, _)) = cached {
         let state = CachedWatch {
             _open: ctx.state.metrics.open_watch(),

@@ -149,6 +149,9 @@ struct Watcher {
     namespace: Option<String>,
     node: Option<String>,
     bookmarks: bool,
+    /// Only changes after this revision are delivered: a watcher may start from a revision
+    /// the cache has not reached yet (a consistent list read the store a moment ago).
+    after: Revision,
     tx: mpsc::Sender<Delivery>,
 }
 
@@ -158,6 +161,10 @@ struct CacheState {
     history: VecDeque<(Revision, CachedEvent)>,
     revision: Revision,
     oldest: Revision,
+    /// Whether history has been dropped (to stay within its bound, or by a relist after a
+    /// lost watch); before that, older revisions were never held: the cache started after
+    /// them.
+    evicted: bool,
     synced: bool,
     watchers: HashMap<u64, Watcher>,
     next_id: u64,
@@ -241,6 +248,8 @@ struct KindCache {
     progress: tokio::sync::watch::Sender<Revision>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     config: CacheConfig,
+    /// How many times the cache has listed the store (more than once: it lost its watch).
+    syncs: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for KindCache {
@@ -264,6 +273,7 @@ impl KindCache {
                 let mut dead = Vec::new();
                 for (id, watcher) in &state.watchers {
                     if watcher.bookmarks
+                        && revision > watcher.after
                         && watcher.tx.try_send(Delivery::Bookmark(revision)).is_err()
                         && watcher.tx.is_closed()
                     {
@@ -307,6 +317,7 @@ impl KindCache {
         while state.history.len() > self.config.history {
             if let Some((old, _)) = state.history.pop_front() {
                 state.oldest = old;
+                state.evicted = true;
             }
         }
         let objects: Vec<&CachedObject> = match &cached {
@@ -319,6 +330,9 @@ impl KindCache {
             let Some(watcher) = state.watchers.get(&id) else {
                 continue;
             };
+            if revision <= watcher.after {
+                continue;
+            }
             if let Some(delivery) = delivery_for(&cached, watcher) {
                 if watcher.tx.try_send(delivery).is_err() {
                     slow.push(id);
@@ -359,6 +373,13 @@ impl KindCache {
                         .collect();
                     state.revision = list.revision;
                     state.oldest = list.revision;
+                    // After a relist the changes before it are lost to the cache, as evicted
+                    // history is; only the first list may follow revisions clients read before
+                    // the cache started.
+                    let earlier = cache
+                        .syncs
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    state.evicted = earlier > 0;
                     state.synced = true;
                     list.revision
                 }
@@ -412,9 +433,18 @@ pub(crate) struct WatchCache {
     config: CacheConfig,
 }
 
-/// Why the cache cannot serve a request (the caller reads the store instead).
+/// Why the cache cannot serve a request.
 #[derive(Debug)]
-pub(crate) struct CacheMiss;
+pub(crate) enum CacheMiss {
+    /// The cache is not following the store (yet), or started after the wanted revision: the
+    /// caller reads the store instead.
+    NotReady,
+    /// The start revision is older than the history the cache holds (its oldest revision):
+    /// the client must list again (410), as from Kubernetes' watch cache. Serving it from the
+    /// store instead would give each such watcher a store watch of its own, decoding every
+    /// change of the kind.
+    TooOld(Revision),
+}
 
 impl WatchCache {
     pub(crate) fn new(storage: ObjectStorage, config: CacheConfig) -> Self {
@@ -422,6 +452,21 @@ impl WatchCache {
             storage,
             kinds: Mutex::new(HashMap::new()),
             config,
+        }
+    }
+
+    /// Starts following every stored kind now, as Kubernetes' watch cache does at start: a
+    /// cache that started late cannot serve watches from revisions clients read before it
+    /// (each would need a store watch of its own).
+    pub(crate) fn start_all<'a>(&self, kinds: impl IntoIterator<Item = &'a Arc<ResourceKind>>) {
+        for kind in kinds {
+            let served_only = matches!(
+                kind.group.as_str(),
+                "metrics.k8s.io" | "authorization.k8s.io"
+            ) || (kind.group.is_empty() && kind.plural == "componentstatuses");
+            if !served_only {
+                self.kind_cache(kind);
+            }
         }
     }
 
@@ -442,6 +487,7 @@ impl WatchCache {
             progress,
             task: Mutex::new(None),
             config: self.config.clone(),
+            syncs: std::sync::atomic::AtomicU64::new(0),
         });
         let task = tokio::spawn(KindCache::run(
             Arc::downgrade(&cache),
@@ -489,13 +535,28 @@ impl WatchCache {
         start: Start,
     ) -> Result<(Subscription, Revision), CacheMiss> {
         let cache = self.kind_cache(kind);
-        let wanted = match start {
-            Start::Now => 0,
-            Start::After(revision) => revision,
-        };
-        if !self.ready(&cache, wanted).await {
-            return Err(CacheMiss);
+        if !self.ready(&cache, 0).await {
+            return Err(CacheMiss::NotReady);
         }
+        // A start the cache has not reached yet is served by skipping what comes before it,
+        // unless the store has not reached it either.
+        let after = match start {
+            Start::Now => 0,
+            Start::After(revision) => {
+                if cache.lock().revision < revision {
+                    let current = self
+                        .storage
+                        .store()
+                        .current_revision()
+                        .await
+                        .map_err(|_| CacheMiss::NotReady)?;
+                    if revision > current {
+                        return Err(CacheMiss::NotReady);
+                    }
+                }
+                revision
+            }
+        };
         let selection = Arc::new(selection);
         let node = selection.pinned_node().map(str::to_string);
         let (tx, live) = mpsc::channel(self.config.watcher_buffer);
@@ -504,6 +565,7 @@ impl WatchCache {
             namespace: namespace.clone(),
             node,
             bookmarks,
+            after,
             tx,
         };
         let mut state = cache.lock();
@@ -521,7 +583,13 @@ impl WatchCache {
                 .collect(),
             Start::After(revision) => {
                 if revision < state.oldest {
-                    return Err(CacheMiss);
+                    // History the cache dropped: relist. History from before the cache started
+                    // (it starts on first use): the store still has it.
+                    return Err(if state.evicted {
+                        CacheMiss::TooOld(state.oldest)
+                    } else {
+                        CacheMiss::NotReady
+                    });
                 }
                 state
                     .history
@@ -548,7 +616,7 @@ impl WatchCache {
     ) -> Result<(Vec<Value>, Revision), CacheMiss> {
         let cache = self.kind_cache(kind);
         if !self.ready(&cache, 0).await {
-            return Err(CacheMiss);
+            return Err(CacheMiss::NotReady);
         }
         let state = cache.lock();
         let items = state

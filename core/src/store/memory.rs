@@ -35,7 +35,9 @@ impl Default for MemoryStoreConfig {
     fn default() -> Self {
         MemoryStoreConfig {
             history: 100_000,
-            watch_buffer: 4096,
+            // The API server's watch cache is the usual watcher; a burst of writes must not
+            // cut it off (it would relist and its watchers with it).
+            watch_buffer: 32_768,
             progress_interval: Duration::from_secs(5),
             lease_check_interval: Duration::from_millis(100),
         }
