@@ -291,12 +291,29 @@ where
     }
 }
 
+/// Cached objects go without `metadata.managedFields` (as client-go's informers in
+/// kube-scheduler and kube-controller-manager strip them): controllers never read them, and they
+/// are a large share of every object. A controller that writes an object back without them
+/// leaves the stored ones as they are.
+fn without_managed_fields<K: Resource>(mut object: K) -> K {
+    object.meta_mut().managed_fields = None;
+    object
+}
+
 fn apply_event<K>(shared: &Shared<K>, event: watcher::Event<K>, listing: &mut Option<Vec<K>>)
 where
     K: Resource + Clone,
 {
     let send = |change: Change<K>| {
         let _ = shared.changes.send(change);
+    };
+    let event = match event {
+        watcher::Event::InitApply(object) => {
+            watcher::Event::InitApply(without_managed_fields(object))
+        }
+        watcher::Event::Apply(object) => watcher::Event::Apply(without_managed_fields(object)),
+        watcher::Event::Delete(object) => watcher::Event::Delete(without_managed_fields(object)),
+        other => other,
     };
     match event {
         watcher::Event::Init => *listing = Some(Vec::new()),
