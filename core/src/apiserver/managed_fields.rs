@@ -32,6 +32,18 @@ struct Entry {
 }
 
 impl Entry {
+    /// A new entry for `writer`'s `operation` (`Apply` or `Update`), timed now.
+    fn new(writer: &Writer, operation: &str, fields: FieldSet) -> Entry {
+        Entry {
+            manager: writer.manager.clone(),
+            operation: operation.into(),
+            api_version: writer.api_version.clone(),
+            time: Some(now()),
+            subresource: writer.subresource.clone(),
+            fields,
+        }
+    }
+
     fn read(value: &Value) -> Option<Entry> {
         let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
         Some(Entry {
@@ -125,14 +137,7 @@ fn scoped(kind: &ResourceKind, writer: &Writer, fields: FieldSet) -> FieldSet {
 /// Records a create: the writer owns every field it set.
 pub(crate) fn track_create(kind: &ResourceKind, object: &mut Value, writer: &Writer) {
     let fields = scoped(kind, writer, FieldSet::of_object(kind, object));
-    let entry = Entry {
-        manager: writer.manager.clone(),
-        operation: "Update".into(),
-        api_version: writer.api_version.clone(),
-        time: Some(now()),
-        subresource: writer.subresource.clone(),
-        fields,
-    };
+    let entry = Entry::new(writer, "Update", fields);
     write_entries(object, &[entry]);
 }
 
@@ -161,14 +166,7 @@ pub(crate) fn track_update(kind: &ResourceKind, old: &Value, new: &mut Value, wr
                 mine.time = Some(now());
                 mine.api_version = writer.api_version.clone();
             }
-            None => entries.push(Entry {
-                manager: writer.manager.clone(),
-                operation: "Update".into(),
-                api_version: writer.api_version.clone(),
-                time: Some(now()),
-                subresource: writer.subresource.clone(),
-                fields: changed,
-            }),
+            None => entries.push(Entry::new(writer, "Update", changed)),
         }
     }
     prune(&mut entries, new);
@@ -205,14 +203,7 @@ pub(crate) fn apply(
     let applied_fields = scoped(kind, writer, FieldSet::of_object(kind, applied));
     let Some(live) = live else {
         let mut object = applied.clone();
-        let entry = Entry {
-            manager: writer.manager.clone(),
-            operation: "Apply".into(),
-            api_version: writer.api_version.clone(),
-            time: Some(now()),
-            subresource: writer.subresource.clone(),
-            fields: applied_fields,
-        };
+        let entry = Entry::new(writer, "Apply", applied_fields);
         write_entries(&mut object, &[entry]);
         return Ok(object);
     };
@@ -276,14 +267,7 @@ pub(crate) fn apply(
             mine.fields = applied_fields;
             mine.api_version = writer.api_version.clone();
         }
-        None => entries.push(Entry {
-            manager: writer.manager.clone(),
-            operation: "Apply".into(),
-            api_version: writer.api_version.clone(),
-            time: Some(now()),
-            subresource: writer.subresource.clone(),
-            fields: applied_fields,
-        }),
+        None => entries.push(Entry::new(writer, "Apply", applied_fields)),
     }
     prune(&mut entries, &object);
     write_entries(&mut object, &entries);
