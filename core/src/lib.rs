@@ -6,11 +6,14 @@
 //! Docker, no etcd, no protoc and no root.
 
 pub mod apiserver;
+pub mod authn;
+pub mod authz;
 pub mod cidr;
 pub mod controller;
 pub mod dns;
 pub mod node;
 pub mod patch;
+pub mod pki;
 pub mod pod_network;
 pub mod proxy;
 pub mod quantity;

@@ -81,10 +81,10 @@ fn builtin_registry_resolves_like_kubectl() {
             "{gv:?} missing"
         );
     }
-    // 24 stored kinds (CustomResourceDefinitions among them), autoscaling/v1 HPAs (converted
-    // from the stored v2), the two read-only metrics.k8s.io kinds and SelfSubjectAccessReview
-    // (answered, never stored).
-    assert_eq!(registry.kinds().count(), 28);
+    // 28 stored kinds (CustomResourceDefinitions and the four RBAC kinds among them),
+    // autoscaling/v1 HPAs (converted from the stored v2), the two read-only metrics.k8s.io
+    // kinds and SelfSubjectAccessReview (answered, never stored).
+    assert_eq!(registry.kinds().count(), 32);
     let hpa_versions: Vec<&str> = registry
         .kinds()
         .filter(|k| k.kind == "HorizontalPodAutoscaler")

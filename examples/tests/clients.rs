@@ -7,6 +7,8 @@
 mod api_extensions;
 #[path = "clients/networking.rs"]
 mod networking;
+#[path = "clients/security.rs"]
+mod security;
 
 use capstan_core::apiserver::{ApiConfig, ApiServer};
 use capstan_core::service_gate::{service_from_env, services_required};
@@ -657,8 +659,17 @@ fn start_capstan_with(data_dir: &Path, port: u16, extra: &[&str]) -> std::proces
         .expect("start capstan up");
     let stdout = child.stdout.take().unwrap();
     let mut lines = std::io::BufReader::new(stdout).lines();
-    let first = lines.next().expect("capstan printed nothing").unwrap();
-    assert!(first.contains("listening on http://127.0.0.1"), "{first}");
+    // Lines before it say what happened at start (e.g. secrets re-encrypted).
+    let listening = lines
+        .by_ref()
+        .take(5)
+        .map_while(Result::ok)
+        .find(|line| line.contains("listening on"))
+        .expect("capstan never said it was listening");
+    assert!(
+        listening.contains("listening on https://127.0.0.1"),
+        "{listening}"
+    );
     // Keep draining so the child never blocks on a full pipe; collect for the final check.
     std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     child
@@ -837,10 +848,16 @@ async fn capstan_sim_runs_simulated_nodes_from_a_config_file() {
 }
 
 #[test]
-fn capstan_up_refuses_non_loopback_addresses_and_bad_flags() {
+fn capstan_up_refuses_plain_http_off_loopback_and_bad_flags() {
     let dir = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .args(["up", "--listen", "0.0.0.0:0", "--data-dir"])
+        .args([
+            "up",
+            "--insecure-http",
+            "--listen",
+            "0.0.0.0:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

@@ -24,17 +24,14 @@ pub(crate) async fn review(ctx: &Ctx, mut body: Value) -> Result<Value, ApiError
             subresource: text(resource, "subresource"),
             namespace: text(resource, "namespace"),
             name: text(resource, "name"),
+            path: None,
+            field_selector: None,
         }
     } else if let Some(non_resource) = spec.get("nonResourceAttributes") {
-        // A URL path is asked as a resource-less request for that path.
-        RequestAttributes {
-            verb: text(non_resource, "verb").unwrap_or_default(),
-            group: String::new(),
-            resource: text(non_resource, "path").unwrap_or_default(),
-            subresource: None,
-            namespace: None,
-            name: None,
-        }
+        RequestAttributes::non_resource(
+            &text(non_resource, "verb").unwrap_or_default(),
+            &text(non_resource, "path").unwrap_or_default(),
+        )
     } else {
         return Err(ApiError::invalid(
             "SelfSubjectAccessReview",

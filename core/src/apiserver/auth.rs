@@ -1,7 +1,9 @@
 //! The authentication and authorization seams every request passes before the API core.
 //!
-//! Today's implementations allow everything (for development on loopback); real authenticators
-//! and RBAC plug into the same traits.
+//! [`AllowAll`] lets everything through (development on loopback, benchmarks); the
+//! authenticators of [`crate::authn`] and the authorizers of [`crate::authz`] plug into the same
+//! traits. Requests made in-process through [`ApiServer::client_as`](super::ApiServer::client_as)
+//! carry their user as an [`InProcessUser`] extension, which only in-process code can set.
 
 use super::ApiError;
 use async_trait::async_trait;
@@ -31,13 +33,40 @@ pub struct RequestAttributes {
     pub namespace: Option<String>,
     /// Object name, if any.
     pub name: Option<String>,
+    /// For a request that names no resource (discovery, `/metrics`, `/openapi/...`): its URL
+    /// path; the resource fields are then empty.
+    pub path: Option<String>,
+    /// The field selector of a list or watch, if any (the Node authorizer lets a node list
+    /// only the pods bound to it).
+    pub field_selector: Option<String>,
 }
+
+impl RequestAttributes {
+    /// A request for a URL path that names no resource.
+    pub fn non_resource(verb: &str, path: &str) -> Self {
+        RequestAttributes {
+            verb: verb.into(),
+            group: String::new(),
+            resource: String::new(),
+            subresource: None,
+            namespace: None,
+            name: None,
+            path: Some(path.into()),
+            field_selector: None,
+        }
+    }
+}
+
+/// The user of a request made in-process ([`ApiServer::client_as`](super::ApiServer::client_as)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InProcessUser(pub UserInfo);
 
 /// Establishes who sent a request.
 #[async_trait]
 pub trait Authenticator: Send + Sync {
-    /// The user, or a 401.
-    async fn authenticate(&self, request: &Parts) -> Result<UserInfo, ApiError>;
+    /// The user; `None` when the request carries no credential this authenticator knows; a
+    /// 401 when it carries one that is wrong (unknown token, expired, ...).
+    async fn authenticate(&self, request: &Parts) -> Result<Option<UserInfo>, ApiError>;
 }
 
 /// Decides whether a user may do something.
@@ -57,11 +86,11 @@ pub struct AllowAll;
 
 #[async_trait]
 impl Authenticator for AllowAll {
-    async fn authenticate(&self, _request: &Parts) -> Result<UserInfo, ApiError> {
-        Ok(UserInfo {
+    async fn authenticate(&self, _request: &Parts) -> Result<Option<UserInfo>, ApiError> {
+        Ok(Some(UserInfo {
             name: "system:admin".into(),
             groups: vec!["system:masters".into(), "system:authenticated".into()],
-        })
+        }))
     }
 }
 

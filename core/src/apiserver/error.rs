@@ -204,6 +204,11 @@ impl ApiError {
         err
     }
 
+    /// 401 Unauthorized: no credential, or one that is not valid.
+    pub fn unauthorized() -> Self {
+        ApiError::new(401, "Unauthorized", "Unauthorized")
+    }
+
     /// 403 Forbidden.
     pub fn forbidden(message: impl Into<String>) -> Self {
         ApiError::new(403, "Forbidden", message)

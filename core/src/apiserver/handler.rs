@@ -11,7 +11,8 @@ use super::strategy::{
     validate_object, validate_update, FieldValidation,
 };
 use super::{
-    discovery, list, node_proxy, watch, ApiError, ApiState, Cause, RequestAttributes, UserInfo,
+    discovery, list, node_proxy, watch, ApiError, ApiState, Cause, InProcessUser,
+    RequestAttributes, UserInfo,
 };
 use crate::registry::{json_path_pointer, Registry, ResourceKind};
 use crate::storage::StorageError;
@@ -78,11 +79,35 @@ pub(crate) async fn handle(
     }
     let span = tracing::debug_span!("request", method = %parts.method, path = %path);
     let method = parts.method.clone();
+    let received = chrono::Utc::now();
+    let mut audited_user: Option<UserInfo> = None;
     let result = async {
-        if let Some(response) = special_path(&state, &parts.method, &path).await {
+        if let Some(response) = public_path(&state, &parts.method, &path).await {
             return Ok(response);
         }
-        let user = state.authenticator.authenticate(&parts).await?;
+        let user = match parts.extensions.get::<InProcessUser>() {
+            Some(InProcessUser(user)) => user.clone(),
+            None => state
+                .authenticator
+                .authenticate(&parts)
+                .await?
+                .ok_or_else(ApiError::unauthorized)?,
+        };
+        if state.audit.is_some() {
+            audited_user = Some(user.clone());
+        }
+        let target = parse_path(&path);
+        if !matches!(target, Ok(Target::Resource(_))) {
+            // Discovery, /metrics, /openapi: authorized by URL path.
+            let verb = parts.method.as_str().to_ascii_lowercase();
+            state
+                .authorizer
+                .authorize(&user, &RequestAttributes::non_resource(&verb, &path))
+                .await?;
+            if let Some(response) = special_path(&state, &parts.method, &path).await {
+                return Ok(response);
+            }
+        }
         let query = Query::parse(parts.uri.query())?;
         // Watches, followed logs and streams are long-lived and do not count against the
         // in-flight limit.
@@ -111,7 +136,7 @@ pub(crate) async fn handle(
             .unwrap_or("")
             .to_string();
         let registry = state.registry();
-        match parse_path(&path)? {
+        match target? {
             Target::CoreVersions if discovery::wants_aggregated(&accept) => {
                 Ok(aggregated(discovery::aggregated(&registry, true)))
             }
@@ -182,7 +207,72 @@ pub(crate) async fn handle(
     state
         .metrics
         .record(method.as_str(), response.status().as_u16());
+    if let Some(audit) = &state.audit {
+        audit.record(audit_record(
+            &parts,
+            audited_user,
+            response.status().as_u16(),
+            received,
+        ));
+    }
     response
+}
+
+/// What the audit log keeps of a request: no bodies, only who, what and the outcome.
+fn audit_record(
+    parts: &axum::http::request::Parts,
+    user: Option<UserInfo>,
+    code: u16,
+    received: chrono::DateTime<chrono::Utc>,
+) -> super::AuditRecord {
+    let header = |name: header::HeaderName| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let method_verb = parts.method.as_str().to_ascii_lowercase();
+    let (verb, object_ref) = match parse_path(parts.uri.path()) {
+        Ok(Target::Resource(resource)) => {
+            let verb = Query::parse(parts.uri.query())
+                .ok()
+                .and_then(|query| verb(&parts.method, &resource, &query).ok())
+                .map_or(method_verb, str::to_string);
+            let mut object = json!({
+                "resource": resource.plural,
+                "apiGroup": resource.group,
+                "apiVersion": resource.version,
+            });
+            if let Some(ns) = &resource.namespace {
+                object["namespace"] = json!(ns);
+            }
+            if let Some(name) = &resource.name {
+                object["name"] = json!(name);
+            }
+            if let Some(sub) = &resource.subresource {
+                object["subresource"] = json!(sub);
+            }
+            (verb, Some(object))
+        }
+        _ => (method_verb, None),
+    };
+    super::AuditRecord {
+        user,
+        verb,
+        request_uri: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_string(), |p| p.to_string()),
+        source_ip: parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string()),
+        user_agent: header(header::USER_AGENT),
+        object_ref,
+        code,
+        received,
+    }
 }
 
 fn ok(value: Value) -> Response<Body> {
@@ -198,19 +288,21 @@ fn aggregated(value: Value) -> Response<Body> {
     response
 }
 
-async fn special_path(state: &ApiState, method: &Method, path: &str) -> Option<Response<Body>> {
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The paths served to anyone, authenticated or not: version and health.
+async fn public_path(state: &ApiState, method: &Method, path: &str) -> Option<Response<Body>> {
     if method != Method::GET {
         return None;
     }
-    let text = |status: StatusCode, body: &'static str| {
-        let mut response = Response::new(Body::from(body));
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        response
-    };
     match path.trim_end_matches('/') {
         "/version" => Some(ok(json!({
             "major": "1", "minor": "33", "gitVersion": format!("v1.33.0-capstan.{}", env!("CARGO_PKG_VERSION")),
@@ -218,6 +310,20 @@ async fn special_path(state: &ApiState, method: &Method, path: &str) -> Option<R
             "goVersion": "rust", "compiler": "rustc", "platform": format!("{}/{}", std::env::consts::OS, if cfg!(target_arch = "x86_64") { "amd64" } else { std::env::consts::ARCH }),
         }))),
         "/healthz" | "/livez" => Some(text(StatusCode::OK, "ok")),
+        "/readyz" => Some(match state.storage.store().current_revision().await {
+            Ok(_) => text(StatusCode::OK, "ok"),
+            Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+        }),
+        _ => None,
+    }
+}
+
+/// Paths outside the resource tree that need an authenticated, authorized user.
+async fn special_path(state: &ApiState, method: &Method, path: &str) -> Option<Response<Body>> {
+    if method != Method::GET {
+        return None;
+    }
+    match path.trim_end_matches('/') {
         "/metrics" => {
             let revision = state.storage.store().current_revision().await.ok();
             let in_flight = state.config.max_in_flight.max(1) - state.in_flight.available_permits();
@@ -228,10 +334,6 @@ async fn special_path(state: &ApiState, method: &Method, path: &str) -> Option<R
             );
             Some(response)
         }
-        "/readyz" => Some(match state.storage.store().current_revision().await {
-            Ok(_) => text(StatusCode::OK, "ok"),
-            Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
-        }),
         "/openapi/v3" => Some(ok(super::openapi::index(&state.registry()))),
         other if other.starts_with("/openapi/v3/") => {
             let registry = state.registry();
@@ -288,6 +390,8 @@ async fn resource_request(
         subresource: ctx.path.subresource.clone(),
         namespace: ctx.path.namespace.clone(),
         name: ctx.path.name.clone(),
+        path: None,
+        field_selector: ctx.query.get("fieldSelector").map(str::to_string),
     };
     ctx.state
         .authorizer

@@ -199,6 +199,13 @@ fn sub_request(
             builder = builder.header(name, value);
         }
     }
+    // The caller's identity travels with the request.
+    if let Some(certificate) = parts.extensions.get::<super::ClientCertificate>() {
+        builder = builder.extension(certificate.clone());
+    }
+    if let Some(user) = parts.extensions.get::<super::InProcessUser>() {
+        builder = builder.extension(user.clone());
+    }
     builder
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body))

@@ -8,6 +8,7 @@
 
 mod access_review;
 mod admission;
+mod audit;
 mod auth;
 mod body;
 mod crd;
@@ -24,6 +25,7 @@ mod node_proxy;
 mod openapi;
 mod port_forward;
 mod protobuf;
+mod protobuf_rbac;
 mod protobuf_workloads;
 mod request;
 mod selection;
@@ -31,6 +33,7 @@ mod service_ips;
 mod spdy;
 mod strategy;
 mod table;
+mod tls;
 mod watch;
 mod watch_cache;
 
@@ -38,11 +41,13 @@ pub use admission::{
     builtin_plugins, AdmissionPlugin, AdmissionRequest, DefaultTolerationSeconds, Operation,
     DEFAULT_TOLERATION_SECONDS,
 };
-pub use auth::{AllowAll, Authenticator, Authorizer, RequestAttributes, UserInfo};
+pub use audit::{AuditLog, AuditRecord};
+pub use auth::{AllowAll, Authenticator, Authorizer, InProcessUser, RequestAttributes, UserInfo};
 pub use error::{ApiError, Cause, ErrorDetails};
 pub use local_watch::{LocalEvent, LocalWatch};
 pub use request::{parse_path, Query, ResourcePath, Target};
 pub use service_ips::{Ipv4Cidr, ServiceAllocator};
+pub use tls::{serve_tls, ClientCertificate, TlsError, TlsServing};
 
 use crate::registry::Registry;
 use crate::storage::{ObjectStorage, StorageError};
@@ -94,6 +99,7 @@ pub(crate) struct ApiState {
     admission: Vec<Arc<dyn AdmissionPlugin>>,
     authenticator: Arc<dyn Authenticator>,
     authorizer: Arc<dyn Authorizer>,
+    audit: Option<Arc<AuditLog>>,
     services: ServiceAllocator,
     cache: watch_cache::WatchCache,
     in_flight: Arc<tokio::sync::Semaphore>,
@@ -141,9 +147,16 @@ pub struct ApiServerBuilder {
     admission: Vec<Arc<dyn AdmissionPlugin>>,
     authenticator: Arc<dyn Authenticator>,
     authorizer: Arc<dyn Authorizer>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl ApiServerBuilder {
+    /// Records every request in `log`.
+    pub fn audit_log(mut self, log: Arc<AuditLog>) -> Self {
+        self.audit = Some(log);
+        self
+    }
+
     /// Replaces the settings.
     pub fn config(mut self, config: ApiConfig) -> Self {
         self.config = config;
@@ -207,6 +220,7 @@ impl ApiServerBuilder {
             admission: self.admission,
             authenticator: self.authenticator,
             authorizer: self.authorizer,
+            audit: self.audit,
             services,
             node_client: node_proxy::node_client(),
             config: self.config,
@@ -235,6 +249,7 @@ impl ApiServer {
             admission: builtin_plugins(),
             authenticator: Arc::new(AllowAll),
             authorizer: Arc::new(AllowAll),
+            audit: None,
         }
     }
 
@@ -284,6 +299,10 @@ impl ApiServer {
                 json!({"metadata": {"name": "default", "namespace": ns}}),
             )
             .await?;
+        }
+        for (plural, object) in crate::authz::default_policy() {
+            self.ensure(plural, "rbac.authorization.k8s.io", object)
+                .await?;
         }
         let registry = self.state.registry();
         // Namespaces left terminating by a previous run finish now.
@@ -337,13 +356,28 @@ impl ApiServer {
     /// A `kube::Client` that calls this server in-process: the same router as over HTTP, used
     /// as a `tower::Service`, so any kube-rs code runs against an embedded control plane with
     /// identical semantics.
+    ///
+    /// Its requests are made as `system:admin` in `system:masters`.
     pub fn client(&self) -> kube::Client {
+        self.client_as(UserInfo {
+            name: "system:admin".into(),
+            groups: vec!["system:masters".into(), "system:authenticated".into()],
+        })
+    }
+
+    /// Like [`client`](Self::client), with every request made as `user` (authorized as that
+    /// user; no credential is checked, since only code in this process can call it).
+    pub fn client_as(&self, user: UserInfo) -> kube::Client {
         use tower::ServiceExt;
         let router = self.router();
-        let service = tower::service_fn(move |request: axum::http::Request<kube::client::Body>| {
-            let router = router.clone();
-            async move { router.oneshot(request.map(axum::body::Body::new)).await }
-        });
+        let user = InProcessUser(user);
+        let service = tower::service_fn(
+            move |mut request: axum::http::Request<kube::client::Body>| {
+                let router = router.clone();
+                request.extensions_mut().insert(user.clone());
+                async move { router.oneshot(request.map(axum::body::Body::new)).await }
+            },
+        );
         kube::Client::new(service, "default")
     }
 }

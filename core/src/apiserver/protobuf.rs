@@ -4,16 +4,18 @@
 //! is converted to its JSON form, so everything after decoding is the same as for JSON bodies.
 //! Kinds converted: Namespace, ConfigMap, Secret, autoscaling/v1 HorizontalPodAutoscaler
 //! (`kubectl create namespace|configmap|secret`, `kubectl autoscale`) here, and Deployment,
-//! Service, Job, CronJob and SelfSubjectAccessReview in `protobuf_workloads`; any other kind
-//! gets a clear 415.
+//! Service, Job, CronJob and SelfSubjectAccessReview in `protobuf_workloads`, Role,
+//! ClusterRole and their bindings in `protobuf_rbac`; any other kind gets a clear 415.
 
 use super::error::ApiError;
+use super::protobuf_rbac as rbac;
 use super::protobuf_workloads as workloads;
 use k8s_pb::api::apps::v1 as apps_v1;
 use k8s_pb::api::authorization::v1 as authorization_v1;
 use k8s_pb::api::autoscaling::v1 as autoscaling_v1;
 use k8s_pb::api::batch::v1 as batch_v1;
 use k8s_pb::api::core::v1 as core_v1;
+use k8s_pb::api::rbac::v1 as rbac_v1;
 use k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
 use prost::Message;
@@ -25,7 +27,7 @@ const MAGIC: &[u8] = b"k8s\0";
 
 fn unsupported(what: &str) -> ApiError {
     ApiError::unsupported_body(format!(
-        "a protobuf body for {what} is not supported (protobuf bodies are accepted for Namespace, ConfigMap, Secret, Service, Deployment, Job, CronJob, autoscaling/v1 HorizontalPodAutoscaler and SelfSubjectAccessReview); send it as JSON or YAML"
+        "a protobuf body for {what} is not supported (protobuf bodies are accepted for Namespace, ConfigMap, Secret, Service, Deployment, Job, CronJob, autoscaling/v1 HorizontalPodAutoscaler, SelfSubjectAccessReview and the RBAC kinds); send it as JSON or YAML"
     ))
 }
 
@@ -127,6 +129,20 @@ pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
                 authorization_v1::SelfSubjectAccessReview::decode(raw.as_slice())
                     .map_err(invalid)?,
             )?
+        }
+        ("rbac.authorization.k8s.io/v1", "Role") => {
+            rbac::role(rbac_v1::Role::decode(raw.as_slice()).map_err(invalid)?)?
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
+            rbac::cluster_role(rbac_v1::ClusterRole::decode(raw.as_slice()).map_err(invalid)?)?
+        }
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+            let binding = rbac_v1::RoleBinding::decode(raw.as_slice()).map_err(invalid)?;
+            rbac::binding(binding.metadata, binding.subjects, binding.role_ref)?
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            let binding = rbac_v1::ClusterRoleBinding::decode(raw.as_slice()).map_err(invalid)?;
+            rbac::binding(binding.metadata, binding.subjects, binding.role_ref)?
         }
         _ => return Err(unsupported(&format!("{api_version} {kind}"))),
     };

@@ -18,11 +18,11 @@ use prost::Message;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
-type Converted = Result<Value, ApiError>;
+pub(super) type Converted = Result<Value, ApiError>;
 
 /// Refuses a message that still holds fields after conversion. Go's encoder writes every
 /// non-pointer field, so zero values (`""`, `0`, `false`, empty messages) count as absent.
-fn consumed<M: Message>(rest: &M, what: &str) -> Result<(), ApiError> {
+pub(super) fn consumed<M: Message>(rest: &M, what: &str) -> Result<(), ApiError> {
     if only_zero_values(&rest.encode_to_vec(), 0) {
         Ok(())
     } else {
@@ -91,12 +91,12 @@ fn empty_message<M: Message>(message: Option<M>, what: &str) -> Result<Option<Va
 
 /// A JSON object built field by field, leaving out absent values.
 #[derive(Default)]
-struct Object(Map<String, Value>);
+pub(super) struct Object(Map<String, Value>);
 
 impl Object {
     /// Sets `key` unless the value is absent or an empty string (Go's zero value, which its
     /// JSON form leaves out).
-    fn set(mut self, key: &str, value: Option<impl Into<Value>>) -> Self {
+    pub(super) fn set(mut self, key: &str, value: Option<impl Into<Value>>) -> Self {
         if let Some(value) = value.map(Into::into) {
             if value.as_str() != Some("") {
                 self.0.insert(key.to_string(), value);
@@ -105,14 +105,14 @@ impl Object {
         self
     }
 
-    fn list(mut self, key: &str, items: Vec<Value>) -> Self {
+    pub(super) fn list(mut self, key: &str, items: Vec<Value>) -> Self {
         if !items.is_empty() {
             self.0.insert(key.to_string(), Value::Array(items));
         }
         self
     }
 
-    fn strings(self, key: &str, items: Vec<String>) -> Self {
+    pub(super) fn strings(self, key: &str, items: Vec<String>) -> Self {
         self.list(key, items.into_iter().map(Value::String).collect())
     }
 
@@ -123,7 +123,7 @@ impl Object {
         self
     }
 
-    fn done(self) -> Value {
+    pub(super) fn done(self) -> Value {
         Value::Object(self.0)
     }
 }

@@ -86,6 +86,10 @@ pub(super) fn kinds() -> Vec<ResourceKind> {
         .with_short_names(&["crd", "crds"])
         .with_categories(&["api-extensions"])
         .with_subresource("status", STATUS),
+        ResourceKind::of::<k8s_openapi::api::rbac::v1::Role>(),
+        ResourceKind::of::<k8s_openapi::api::rbac::v1::RoleBinding>(),
+        ResourceKind::of::<k8s_openapi::api::rbac::v1::ClusterRole>(),
+        ResourceKind::of::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(),
         // Answered by the authorizer, never stored (create only).
         ResourceKind::new(
             "authorization.k8s.io",

@@ -26,6 +26,7 @@
 //!   revoked.
 //! - Implementations never panic on any input, including corrupt stored bytes.
 
+pub mod encrypted;
 mod error;
 mod event;
 mod key;
@@ -39,6 +40,7 @@ pub mod embedded;
 pub mod testkit;
 
 pub use embedded::{EmbeddedStore, EmbeddedStoreConfig};
+pub use encrypted::{EncryptedStore, EncryptionKeys};
 pub use error::StoreError;
 pub use event::{WatchEvent, WatchStream};
 pub use key::{validate_key, validate_value, MAX_KEY_BYTES, MAX_VALUE_BYTES};

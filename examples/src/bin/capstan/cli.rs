@@ -87,6 +87,24 @@ pub struct ControlPlaneArgs {
         value_parser = parse_duration
     )]
     pub node_monitor_grace_period: std::time::Duration,
+    /// Serve plain HTTP with no authentication: every request acts as a cluster
+    /// administrator. Loopback addresses only. Without it the API is served over TLS with the
+    /// cluster CA in `DATA_DIR/pki`, clients authenticate (certificates, tokens) and RBAC
+    /// decides.
+    #[arg(long, env = "CAPSTAN_INSECURE_HTTP")]
+    pub insecure_http: bool,
+    /// Static bearer tokens: `token,user,uid,"group1,group2"` per line.
+    #[arg(long, env = "CAPSTAN_TOKEN_AUTH_FILE", value_name = "FILE")]
+    pub token_auth_file: Option<PathBuf>,
+    /// AES-256-GCM keys for Secrets at rest, `NAME:BASE64` per line; the first encrypts, all
+    /// decrypt, and values under older keys are re-encrypted at start (rotation: put a new key
+    /// first and restart). Default with the embedded store: `DATA_DIR/secrets.key`, created
+    /// on first start. Servers sharing an etcd must share the file.
+    #[arg(long, env = "CAPSTAN_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    pub encryption_key_file: Option<PathBuf>,
+    /// Append an audit event (JSON line: user, verb, object, response code) per request.
+    #[arg(long, env = "CAPSTAN_AUDIT_LOG", value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
 }
 
 /// A duration as `500ms`, `40s`, `2m` or `1h`.
@@ -187,8 +205,9 @@ pub struct ServerArgs {
     /// Store, address and ranges.
     #[command(flatten)]
     pub control: ControlPlaneArgs,
-    /// Serve a non-loopback address although there is no authentication yet: anyone who
-    /// reaches the address controls the cluster. Only on networks nobody else reaches.
+    /// Serve plain HTTP with no authentication on any address (agents join without
+    /// credentials): anyone who reaches the address controls the cluster. Only on networks
+    /// nobody else reaches.
     #[arg(long)]
     pub insecure_no_auth: bool,
 }
@@ -196,9 +215,13 @@ pub struct ServerArgs {
 /// `capstan agent`.
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
-    /// The API server's URL (`http://HOST:PORT`).
-    #[arg(long, env = "CAPSTAN_SERVER")]
-    pub server: String,
+    /// The API server's URL (`https://HOST:PORT`, or `http://` for an insecure server);
+    /// overrides the kubeconfig's.
+    #[arg(long, env = "CAPSTAN_SERVER", required_unless_present = "kubeconfig")]
+    pub server: Option<String>,
+    /// A kubeconfig with the cluster's CA and this node's credentials.
+    #[arg(long, env = "CAPSTAN_KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
     /// Holds the agent's files (volumes, logs).
     #[arg(long, env = "CAPSTAN_DATA_DIR", default_value = ".capstan-agent")]
     pub data_dir: PathBuf,

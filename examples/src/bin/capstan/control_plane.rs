@@ -3,14 +3,19 @@
 //! share one store and one of each works.
 
 use crate::cli::ControlPlaneArgs;
-use capstan_core::apiserver::{ApiConfig, ApiServer};
+use capstan_core::apiserver::{serve_tls, ApiConfig, ApiServer, AuditLog, TlsServing};
+use capstan_core::authn::{AuthenticatorChain, TokenFileAuthenticator, X509Authenticator};
+use capstan_core::authz::{NodeAuthorizer, RbacAuthorizer, RbacEscalationCheck, MASTERS_GROUP};
 use capstan_core::cidr::Ipv4Cidr;
 use capstan_core::controller::{
     ControllerManager, ControllerManagerConfig, LeaderElectionConfig, NodeIpamConfig,
     NodeLifecycleConfig, RunningControllers,
 };
+use capstan_core::pki::{write_file, ClusterCa, IssuedCertificate};
 use capstan_core::scheduler::{ElectedScheduler, Scheduler, SchedulerConfig};
-use capstan_core::store::{EmbeddedStore, EmbeddedStoreConfig, MemoryStore, Store};
+use capstan_core::store::{
+    EmbeddedStore, EmbeddedStoreConfig, EncryptedStore, EncryptionKeys, MemoryStore, Store,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -19,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 pub struct ControlPlane {
     /// The API server (in-process clients and informers come from it).
     pub server: ApiServer,
-    /// Where it listens.
-    pub address: SocketAddr,
+    /// The URL clients use (`https://…`, or `http://…` when insecure).
+    pub url: String,
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
     stop_serving: CancellationToken,
     controllers: RunningControllers,
@@ -53,6 +58,32 @@ async fn open_store(args: &ControlPlaneArgs) -> Result<Arc<dyn Store>, String> {
     }
 }
 
+/// Wraps the store so Secrets are encrypted at rest (see `--encryption-key-file`), and
+/// re-encrypts those written under an older key or before encryption was on.
+async fn encrypt_secrets(
+    args: &ControlPlaneArgs,
+    store: Arc<dyn Store>,
+) -> Result<Arc<dyn Store>, String> {
+    let keys = match &args.encryption_key_file {
+        Some(path) => EncryptionKeys::from_file(path)
+            .map_err(|e| format!("--encryption-key-file {}: {e}", path.display()))?,
+        None if args.store == "embedded" => {
+            let path = args.data_dir.join("secrets.key");
+            EncryptionKeys::load_or_create(&path).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => return Ok(store),
+    };
+    let encrypted = EncryptedStore::new(store, keys);
+    let rewritten = encrypted
+        .rewrite()
+        .await
+        .map_err(|e| format!("cannot re-encrypt secrets: {e}"))?;
+    if rewritten > 0 {
+        println!("capstan: {rewritten} secrets re-encrypted with the current key");
+    }
+    Ok(Arc::new(encrypted))
+}
+
 #[cfg(feature = "etcd")]
 async fn open_etcd(endpoints: Vec<String>) -> Result<Arc<dyn Store>, String> {
     let config = capstan_store_etcd::EtcdStoreConfig::new(endpoints);
@@ -67,11 +98,85 @@ async fn open_etcd(_endpoints: Vec<String>) -> Result<Arc<dyn Store>, String> {
     Err("this capstan was built without etcd support: rebuild with `--features etcd`".into())
 }
 
-/// A kubeconfig for an unauthenticated server at `server`.
-fn kubeconfig(server: &str) -> String {
+/// A kubeconfig for the server at `server`: with the CA it trusts and a client certificate
+/// when it is served over TLS.
+fn kubeconfig(server: &str, tls: Option<(&str, &IssuedCertificate)>) -> String {
+    use base64::Engine;
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let (cluster_extra, user) = match tls {
+        Some((ca, client)) => (
+            format!("\n    certificate-authority-data: {}", b64(ca)),
+            format!(
+                "\n    client-certificate-data: {}\n    client-key-data: {}",
+                b64(&client.certificate_pem),
+                b64(&client.key_pem)
+            ),
+        ),
+        None => (String::new(), " {}".to_string()),
+    };
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: capstan\n  cluster:\n    server: {server}\ncontexts:\n- name: capstan\n  context:\n    cluster: capstan\n    user: capstan\n    namespace: default\ncurrent-context: capstan\nusers:\n- name: capstan\n  user: {{}}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: capstan\n  cluster:\n    server: {server}{cluster_extra}\ncontexts:\n- name: capstan\n  context:\n    cluster: capstan\n    user: capstan-admin\n    namespace: default\ncurrent-context: capstan\nusers:\n- name: capstan-admin\n  user:{user}\n"
     )
+}
+
+/// How the API is served.
+enum Serving {
+    /// Plain HTTP, every request an administrator.
+    Insecure,
+    /// TLS with the cluster CA; authentication and RBAC.
+    Secure {
+        tls: TlsServing,
+        ca_pem: String,
+        admin: IssuedCertificate,
+    },
+}
+
+/// The names the serving certificate is valid for: loopback, the listen address, the
+/// `kubernetes` Service's names and first address.
+fn serving_names(address: &SocketAddr, service_cidr: &str) -> Vec<String> {
+    let mut names: Vec<String> = [
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        "127.0.0.1",
+        "::1",
+    ]
+    .iter()
+    .map(|n| n.to_string())
+    .collect();
+    if !address.ip().is_unspecified() {
+        names.push(address.ip().to_string());
+    }
+    if let Some(cidr) = Ipv4Cidr::parse(service_cidr) {
+        names.push(cidr.first().to_string());
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn secure_serving(args: &ControlPlaneArgs, address: &SocketAddr) -> Result<Serving, String> {
+    let pki = args.data_dir.join("pki");
+    let ca = ClusterCa::load_or_create(&pki).map_err(|e| format!("cluster CA: {e}"))?;
+    let serving = ca
+        .serving_certificate(&serving_names(address, &args.service_cidr))
+        .map_err(|e| format!("serving certificate: {e}"))?;
+    let admin = ca
+        .client_certificate("capstan-admin", Some(MASTERS_GROUP))
+        .map_err(|e| format!("admin certificate: {e}"))?;
+    let tls = TlsServing::new(
+        &serving.certificate_pem,
+        &serving.key_pem,
+        Some(ca.certificate_pem()),
+    )
+    .map_err(|e| format!("TLS: {e}"))?;
+    Ok(Serving::Secure {
+        tls,
+        ca_pem: ca.certificate_pem().to_string(),
+        admin,
+    })
 }
 
 impl ControlPlane {
@@ -92,41 +197,91 @@ impl ControlPlane {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         let address = listener.local_addr().map_err(|e| e.to_string())?;
-        // Every request is allowed (no authentication yet), so the API stays on loopback
-        // unless the operator says the network is private.
-        if !address.ip().is_loopback() && !allow_remote {
+        let insecure = args.insecure_http || allow_remote;
+        // Without authentication every request is an administrator's, so plain HTTP stays on
+        // loopback unless the operator says the network is private.
+        if insecure && !address.ip().is_loopback() && !allow_remote {
             return Err(format!(
-                "refusing to serve on {address}: without authentication the API server listens on loopback addresses only (`capstan server --insecure-no-auth` overrides this on a private network)"
+                "refusing to serve plain HTTP on {address}: without authentication the API server listens on loopback addresses only (`capstan server --insecure-no-auth` overrides this on a private network)"
             ));
         }
-        let store = open_store(args).await?;
+        let mode = if insecure {
+            Serving::Insecure
+        } else {
+            secure_serving(args, &address)?
+        };
+        let store = encrypt_secrets(args, open_store(args).await?).await?;
         let config = ApiConfig {
             advertise_address: address.to_string(),
             service_cidr: args.service_cidr.clone(),
             ..ApiConfig::default()
         };
-        let server = ApiServer::builder(store)
-            .config(config)
+        let mut builder = ApiServer::builder(store.clone()).config(config);
+        if let Some(path) = &args.audit_log {
+            let log = AuditLog::to_file(path)
+                .map_err(|e| format!("--audit-log {}: {e}", path.display()))?;
+            builder = builder.audit_log(Arc::new(log));
+        }
+        if let Serving::Secure { .. } = &mode {
+            let mut authenticators = AuthenticatorChain::new().with(Arc::new(X509Authenticator));
+            if let Some(path) = &args.token_auth_file {
+                let tokens = TokenFileAuthenticator::from_file(path)
+                    .map_err(|e| format!("--token-auth-file: {e}"))?;
+                authenticators = authenticators.with(Arc::new(tokens));
+            }
+            let rbac = Arc::new(
+                RbacAuthorizer::watching(store.clone())
+                    .await
+                    .map_err(|e| format!("RBAC: {e}"))?,
+            );
+            builder = builder
+                .authenticator(Arc::new(authenticators))
+                .authorizer(Arc::new(NodeAuthorizer::new(store, rbac.clone())))
+                .admission_plugin(Arc::new(RbacEscalationCheck::new(rbac)));
+        }
+        let server = builder
             .build()
             .await
             .map_err(|e| format!("cannot start the API server: {e}"))?;
         // The kubeconfig exists before the "listening" line, so whoever waits for that line
         // can use it.
         let kubeconfig_path = args.data_dir.join("kubeconfig");
-        std::fs::write(&kubeconfig_path, kubeconfig(&format!("http://{address}")))
-            .map_err(|e| format!("cannot write {}: {e}", kubeconfig_path.display()))?;
+        let reachable = if address.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), address.port())
+        } else {
+            address
+        };
+        let (url, text) = match &mode {
+            Serving::Insecure => {
+                let url = format!("http://{reachable}");
+                let text = kubeconfig(&url, None);
+                (url, text)
+            }
+            Serving::Secure { ca_pem, admin, .. } => {
+                let url = format!("https://{reachable}");
+                let text = kubeconfig(&url, Some((ca_pem, admin)));
+                (url, text)
+            }
+        };
+        write_file(&kubeconfig_path, &text, true)
+            .map_err(|e| format!("cannot write the kubeconfig: {e}"))?;
         let router = server.router();
         let stop_serving = CancellationToken::new();
         let serving = {
             let stop = stop_serving.clone();
-            tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            })
+            match mode {
+                Serving::Insecure => tokio::spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .await
+                }),
+                Serving::Secure { tls, .. } => {
+                    tokio::spawn(async move { serve_tls(listener, router, tls, stop).await })
+                }
+            }
         };
         println!(
-            "capstan: API server listening on http://{address} (store: {})",
+            "capstan: API server listening on {url} (store: {})",
             args.store
         );
         let controllers = ControllerManager::in_process(
@@ -160,7 +315,7 @@ impl ControlPlane {
         println!("capstan: scheduler started (default profile)");
         Ok(ControlPlane {
             server,
-            address,
+            url,
             serving,
             stop_serving,
             controllers,

@@ -13,8 +13,10 @@
 //!   against it, with its pod subnet from the server's node IPAM, so a cluster spans hosts.
 //! - `capstan sim --nodes N` runs a control plane with N simulated nodes in one process.
 //!
-//! Until authentication lands the API serves loopback addresses only, unless `capstan server
-//! --insecure-no-auth` is told the network is private. Every flag has a `CAPSTAN_*`
+//! The API is served over TLS with a cluster CA created in `DIR/pki`; clients authenticate
+//! with certificates (the kubeconfig's is an administrator's) or `--token-auth-file` tokens,
+//! and RBAC decides. `--insecure-http` serves plain HTTP with no authentication on loopback;
+//! `capstan server --insecure-no-auth` does so on any address of a private network. Every flag has a `CAPSTAN_*`
 //! environment variable and may come from a YAML file (`--config FILE`, keys are flag names;
 //! the command line wins); `capstan help <command>` lists them.
 
@@ -97,8 +99,16 @@ async fn server(args: ServerArgs, shutdown: CancellationToken) -> Result<(), Str
     let control =
         ControlPlane::start(&args.control, args.insecure_no_auth, true, &identity(None)).await?;
     println!(
-        "capstan: control plane ready; nodes join with\n  capstan agent --server http://{}\n  kubectl --kubeconfig {} get nodes",
-        control.address,
+        "capstan: control plane ready; nodes join with\n  capstan agent --server {}{}\n  kubectl --kubeconfig {} get nodes",
+        control.url,
+        if control.url.starts_with("https") {
+            format!(
+                " --kubeconfig {}",
+                ControlPlane::kubeconfig_path(&args.control).display()
+            )
+        } else {
+            String::new()
+        },
         ControlPlane::kubeconfig_path(&args.control).display()
     );
     shutdown.cancelled().await;
@@ -108,12 +118,24 @@ async fn server(args: ServerArgs, shutdown: CancellationToken) -> Result<(), Str
 }
 
 async fn agent(args: AgentArgs, shutdown: CancellationToken) -> Result<(), String> {
-    let url: http::Uri = args
-        .server
-        .parse()
-        .map_err(|e| format!("--server {:?}: {e}", args.server))?;
-    let client = kube::Client::try_from(kube::Config::new(url))
-        .map_err(|e| format!("cannot make a client for {}: {e}", args.server))?;
+    let mut config = match &args.kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::new(http::Uri::from_static("http://127.0.0.1:6443")),
+    };
+    if let Some(server) = &args.server {
+        config.cluster_url = server
+            .parse()
+            .map_err(|e| format!("--server {server:?}: {e}"))?;
+    }
+    let server_url = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config)
+        .map_err(|e| format!("cannot make a client for {server_url}: {e}"))?;
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
     let node_name = args
@@ -150,7 +172,7 @@ async fn agent(args: AgentArgs, shutdown: CancellationToken) -> Result<(), Strin
         },
     )
     .await?;
-    println!("capstan: agent joined {}", args.server);
+    println!("capstan: agent joined {server_url}");
     shutdown.cancelled().await;
     node.stop().await;
     informers.stop();

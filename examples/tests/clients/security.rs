@@ -1,0 +1,394 @@
+//! Security end to end against `capstan up` (TLS by default) with kubectl 1.27 and 1.33: the
+//! admin kubeconfig's certificate, a static token user governed by RBAC (denied, then granted
+//! by a RoleBinding, never allowed to grant more than they hold), anonymous requests (401), a
+//! wrong CA and a client certificate from another CA (refused); Secrets encrypted in the
+//! embedded store's file and re-encrypted after a key rotation; the audit log.
+
+use super::{free_port, kubectl_dir, start_capstan_with, Kubectl};
+use capstan_core::pki::ClusterCa;
+use capstan_core::store::{EmbeddedStore, EmbeddedStoreConfig, ListOptions, Store};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn kubeconfig(path: &Path, server: &str, ca_file: &Path, user: &str) {
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u, namespace: default}}\ncurrent-context: c\nusers:\n- name: u\n  user: {user}\n",
+        ca_file.display()
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+/// Runs until `args` succeed (RBAC changes reach the authorizer through a watch).
+fn eventually(k: &Kubectl, args: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, text) = k.run(args, None);
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} never succeeded: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A `capstan up` process, killed if the test fails before stopping it.
+struct Running(Option<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn stop(mut running: Running) {
+    let mut child = running.0.take().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+async fn raw_store_values(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let store = EmbeddedStore::open(path, EmbeddedStoreConfig::default()).unwrap();
+    store
+        .list("/", ListOptions::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|kv| (kv.key, kv.value.to_vec()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_authentication_rbac_encryption_at_rest_and_audit() {
+    let Some(bin) = kubectl_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "jane-token,jane,1001,\"dev\"\n").unwrap();
+    let audit = dir.path().join("audit.log");
+    let flags = [
+        "--runtime",
+        "sim",
+        "--token-auth-file",
+        tokens.to_str().unwrap(),
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ];
+    let child = Running(Some(start_capstan_with(&data, port, &flags)));
+    let server = format!("https://127.0.0.1:{port}");
+    let ca = data.join("pki").join("ca.crt");
+    let jane_config = dir.path().join("jane");
+    kubeconfig(&jane_config, &server, &ca, "{token: jane-token}");
+    let unknown_token_config = dir.path().join("unknown-token");
+    kubeconfig(&unknown_token_config, &server, &ca, "{token: not-a-token}");
+    // With no credential at all (kubectl would prompt for a password): 401, except health.
+    let anonymous = |path: &str| {
+        let script = format!(
+            "import ssl, urllib.request, urllib.error\nctx = ssl.create_default_context(cafile='{}')\ntry:\n    r = urllib.request.urlopen('{server}{path}', context=ctx)\n    print(r.status, r.read().decode())\nexcept urllib.error.HTTPError as e:\n    print(e.code, e.read().decode())\n",
+            ca.display()
+        );
+        let output = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    let healthz = anonymous("/healthz");
+    assert!(healthz.starts_with("200 ok"), "{healthz}");
+    for path in [
+        "/api/v1/namespaces/default/pods",
+        "/metrics",
+        "/apis",
+        "/openapi/v3",
+    ] {
+        let answer = anonymous(path);
+        assert!(
+            answer.starts_with("401") && answer.contains("\"reason\":\"Unauthorized\""),
+            "{path}: {answer}"
+        );
+    }
+    // Another cluster's CA: the server is not trusted, and its client certificates are not
+    // accepted.
+    let other = ClusterCa::load_or_create(&dir.path().join("other-pki")).unwrap();
+    let other_ca = dir.path().join("other-pki").join("ca.crt");
+    let wrong_ca_config = dir.path().join("wrong-ca");
+    kubeconfig(&wrong_ca_config, &server, &other_ca, "{token: jane-token}");
+    let foreign = other
+        .client_certificate("intruder", Some("system:masters"))
+        .unwrap();
+    let cert_file = dir.path().join("foreign.crt");
+    let key_file = dir.path().join("foreign.key");
+    std::fs::write(&cert_file, &foreign.certificate_pem).unwrap();
+    std::fs::write(&key_file, &foreign.key_pem).unwrap();
+    let foreign_config = dir.path().join("foreign");
+    kubeconfig(
+        &foreign_config,
+        &server,
+        &ca,
+        &format!(
+            "{{client-certificate: {}, client-key: {}}}",
+            cert_file.display(),
+            key_file.display()
+        ),
+    );
+
+    let versions = ["1.27", "1.33"];
+    let run = {
+        let bin = bin.clone();
+        let (data, jane_config, unknown_token_config, wrong_ca_config, foreign_config) = (
+            data.clone(),
+            jane_config.clone(),
+            unknown_token_config.clone(),
+            wrong_ca_config.clone(),
+            foreign_config.clone(),
+        );
+        move || {
+            for version in versions {
+                let binary = bin.join(format!("kubectl.{version}"));
+                let as_ = |config: &Path| Kubectl {
+                    binary: binary.clone(),
+                    kubeconfig: config.to_path_buf(),
+                };
+                let admin = as_(&data.join("kubeconfig"));
+                let jane = as_(&jane_config);
+                let ns = format!("sec-{}", version.replace('.', ""));
+                admin.ok(&["auth", "can-i", "*", "*"], None, &["yes"]);
+                admin.ok(&["create", "namespace", &ns], None, &[]);
+                admin.ok(
+                    &[
+                        "create",
+                        "secret",
+                        "generic",
+                        "s1",
+                        "-n",
+                        &ns,
+                        &format!("--from-literal=password=hunter2-{ns}"),
+                    ],
+                    None,
+                    &["created"],
+                );
+
+                // Authenticated but not authorized.
+                jane.fails(
+                    &["get", "pods", "-n", &ns],
+                    None,
+                    &["Forbidden", "User \"jane\" cannot list resource \"pods\""],
+                );
+                jane.fails(&["auth", "can-i", "list", "pods", "-n", &ns], None, &["no"]);
+                // Granted by a RoleBinding (a protobuf body from kubectl 1.33).
+                admin.ok(
+                    &[
+                        "create",
+                        "rolebinding",
+                        "jane-view",
+                        "--clusterrole",
+                        "view",
+                        "--user",
+                        "jane",
+                        "-n",
+                        &ns,
+                    ],
+                    None,
+                    &["created"],
+                );
+                eventually(&jane, &["get", "pods", "-n", &ns]);
+                jane.ok(
+                    &["auth", "can-i", "list", "pods", "-n", &ns],
+                    None,
+                    &["yes"],
+                );
+                jane.fails(&["get", "secrets", "-n", &ns], None, &["Forbidden"]);
+                jane.fails(&["get", "pods", "-n", "default"], None, &["Forbidden"]);
+                // Namespace admin: may create roles with what they hold, not more.
+                admin.ok(
+                    &[
+                        "create",
+                        "rolebinding",
+                        "jane-admin",
+                        "--clusterrole",
+                        "admin",
+                        "--user",
+                        "jane",
+                        "-n",
+                        &ns,
+                    ],
+                    None,
+                    &["created"],
+                );
+                eventually(&jane, &["get", "secrets", "-n", &ns]);
+                jane.ok(
+                    &[
+                        "create",
+                        "role",
+                        "readers",
+                        "--verb",
+                        "get",
+                        "--resource",
+                        "pods",
+                        "-n",
+                        &ns,
+                    ],
+                    None,
+                    &["created"],
+                );
+                jane.fails(
+                    &[
+                        "create",
+                        "role",
+                        "nodes",
+                        "--verb",
+                        "get",
+                        "--resource",
+                        "nodes",
+                        "-n",
+                        &ns,
+                    ],
+                    None,
+                    &["attempting to grant RBAC permissions not currently held"],
+                );
+                jane.fails(
+                    &[
+                        "create",
+                        "rolebinding",
+                        "grab",
+                        "--clusterrole",
+                        "cluster-admin",
+                        "--user",
+                        "jane",
+                        "-n",
+                        &ns,
+                    ],
+                    None,
+                    &["attempting to grant RBAC permissions not currently held"],
+                );
+                jane.fails(
+                    &[
+                        "create",
+                        "clusterrolebinding",
+                        "grab",
+                        "--clusterrole",
+                        "view",
+                        "--user",
+                        "jane",
+                    ],
+                    None,
+                    &["forbidden"],
+                );
+                jane.fails(&["get", "nodes"], None, &["forbidden"]);
+
+                // An unknown token, the wrong CA, a certificate from another CA.
+                as_(&unknown_token_config).fails(&["get", "pods"], None, &["Unauthorized"]);
+                as_(&wrong_ca_config).fails(&["get", "pods"], None, &["certificate"]);
+                let (ok, text) = as_(&foreign_config).run(&["get", "pods"], None);
+                assert!(!ok, "a certificate from another CA was accepted: {text}");
+            }
+        }
+    };
+    tokio::task::spawn_blocking(run).await.unwrap();
+    stop(child);
+
+    // At rest: no plaintext anywhere in the store file; Secrets carry the aesgcm prefix.
+    let store_file = data.join("store.redb");
+    let values = raw_store_values(&store_file).await;
+    let mut secrets = 0;
+    for (key, value) in &values {
+        assert!(
+            !value.windows(7).any(|w| w == b"hunter2"),
+            "plaintext secret at {key}"
+        );
+        if key.starts_with("/core/secrets/sec-") {
+            assert!(value.starts_with(b"k8s:enc:aesgcm:v1:key1:"), "{key}");
+            secrets += 1;
+        }
+    }
+    assert_eq!(secrets, 2);
+
+    // Rotation: a new key first; the restart re-encrypts, reads still work.
+    let key_file = data.join("secrets.key");
+    let old = std::fs::read_to_string(&key_file).unwrap();
+    std::fs::write(
+        &key_file,
+        format!("key2:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=\n{old}"),
+    )
+    .unwrap();
+    let child = Running(Some(start_capstan_with(&data, port, &flags)));
+    let admin = Kubectl {
+        binary: bin.join("kubectl.1.33"),
+        kubeconfig: data.join("kubeconfig"),
+    };
+    let password = tokio::task::spawn_blocking(move || {
+        admin.ok(
+            &[
+                "get",
+                "secret",
+                "s1",
+                "-n",
+                "sec-133",
+                "-o",
+                "jsonpath={.data.password}",
+            ],
+            None,
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        password.trim(),
+        "aHVudGVyMi1zZWMtMTMz",
+        "base64 of hunter2-sec-133"
+    );
+    stop(child);
+    for (key, value) in raw_store_values(&store_file).await {
+        if key.starts_with("/core/secrets/sec-") {
+            assert!(
+                value.starts_with(b"k8s:enc:aesgcm:v1:key2:"),
+                "{key} not rotated"
+            );
+        }
+    }
+
+    // The audit log: who did what, and how it ended.
+    let events: Vec<Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let has = |user: &str, verb: &str, resource: &str, code: u64| {
+        events.iter().any(|e| {
+            e["user"]["username"] == user
+                && e["verb"] == verb
+                && e["objectRef"]["resource"] == resource
+                && e["responseStatus"]["code"] == code
+        })
+    };
+    assert!(
+        has("jane", "list", "pods", 403),
+        "jane's denied list is audited"
+    );
+    assert!(
+        has("jane", "list", "pods", 200),
+        "jane's allowed list is audited"
+    );
+    assert!(has("capstan-admin", "create", "rolebindings", 201));
+    assert!(has("system:anonymous", "list", "pods", 401));
+    assert!(
+        events
+            .iter()
+            .all(|e| e["apiVersion"] == "audit.k8s.io/v1"
+                && e["requestReceivedTimestamp"].is_string())
+    );
+}
