@@ -9,6 +9,7 @@ mod node_agent;
 mod proxy;
 mod registry_storage;
 mod scheduler;
+mod security;
 mod store_embedded;
 mod store_memory;
 mod workloads;

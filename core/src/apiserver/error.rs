@@ -224,6 +224,20 @@ impl ApiError {
         ApiError::new(410, "Expired", message)
     }
 
+    /// 504 Timeout: the request took longer than allowed; the client may retry.
+    pub fn timeout(limit: std::time::Duration) -> Self {
+        let mut err = ApiError::new(
+            504,
+            "Timeout",
+            format!(
+                "the request did not complete within {}s",
+                limit.as_secs_f64()
+            ),
+        );
+        err.details.retry_after = Some(1);
+        err
+    }
+
     /// 413 RequestEntityTooLarge.
     pub fn too_large(limit: usize) -> Self {
         ApiError::new(

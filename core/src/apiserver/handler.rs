@@ -189,7 +189,19 @@ pub(crate) async fn handle(
                     websocket,
                     upgrade,
                 };
-                resource_request(ctx, &parts.method, body).await
+                if long_lived {
+                    return resource_request(ctx, &parts.method, body).await;
+                }
+                let limit = ctx
+                    .query
+                    .get("timeout")
+                    .and_then(request_timeout)
+                    .map_or(state.config.request_timeout, |t| {
+                        t.min(state.config.request_timeout)
+                    });
+                tokio::time::timeout(limit, resource_request(ctx, &parts.method, body))
+                    .await
+                    .unwrap_or_else(|_| Err(ApiError::timeout(limit)))
             }
         }
     }
@@ -216,6 +228,30 @@ pub(crate) async fn handle(
         ));
     }
     response
+}
+
+/// A request's `?timeout=` (`30s`, `1m`, `500ms`, `1m30s`, as Go's durations are written).
+fn request_timeout(text: &str) -> Option<std::time::Duration> {
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let number: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_end] {
+            "ms" => std::time::Duration::from_millis(number),
+            "s" => std::time::Duration::from_secs(number),
+            "m" => std::time::Duration::from_secs(number.checked_mul(60)?),
+            "h" => std::time::Duration::from_secs(number.checked_mul(3600)?),
+            _ => return None,
+        };
+        total = total.checked_add(unit)?;
+        rest = &rest[unit_end..];
+    }
+    (!total.is_zero()).then_some(total)
 }
 
 /// What the audit log keeps of a request: no bodies, only who, what and the outcome.

@@ -73,6 +73,9 @@ pub struct ApiConfig {
     pub watch_buffer: usize,
     /// Recent events kept per kind for watch resumption from the cache.
     pub watch_history: usize,
+    /// Longest a request other than a watch or stream may take (a request's `?timeout=` may
+    /// shorten it); beyond it the client gets 504.
+    pub request_timeout: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -85,6 +88,7 @@ impl Default for ApiConfig {
             max_in_flight: 400,
             watch_buffer: 1024,
             watch_history: 4096,
+            request_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
