@@ -494,6 +494,12 @@ async fn resource_request(
             StatusCode::CREATED,
             super::eviction::evict(&mut ctx, &name, &body).await?,
         ),
+        ("create", Some("token")) if is_kind(&ctx.kind, "", "ServiceAccount") => {
+            (StatusCode::CREATED, {
+                let input = decode(&ctx, &body)?;
+                super::token_request::issue(&ctx, &name, input).await?
+            })
+        }
         ("create", Some("binding")) => (StatusCode::CREATED, {
             let input = decode(&ctx, &body)?;
             bind(&mut ctx, &name, input).await?

@@ -34,6 +34,7 @@ mod spdy;
 mod strategy;
 mod table;
 mod tls;
+mod token_request;
 mod watch;
 mod watch_cache;
 
@@ -104,6 +105,7 @@ pub(crate) struct ApiState {
     authenticator: Arc<dyn Authenticator>,
     authorizer: Arc<dyn Authorizer>,
     audit: Option<Arc<AuditLog>>,
+    tokens: Option<Arc<crate::authn::ServiceAccountTokens>>,
     services: ServiceAllocator,
     cache: watch_cache::WatchCache,
     in_flight: Arc<tokio::sync::Semaphore>,
@@ -152,9 +154,20 @@ pub struct ApiServerBuilder {
     authenticator: Arc<dyn Authenticator>,
     authorizer: Arc<dyn Authorizer>,
     audit: Option<Arc<AuditLog>>,
+    tokens: Option<Arc<crate::authn::ServiceAccountTokens>>,
 }
 
 impl ApiServerBuilder {
+    /// Issues ServiceAccount tokens (the `serviceaccounts/token` subresource) with `tokens`;
+    /// add the same to the authenticators so they are accepted.
+    pub fn service_account_tokens(
+        mut self,
+        tokens: Arc<crate::authn::ServiceAccountTokens>,
+    ) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
     /// Records every request in `log`.
     pub fn audit_log(mut self, log: Arc<AuditLog>) -> Self {
         self.audit = Some(log);
@@ -225,6 +238,7 @@ impl ApiServerBuilder {
             authenticator: self.authenticator,
             authorizer: self.authorizer,
             audit: self.audit,
+            tokens: self.tokens,
             services,
             node_client: node_proxy::node_client(),
             config: self.config,
@@ -254,6 +268,7 @@ impl ApiServer {
             authenticator: Arc::new(AllowAll),
             authorizer: Arc::new(AllowAll),
             audit: None,
+            tokens: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! for its typed commands: the `k8s\0` magic, a `runtime.Unknown` envelope naming the
 //! apiVersion and kind, and the object's message (decoded with k8s-pb's prost types). The object
 //! is converted to its JSON form, so everything after decoding is the same as for JSON bodies.
-//! Kinds converted: Namespace, ConfigMap, Secret, autoscaling/v1 HorizontalPodAutoscaler
+//! Kinds converted: Namespace, ConfigMap, Secret, ServiceAccount, autoscaling/v1 HorizontalPodAutoscaler
 //! (`kubectl create namespace|configmap|secret`, `kubectl autoscale`) here, and Deployment,
 //! Service, Job, CronJob and SelfSubjectAccessReview in `protobuf_workloads`, Role,
 //! ClusterRole and their bindings in `protobuf_rbac`; any other kind gets a clear 415.
@@ -27,7 +27,7 @@ const MAGIC: &[u8] = b"k8s\0";
 
 fn unsupported(what: &str) -> ApiError {
     ApiError::unsupported_body(format!(
-        "a protobuf body for {what} is not supported (protobuf bodies are accepted for Namespace, ConfigMap, Secret, Service, Deployment, Job, CronJob, autoscaling/v1 HorizontalPodAutoscaler, SelfSubjectAccessReview and the RBAC kinds); send it as JSON or YAML"
+        "a protobuf body for {what} is not supported (protobuf bodies are accepted for Namespace, ConfigMap, Secret, ServiceAccount, Service, Deployment, Job, CronJob, autoscaling/v1 HorizontalPodAutoscaler, SelfSubjectAccessReview, TokenRequest and the RBAC kinds); send it as JSON or YAML"
     ))
 }
 
@@ -73,6 +73,22 @@ pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
             if let Some(immutable) = cm.immutable {
                 object["immutable"] = json!(immutable);
             }
+            object
+        }
+        ("v1", "ServiceAccount") => {
+            let mut account = core_v1::ServiceAccount::decode(raw.as_slice()).map_err(invalid)?;
+            let mut object = json!({"metadata": metadata(account.metadata.take())});
+            if let Some(automount) = account.automount_service_account_token.take() {
+                object["automountServiceAccountToken"] = json!(automount);
+            }
+            let pulls: Vec<Value> = std::mem::take(&mut account.image_pull_secrets)
+                .into_iter()
+                .map(|r| json!({"name": r.name.unwrap_or_default()}))
+                .collect();
+            if !pulls.is_empty() {
+                object["imagePullSecrets"] = json!(pulls);
+            }
+            workloads::consumed(&account, "a ServiceAccount")?;
             object
         }
         ("v1", "Secret") => {
@@ -130,6 +146,10 @@ pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
                     .map_err(invalid)?,
             )?
         }
+        ("authentication.k8s.io/v1", "TokenRequest") => rbac::token_request(
+            k8s_pb::api::authentication::v1::TokenRequest::decode(raw.as_slice())
+                .map_err(invalid)?,
+        )?,
         ("rbac.authorization.k8s.io/v1", "Role") => {
             rbac::role(rbac_v1::Role::decode(raw.as_slice()).map_err(invalid)?)?
         }

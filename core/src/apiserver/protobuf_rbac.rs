@@ -1,6 +1,7 @@
-//! Protobuf messages of the RBAC kinds (`kubectl create role|clusterrole|rolebinding|
-//! clusterrolebinding` on kubectl 1.32+) converted to their JSON form. As in
-//! `protobuf_workloads`, a field left unconverted (an aggregation rule) is refused, not dropped.
+//! Protobuf messages of the access kinds — RBAC (`kubectl create role|clusterrole|
+//! rolebinding|clusterrolebinding` on kubectl 1.32+) and TokenRequest (`kubectl create
+//! token`) — converted to their JSON form. As in `protobuf_workloads`, a field left
+//! unconverted (an aggregation rule, a bound object) is refused, not dropped.
 
 use super::protobuf::metadata;
 use super::protobuf_workloads::{consumed, Converted, Object};
@@ -82,6 +83,26 @@ pub(super) fn binding(
         .list("subjects", converted)
         .set("roleRef", role_ref)
         .done())
+}
+
+/// authentication.k8s.io/v1 TokenRequest: audiences and lifetime (bound objects are not
+/// converted).
+pub(super) fn token_request(
+    mut request: k8s_pb::api::authentication::v1::TokenRequest,
+) -> Converted {
+    let mut spec = request.spec.take().unwrap_or_default();
+    let spec_value = Object::default()
+        .strings("audiences", std::mem::take(&mut spec.audiences))
+        .set("expirationSeconds", spec.expiration_seconds.take())
+        .done();
+    consumed(&spec, "a token request spec")?;
+    request.status = None;
+    let value = Object::default()
+        .set("metadata", Some(metadata(request.metadata.take())))
+        .set("spec", Some(spec_value))
+        .done();
+    consumed(&request, "a TokenRequest")?;
+    Ok(value)
 }
 
 #[cfg(test)]

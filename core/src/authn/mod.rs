@@ -1,13 +1,17 @@
 //! Authenticators: who sent a request, from its TLS client certificate ([`X509Authenticator`])
-//! or bearer token ([`TokenFileAuthenticator`]), tried in order by an [`AuthenticatorChain`]. A request no authenticator recognizes is
+//! or bearer token ([`TokenFileAuthenticator`], [`ServiceAccountTokens`]), tried in order by an [`AuthenticatorChain`]. A request no authenticator recognizes is
 //! anonymous and gets 401; a credential that is recognized but wrong (an unknown token) is
 //! refused at once rather than passed on.
 
 mod chain;
+mod service_account;
 mod token_file;
 mod x509;
 
 pub use chain::AuthenticatorChain;
+pub use service_account::{
+    IssuedToken, ServiceAccountTokenError, ServiceAccountTokens, API_AUDIENCE,
+};
 pub use token_file::{TokenFileAuthenticator, TokenFileError};
 pub use x509::{first_certificate_der, user_of_certificate, X509Authenticator};
 

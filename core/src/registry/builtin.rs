@@ -78,7 +78,15 @@ pub(super) fn kinds() -> Vec<ResourceKind> {
                 FieldSpec::at("source", "/source/component"),
                 f("type"),
             ]),
-        ResourceKind::of::<core::v1::ServiceAccount>().with_short_names(&["sa"]),
+        ResourceKind::of::<core::v1::ServiceAccount>()
+            .with_short_names(&["sa"])
+            .with_foreign_subresource(
+                "token",
+                "authentication.k8s.io",
+                "v1",
+                "TokenRequest",
+                &["create"],
+            ),
         ResourceKind::of::<core::v1::ComponentStatus>().with_short_names(&["cs"]),
         ResourceKind::of::<
             k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,

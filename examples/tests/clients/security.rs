@@ -289,6 +289,62 @@ async fn tls_authentication_rbac_encryption_at_rest_and_audit() {
                 );
                 jane.fails(&["get", "nodes"], None, &["forbidden"]);
 
+                // A ServiceAccount's token from `kubectl create token` (TokenRequest; a
+                // protobuf body from 1.33): authenticated as the account, authorized by RBAC,
+                // refused once the account is gone.
+                admin.ok(
+                    &["create", "serviceaccount", "robot", "-n", &ns],
+                    None,
+                    &["created"],
+                );
+                let token = admin.ok(
+                    &["create", "token", "robot", "-n", &ns, "--duration", "1h"],
+                    None,
+                    &[],
+                );
+                let robot_config = data.join(format!("robot-{ns}"));
+                kubeconfig(
+                    &robot_config,
+                    &format!("https://127.0.0.1:{port}"),
+                    &data.join("pki").join("ca.crt"),
+                    &format!("{{token: {}}}", token.trim()),
+                );
+                let robot = as_(&robot_config);
+                robot.fails(
+                    &["get", "pods", "-n", &ns],
+                    None,
+                    &[&format!(
+                        "User \"system:serviceaccount:{ns}:robot\" cannot list"
+                    )],
+                );
+                admin.ok(
+                    &[
+                        "create",
+                        "rolebinding",
+                        "robot-view",
+                        "--clusterrole",
+                        "view",
+                        "--serviceaccount",
+                        &format!("{ns}:robot"),
+                        "-n",
+                        &ns,
+                    ],
+                    None,
+                    &["created"],
+                );
+                eventually(&robot, &["get", "pods", "-n", &ns]);
+                admin.fails(
+                    &["create", "token", "robot", "-n", &ns, "--duration", "1m"],
+                    None,
+                    &["less than 10 minutes"],
+                );
+                admin.ok(
+                    &["delete", "serviceaccount", "robot", "-n", &ns],
+                    None,
+                    &["deleted"],
+                );
+                robot.fails(&["get", "pods", "-n", &ns], None, &["Unauthorized"]);
+
                 // An unknown token, the wrong CA, a certificate from another CA.
                 as_(&unknown_token_config).fails(&["get", "pods"], None, &["Unauthorized"]);
                 as_(&wrong_ca_config).fails(&["get", "pods"], None, &["certificate"]);

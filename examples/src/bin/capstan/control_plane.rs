@@ -4,7 +4,9 @@
 
 use crate::cli::ControlPlaneArgs;
 use capstan_core::apiserver::{serve_tls, ApiConfig, ApiServer, AuditLog, TlsServing};
-use capstan_core::authn::{AuthenticatorChain, TokenFileAuthenticator, X509Authenticator};
+use capstan_core::authn::{
+    AuthenticatorChain, ServiceAccountTokens, TokenFileAuthenticator, X509Authenticator,
+};
 use capstan_core::authz::{NodeAuthorizer, RbacAuthorizer, RbacEscalationCheck, MASTERS_GROUP};
 use capstan_core::cidr::Ipv4Cidr;
 use capstan_core::controller::{
@@ -229,6 +231,13 @@ impl ControlPlane {
                     .map_err(|e| format!("--token-auth-file: {e}"))?;
                 authenticators = authenticators.with(Arc::new(tokens));
             }
+            let key = args.data_dir.join("pki").join("service-account.key");
+            let tokens = Arc::new(
+                ServiceAccountTokens::load_or_create(&key, store.clone())
+                    .map_err(|e| format!("service account tokens: {e}"))?,
+            );
+            authenticators = authenticators.with(tokens.clone());
+            builder = builder.service_account_tokens(tokens);
             let rbac = Arc::new(
                 RbacAuthorizer::watching(store.clone())
                     .await
