@@ -387,3 +387,92 @@ async fn slow_requests_time_out_with_504() {
         StatusCode::OK
     );
 }
+
+mod decoding {
+    //! Bounded fuzzing of the request decoding paths through the router: arbitrary bytes as
+    //! JSON, YAML, protobuf and every patch type, arbitrary label and field selectors. Every
+    //! answer is a status, never a panic or a server error, and nothing bad is stored.
+    use super::call;
+    use axum::body::Body;
+    use axum::http::{Method, Request, StatusCode};
+    use capstan_core::apiserver::ApiServer;
+    use capstan_core::store::MemoryStore;
+    use proptest::prelude::*;
+    use serde_json::json;
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    const CONTENT_TYPES: &[&str] = &[
+        "application/json",
+        "application/yaml",
+        "application/vnd.kubernetes.protobuf",
+        "application/merge-patch+json",
+        "application/json-patch+json",
+        "application/strategic-merge-patch+json",
+        "application/apply-patch+yaml",
+    ];
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let prefix = prop_oneof![
+            Just(Vec::new()),
+            Just(b"k8s\0".to_vec()),
+            Just(b"{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":".to_vec()),
+            Just(b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ".to_vec()),
+            Just(b"[{\"op\":\"".to_vec()),
+        ];
+        (prefix, proptest::collection::vec(any::<u8>(), 0..256)).prop_map(|(mut p, rest)| {
+            p.extend(rest);
+            p
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+        #[test]
+        fn arbitrary_bodies_and_selectors_get_statuses(
+            bytes in body(),
+            content_type in 0..CONTENT_TYPES.len(),
+            selector in "\\PC{0,40}",
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let server = ApiServer::builder(Arc::new(MemoryStore::new())).build().await.unwrap();
+                let router = server.router();
+                let base = "/api/v1/namespaces/default/configmaps";
+                call(&router, None, Method::POST, base, Some(json!({"metadata": {"name": "seed"}, "data": {"a": "1"}}))).await;
+                let content_type = CONTENT_TYPES[content_type];
+                for (method, uri) in [(Method::POST, base.to_string()), (Method::PATCH, format!("{base}/seed?fieldManager=fuzz")), (Method::PUT, format!("{base}/seed"))] {
+                    let request = Request::builder()
+                        .method(method.clone())
+                        .uri(&uri)
+                        .header("content-type", content_type)
+                        .body(Body::from(bytes.clone()))
+                        .unwrap();
+                    let status = router.clone().oneshot(request).await.unwrap().status();
+                    prop_assert!(!status.is_server_error(), "{method} {uri} as {content_type}: {status}");
+                }
+                let encoded: String = url_escape(&selector);
+                for key in ["labelSelector", "fieldSelector"] {
+                    let (status, _) = call(&router, None, Method::GET, &format!("{base}?{key}={encoded}"), None).await;
+                    prop_assert!(status == StatusCode::OK || status == StatusCode::BAD_REQUEST, "{key}={selector:?}: {status}");
+                }
+                // The seed is still a well-formed ConfigMap.
+                let (status, seed) = call(&router, None, Method::GET, &format!("{base}/seed"), None).await;
+                prop_assert_eq!(status, StatusCode::OK);
+                prop_assert_eq!(&seed["kind"], "ConfigMap");
+                Ok(())
+            })?;
+        }
+    }
+
+    fn url_escape(text: &str) -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect()
+    }
+}
