@@ -31,6 +31,9 @@ pub enum PkiError {
     /// A subject alternative name is neither a DNS name nor an IP address.
     #[error("invalid subject alternative name {0:?}")]
     InvalidName(String),
+    /// A certificate request this CA will not sign.
+    #[error("certificate request refused: {0}")]
+    Refused(String),
 }
 
 /// A certificate and its private key, PEM-encoded.
@@ -215,6 +218,82 @@ impl ClusterCa {
     }
 }
 
+/// A new key and a PEM certificate request for it naming `common_name` in `organization`
+/// (a node agent asks for `system:node:<name>` in `system:nodes`). Returns (request, key).
+pub fn certificate_request(
+    common_name: &str,
+    organization: &str,
+) -> Result<(String, String), PkiError> {
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, common_name);
+    name.push(DnType::OrganizationName, organization);
+    params.distinguished_name = name;
+    let key = KeyPair::generate()?;
+    let request = params.serialize_request(&key)?;
+    Ok((request.pem()?, key.serialize_pem()))
+}
+
+fn dn_text(name: &DistinguishedName, kind: DnType) -> Option<String> {
+    match name.get(&kind)? {
+        rcgen::DnValue::Utf8String(text) => Some(text.clone()),
+        rcgen::DnValue::PrintableString(text) => Some(text.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// The CN and O a PEM certificate request asks for (after checking its signature).
+pub fn request_subject(request_pem: &str) -> Result<(String, String), PkiError> {
+    let request = rcgen::CertificateSigningRequestParams::from_pem(request_pem)
+        .map_err(|e| PkiError::Refused(format!("not a valid certificate request: {e}")))?;
+    let subject = &request.params.distinguished_name;
+    Ok((
+        dn_text(subject, DnType::CommonName).unwrap_or_default(),
+        dn_text(subject, DnType::OrganizationName).unwrap_or_default(),
+    ))
+}
+
+impl ClusterCa {
+    /// Signs a PEM certificate request as a client certificate for `common_name` in
+    /// `organization`, refusing a request whose subject names anything else. Only the
+    /// request's public key is taken; the subject, usages and validity are this CA's.
+    pub fn sign_client_request(
+        &self,
+        request_pem: &str,
+        common_name: &str,
+        organization: &str,
+    ) -> Result<String, PkiError> {
+        let request = rcgen::CertificateSigningRequestParams::from_pem(request_pem)
+            .map_err(|e| PkiError::Refused(format!("not a valid certificate request: {e}")))?;
+        let subject = &request.params.distinguished_name;
+        let asked = (
+            dn_text(subject, DnType::CommonName),
+            dn_text(subject, DnType::OrganizationName),
+        );
+        if asked
+            != (
+                Some(common_name.to_string()),
+                Some(organization.to_string()),
+            )
+        {
+            return Err(PkiError::Refused(format!(
+                "the request names CN={:?} O={:?}, not CN={common_name:?} O={organization:?}",
+                asked.0.unwrap_or_default(),
+                asked.1.unwrap_or_default()
+            )));
+        }
+        let mut params = Self::leaf_params(common_name, Some(organization));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let issuer = self.params.clone().self_signed(&self.key)?;
+        let signed = rcgen::CertificateSigningRequestParams {
+            params,
+            public_key: request.public_key,
+        }
+        .signed_by(&issuer, &self.key)?;
+        Ok(signed.pem())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,5 +325,20 @@ mod tests {
             .serving_certificate(&["localhost".into(), "127.0.0.1".into()])
             .is_ok());
         assert!(again.serving_certificate(&["not a name".into()]).is_err());
+        let (request, _key) = certificate_request("system:node:n1", "system:nodes").unwrap();
+        let signed = again
+            .sign_client_request(&request, "system:node:n1", "system:nodes")
+            .unwrap();
+        let der = crate::authn::first_certificate_der(&signed).unwrap();
+        let node = crate::authn::user_of_certificate(&der).unwrap();
+        assert_eq!(node.name, "system:node:n1");
+        assert_eq!(node.groups, vec!["system:nodes", "system:authenticated"]);
+        let (other, _) = certificate_request("system:node:n2", "system:masters").unwrap();
+        assert!(again
+            .sign_client_request(&other, "system:node:n2", "system:nodes")
+            .is_err());
+        assert!(again
+            .sign_client_request("garbage", "system:node:n1", "system:nodes")
+            .is_err());
     }
 }

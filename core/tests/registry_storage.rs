@@ -81,10 +81,11 @@ fn builtin_registry_resolves_like_kubectl() {
             "{gv:?} missing"
         );
     }
-    // 28 stored kinds (CustomResourceDefinitions and the four RBAC kinds among them),
+    // 29 stored kinds (CustomResourceDefinitions, CertificateSigningRequests and the four RBAC
+    // kinds among them),
     // autoscaling/v1 HPAs (converted from the stored v2), the two read-only metrics.k8s.io
     // kinds and SelfSubjectAccessReview (answered, never stored).
-    assert_eq!(registry.kinds().count(), 32);
+    assert_eq!(registry.kinds().count(), 33);
     let hpa_versions: Vec<&str> = registry
         .kinds()
         .filter(|k| k.kind == "HorizontalPodAutoscaler")

@@ -1,14 +1,22 @@
 //! Authenticators: who sent a request, from its TLS client certificate ([`X509Authenticator`])
-//! or bearer token ([`TokenFileAuthenticator`], [`ServiceAccountTokens`]), tried in order by an [`AuthenticatorChain`]. A request no authenticator recognizes is
+//! or bearer token ([`TokenFileAuthenticator`], [`ServiceAccountTokens`],
+//! [`BootstrapTokenAuthenticator`]), tried in order by an [`AuthenticatorChain`]. A request no authenticator recognizes is
 //! anonymous and gets 401; a credential that is recognized but wrong (an unknown token) is
 //! refused at once rather than passed on.
 
+mod bootstrap_token;
 mod chain;
+mod node_certificates;
 mod service_account;
 mod token_file;
 mod x509;
 
+pub use bootstrap_token::{
+    bootstrap_token_secret, generate_bootstrap_token, parse_bootstrap_token,
+    BootstrapTokenAuthenticator, BOOTSTRAPPERS_GROUP, BOOTSTRAP_TOKEN_TYPE, BOOTSTRAP_USER_PREFIX,
+};
 pub use chain::AuthenticatorChain;
+pub use node_certificates::{NodeCertificateSigner, KUBELET_CLIENT_SIGNER};
 pub use service_account::{
     IssuedToken, ServiceAccountTokenError, ServiceAccountTokens, API_AUDIENCE,
 };

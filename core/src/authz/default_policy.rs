@@ -1,7 +1,7 @@
 //! The roles and bindings every cluster starts with (labelled
 //! `kubernetes.io/bootstrapping: rbac-defaults`, as Kubernetes labels its own): `cluster-admin`
 //! for `system:masters`; `admin`, `edit` and `view` for users to bind; discovery, version and
-//! health for everyone; the scheduler's, the controller manager's and the nodes' roles (the last
+//! health for everyone; certificate requests for bootstrapping nodes; the scheduler's, the controller manager's and the nodes' roles (the last
 //! bound to nobody: node agents are authorized by the Node authorizer, as in Kubernetes). Created
 //! when absent, never overwritten (an operator's change stays).
 
@@ -316,10 +316,23 @@ pub fn default_policy() -> Vec<(&'static str, Value)> {
                 rule(&[""], &["serviceaccounts/token"], &["create"]),
             ],
         ),
+        cluster_role(
+            "system:node-bootstrapper",
+            vec![rule(
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests"],
+                &["create", "get", "list", "watch"],
+            )],
+        ),
         cluster_binding(
             "cluster-admin",
             "cluster-admin",
             json!([group("system:masters")]),
+        ),
+        cluster_binding(
+            "system:node-bootstrapper",
+            "system:node-bootstrapper",
+            json!([group("system:bootstrappers"), group("system:nodes")]),
         ),
         cluster_binding(
             "system:discovery",

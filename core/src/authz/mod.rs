@@ -10,6 +10,6 @@ mod rbac;
 
 pub use default_policy::default_policy;
 pub use escalation::RbacEscalationCheck;
-pub use node::{node_name_of, NodeAuthorizer, NODES_GROUP, NODE_USER_PREFIX};
+pub use node::{node_name_of, NodeAuthorizer, NodeRestriction, NODES_GROUP, NODE_USER_PREFIX};
 pub use policy_rule::{rule_allows, rules_cover};
 pub use rbac::{RbacAuthorizer, MASTERS_GROUP};

@@ -170,12 +170,17 @@ impl NodeAuthorizer {
         let verb = a.verb.as_str();
         Ok(match (a.group.as_str(), a.resource.as_str()) {
             ("", "nodes") if sub.is_none() && reads(verb) => Decision::Allow,
+            // Which Node a create makes is checked by `NodeRestriction` (the name is in the
+            // body, not the path).
+            ("", "nodes") if verb == "create" && name.is_none() => Decision::Allow,
             ("", "nodes") if matches!(sub, None | Some("status")) && name == Some(node) => {
                 Decision::Allow
             }
             ("", "nodes") => Decision::Deny(format!("node {node:?} may change only its own Node")),
             ("coordination.k8s.io", "leases") => {
-                if namespace == "kube-node-lease" && name == Some(node) {
+                if namespace == "kube-node-lease"
+                    && (name == Some(node) || (verb == "create" && name.is_none()))
+                {
                     Decision::Allow
                 } else {
                     Decision::Deny(format!("node {node:?} may use only its own Lease"))
@@ -233,6 +238,43 @@ impl NodeAuthorizer {
             }
             _ => Decision::NoOpinion,
         })
+    }
+}
+
+/// Admission for node agents' writes, as Kubernetes' NodeRestriction: the Node and Lease a
+/// node creates or changes must be its own (the authorizer cannot see a create's name).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeRestriction;
+
+#[async_trait]
+impl crate::apiserver::AdmissionPlugin for NodeRestriction {
+    fn name(&self) -> &str {
+        "NodeRestriction"
+    }
+
+    async fn validate(
+        &self,
+        request: &crate::apiserver::AdmissionRequest<'_>,
+        _object: &Value,
+    ) -> Result<(), ApiError> {
+        let Some(node) = node_name_of(request.user) else {
+            return Ok(());
+        };
+        let own = match (request.kind.group.as_str(), request.kind.plural.as_str()) {
+            ("", "nodes") => request.name == node,
+            ("coordination.k8s.io", "leases") => {
+                request.namespace == Some("kube-node-lease") && request.name == node
+            }
+            _ => return Ok(()),
+        };
+        if own {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "node {node:?} may not write {} {:?} (NodeRestriction)",
+                request.kind.plural, request.name
+            )))
+        }
     }
 }
 

@@ -94,6 +94,8 @@ pub(super) fn kinds() -> Vec<ResourceKind> {
         .with_short_names(&["crd", "crds"])
         .with_categories(&["api-extensions"])
         .with_subresource("status", STATUS),
+        ResourceKind::of::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>()
+            .with_short_names(&["csr"]),
         ResourceKind::of::<k8s_openapi::api::rbac::v1::Role>(),
         ResourceKind::of::<k8s_openapi::api::rbac::v1::RoleBinding>(),
         ResourceKind::of::<k8s_openapi::api::rbac::v1::ClusterRole>(),

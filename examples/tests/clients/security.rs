@@ -448,3 +448,273 @@ async fn tls_authentication_rbac_encryption_at_rest_and_audit() {
                 && e["requestReceivedTimestamp"].is_string())
     );
 }
+
+/// Spawns `capstan args` with stdout piped; returns it and its stdout lines as they come.
+fn spawn_capstan(args: &[&str]) -> (Running, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start capstan");
+    let stdout = child.stdout.take().unwrap();
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            println!("[capstan] {line}");
+            let _ = sender.send(line);
+        }
+    });
+    (Running(Some(child)), lines)
+}
+
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, fragment: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(fragment) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("capstan never printed {fragment:?}"),
+        }
+    }
+}
+
+/// `capstan server` (TLS, RBAC) prints a one-use bootstrap token; `capstan agent --token`
+/// exchanges it for a node certificate and runs the node with it; the Node authorizer keeps
+/// that node to its own objects; the token does not work twice; `capstan token` makes more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_join_with_one_use_bootstrap_tokens() {
+    let Some(bin) = kubectl_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let (_server, server_lines) = spawn_capstan(&[
+        "server",
+        "--store",
+        "memory",
+        "--listen",
+        &listen,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let join = wait_for_line(&server_lines, "--token ");
+    let words: Vec<&str> = join.split_whitespace().collect();
+    let after = |flag: &str| {
+        let at = words.iter().position(|w| *w == flag).unwrap();
+        words[at + 1].to_string()
+    };
+    let (token, ca) = (after("--token"), after("--ca-cert"));
+    std::thread::spawn(move || while server_lines.recv().is_ok() {});
+    let agent_dir = dir.path().join("agent");
+    let agent_args = |data_dir: &Path, name: &str| -> Vec<String> {
+        [
+            "agent",
+            "--server",
+            &url,
+            "--token",
+            &token,
+            "--ca-cert",
+            &ca,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--node-name",
+            name,
+            "--runtime",
+            "sim",
+            "--proxy",
+            "none",
+            "--pod-network",
+            "none",
+            "--pod-cidr",
+            "10.244.9.0/24",
+            "--node-ip",
+            "127.0.0.1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let first: Vec<String> = agent_args(&agent_dir, "joiner");
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let (_agent, agent_lines) = spawn_capstan(&first);
+    wait_for_line(
+        &agent_lines,
+        "node certificate for system:node:joiner issued",
+    );
+    std::thread::spawn(move || while agent_lines.recv().is_ok() {});
+
+    let admin = Kubectl {
+        binary: bin.join("kubectl.1.33"),
+        kubeconfig: data.join("kubeconfig"),
+    };
+    let node = Kubectl {
+        binary: bin.join("kubectl.1.33"),
+        kubeconfig: agent_dir.join("node.kubeconfig"),
+    };
+    let token_id = token.split('.').next().unwrap().to_string();
+    let checks = move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, ready) = admin.run(
+                &[
+                    "get",
+                    "node",
+                    "joiner",
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                ],
+                None,
+            );
+            if ready.trim() == "True" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the joined node never became Ready: {ready}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        // One use: the token is gone; the request was approved and signed.
+        admin.fails(
+            &[
+                "get",
+                "secret",
+                "-n",
+                "kube-system",
+                &format!("bootstrap-token-{token_id}"),
+            ],
+            None,
+            &["NotFound"],
+        );
+        let approved = admin.ok(
+            &[
+                "get",
+                "csr",
+                "-o",
+                "jsonpath={.items[*].status.conditions[*].type}",
+            ],
+            None,
+            &[],
+        );
+        assert_eq!(approved.trim(), "Approved");
+
+        // The node's own credentials, kept to its own objects.
+        node.ok(&["get", "nodes"], None, &["joiner"]);
+        node.ok(
+            &["label", "node", "joiner", "capstan.dev/joined=yes"],
+            None,
+            &["labeled"],
+        );
+        admin.ok(
+            &["create", "-f", "-"],
+            Some("apiVersion: v1\nkind: Node\nmetadata: {name: other}\n"),
+            &["created"],
+        );
+        node.fails(
+            &["label", "node", "other", "stolen=yes"],
+            None,
+            &["forbidden"],
+        );
+        node.fails(
+            &["create", "-f", "-"],
+            Some("apiVersion: v1\nkind: Node\nmetadata: {name: impostor}\n"),
+            &["NodeRestriction"],
+        );
+        node.fails(
+            &["get", "secrets", "-n", "kube-system"],
+            None,
+            &["forbidden"],
+        );
+        node.fails(&["get", "pods", "-A"], None, &["forbidden"]);
+        node.ok(
+            &[
+                "get",
+                "pods",
+                "-A",
+                "--field-selector",
+                "spec.nodeName=joiner",
+            ],
+            None,
+            &[],
+        );
+        // A pod bound to it runs (its status written with the node's credentials) and may
+        // read the Secret it uses, not another.
+        admin.ok(
+            &["create", "secret", "generic", "used", "--from-literal=k=v"],
+            None,
+            &["created"],
+        );
+        admin.ok(
+            &[
+                "create",
+                "secret",
+                "generic",
+                "unused",
+                "--from-literal=k=v",
+            ],
+            None,
+            &["created"],
+        );
+        admin.ok(
+            &["create", "-f", "-"],
+            Some("apiVersion: v1\nkind: Pod\nmetadata: {name: worker}\nspec:\n  nodeName: joiner\n  containers:\n  - name: c\n    image: busybox:1.36\n    env: [{name: K, valueFrom: {secretKeyRef: {name: used, key: k}}}]\n"),
+            &["created"],
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, phase) = admin.run(
+                &["get", "pod", "worker", "-o", "jsonpath={.status.phase}"],
+                None,
+            );
+            if phase.trim() == "Running" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the pod never ran on the joined node: {phase}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        node.ok(&["get", "secret", "used"], None, &["used"]);
+        node.fails(&["get", "secret", "unused"], None, &["forbidden"]);
+        node.fails(
+            &["get", "pods", "-n", "kube-system", "anything", "-o", "name"],
+            None,
+            &["NotFound"],
+        );
+    };
+    tokio::task::spawn_blocking(checks).await.unwrap();
+
+    // The token does not work twice.
+    let second_dir = dir.path().join("second");
+    let second: Vec<String> = agent_args(&second_dir, "second");
+    let output = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(&second)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Unauthorized"), "{stderr}");
+    // `capstan token` makes a new one through the API.
+    let output = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["token", "--data-dir", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let fresh = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(
+        capstan_core::authn::parse_bootstrap_token(&fresh).is_some(),
+        "{fresh}"
+    );
+}

@@ -49,6 +49,20 @@ pub enum Command {
     /// A control plane with N simulated nodes in one process, for scale experiments and
     /// what-if runs (no containers run; pods are reported Running).
     Sim(SimArgs),
+    /// Makes a one-use bootstrap token for `capstan agent --token`, through the API with the
+    /// administrator's kubeconfig.
+    Token(TokenArgs),
+}
+
+/// `capstan token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The server's data dir (its `kubeconfig` is used).
+    #[arg(long, env = "CAPSTAN_DATA_DIR", default_value = ".capstan")]
+    pub data_dir: PathBuf,
+    /// How long the token may be used (`30m`, `24h`).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: std::time::Duration,
 }
 
 /// Where the cluster's objects live.
@@ -222,6 +236,14 @@ pub struct AgentArgs {
     /// A kubeconfig with the cluster's CA and this node's credentials.
     #[arg(long, env = "CAPSTAN_KUBECONFIG", value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+    /// A bootstrap token (`capstan server` prints one; `capstan token` makes more): the agent
+    /// asks for its node certificate with it once and keeps its credentials in
+    /// `DATA_DIR/node.kubeconfig` (used from then on).
+    #[arg(long, env = "CAPSTAN_TOKEN", requires = "ca_cert")]
+    pub token: Option<String>,
+    /// The cluster CA certificate the server must present (with `--token`).
+    #[arg(long, env = "CAPSTAN_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
     /// Holds the agent's files (volumes, logs).
     #[arg(long, env = "CAPSTAN_DATA_DIR", default_value = ".capstan-agent")]
     pub data_dir: PathBuf,

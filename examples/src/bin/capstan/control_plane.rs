@@ -5,9 +5,12 @@
 use crate::cli::ControlPlaneArgs;
 use capstan_core::apiserver::{serve_tls, ApiConfig, ApiServer, AuditLog, TlsServing};
 use capstan_core::authn::{
-    AuthenticatorChain, ServiceAccountTokens, TokenFileAuthenticator, X509Authenticator,
+    AuthenticatorChain, BootstrapTokenAuthenticator, NodeCertificateSigner, ServiceAccountTokens,
+    TokenFileAuthenticator, X509Authenticator,
 };
-use capstan_core::authz::{NodeAuthorizer, RbacAuthorizer, RbacEscalationCheck, MASTERS_GROUP};
+use capstan_core::authz::{
+    NodeAuthorizer, NodeRestriction, RbacAuthorizer, RbacEscalationCheck, MASTERS_GROUP,
+};
 use capstan_core::cidr::Ipv4Cidr;
 use capstan_core::controller::{
     ControllerManager, ControllerManagerConfig, LeaderElectionConfig, NodeIpamConfig,
@@ -130,6 +133,7 @@ enum Serving {
         tls: TlsServing,
         ca_pem: String,
         admin: IssuedCertificate,
+        ca: Arc<ClusterCa>,
     },
 }
 
@@ -178,6 +182,7 @@ fn secure_serving(args: &ControlPlaneArgs, address: &SocketAddr) -> Result<Servi
         tls,
         ca_pem: ca.certificate_pem().to_string(),
         admin,
+        ca: Arc::new(ca),
     })
 }
 
@@ -224,8 +229,11 @@ impl ControlPlane {
                 .map_err(|e| format!("--audit-log {}: {e}", path.display()))?;
             builder = builder.audit_log(Arc::new(log));
         }
-        if let Serving::Secure { .. } = &mode {
-            let mut authenticators = AuthenticatorChain::new().with(Arc::new(X509Authenticator));
+        if let Serving::Secure { ca, .. } = &mode {
+            let mut authenticators = AuthenticatorChain::new()
+                .with(Arc::new(X509Authenticator))
+                .with(Arc::new(BootstrapTokenAuthenticator::new(store.clone())));
+            builder = builder.admission_plugin(Arc::new(NodeCertificateSigner::new(ca.clone())));
             if let Some(path) = &args.token_auth_file {
                 let tokens = TokenFileAuthenticator::from_file(path)
                     .map_err(|e| format!("--token-auth-file: {e}"))?;
@@ -246,7 +254,8 @@ impl ControlPlane {
             builder = builder
                 .authenticator(Arc::new(authenticators))
                 .authorizer(Arc::new(NodeAuthorizer::new(store, rbac.clone())))
-                .admission_plugin(Arc::new(RbacEscalationCheck::new(rbac)));
+                .admission_plugin(Arc::new(RbacEscalationCheck::new(rbac)))
+                .admission_plugin(Arc::new(NodeRestriction));
         }
         let server = builder
             .build()

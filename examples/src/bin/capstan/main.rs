@@ -23,11 +23,12 @@
 mod cli;
 mod config_file;
 mod control_plane;
+mod join;
 mod node;
 
 use capstan_core::controller::InformerFactory;
 use clap::Parser;
-use cli::{AgentArgs, Cli, Command, LogFormat, ServerArgs, SimArgs, UpArgs};
+use cli::{AgentArgs, Cli, Command, LogFormat, ServerArgs, SimArgs, TokenArgs, UpArgs};
 use control_plane::ControlPlane;
 use node::{Node, NodeSetup};
 use std::time::Duration;
@@ -98,17 +99,19 @@ async fn up(args: UpArgs, shutdown: CancellationToken) -> Result<(), String> {
 async fn server(args: ServerArgs, shutdown: CancellationToken) -> Result<(), String> {
     let control =
         ControlPlane::start(&args.control, args.insecure_no_auth, true, &identity(None)).await?;
+    let credentials = if control.url.starts_with("https") {
+        // One node may join with this token; `capstan token` makes more.
+        let token =
+            join::create_token(control.server.client(), Duration::from_secs(24 * 3600)).await?;
+        let ca = std::fs::canonicalize(args.control.data_dir.join("pki").join("ca.crt"))
+            .map_err(|e| e.to_string())?;
+        format!(" --token {token} --ca-cert {}", ca.display())
+    } else {
+        String::new()
+    };
     println!(
-        "capstan: control plane ready; nodes join with\n  capstan agent --server {}{}\n  kubectl --kubeconfig {} get nodes",
+        "capstan: control plane ready; a node joins with\n  capstan agent --server {}{credentials}\n  kubectl --kubeconfig {} get nodes",
         control.url,
-        if control.url.starts_with("https") {
-            format!(
-                " --kubeconfig {}",
-                ControlPlane::kubeconfig_path(&args.control).display()
-            )
-        } else {
-            String::new()
-        },
         ControlPlane::kubeconfig_path(&args.control).display()
     );
     shutdown.cancelled().await;
@@ -118,24 +121,6 @@ async fn server(args: ServerArgs, shutdown: CancellationToken) -> Result<(), Str
 }
 
 async fn agent(args: AgentArgs, shutdown: CancellationToken) -> Result<(), String> {
-    let mut config = match &args.kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &Default::default())
-                .await
-                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?
-        }
-        None => kube::Config::new(http::Uri::from_static("http://127.0.0.1:6443")),
-    };
-    if let Some(server) = &args.server {
-        config.cluster_url = server
-            .parse()
-            .map_err(|e| format!("--server {server:?}: {e}"))?;
-    }
-    let server_url = config.cluster_url.to_string();
-    let client = kube::Client::try_from(config)
-        .map_err(|e| format!("cannot make a client for {server_url}: {e}"))?;
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
     let node_name = args
@@ -143,6 +128,10 @@ async fn agent(args: AgentArgs, shutdown: CancellationToken) -> Result<(), Strin
         .node_name
         .clone()
         .unwrap_or_else(node::default_node_name);
+    let config = join::agent_config(&args, &node_name).await?;
+    let server_url = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config)
+        .map_err(|e| format!("cannot make a client for {server_url}: {e}"))?;
     let pod_cidr = match &args.pod_cidr {
         Some(cidr) => cidr.clone(),
         None => {
@@ -177,6 +166,18 @@ async fn agent(args: AgentArgs, shutdown: CancellationToken) -> Result<(), Strin
     node.stop().await;
     informers.stop();
     println!("capstan: stopped");
+    Ok(())
+}
+
+async fn token(args: TokenArgs) -> Result<(), String> {
+    let path = args.data_dir.join("kubeconfig");
+    let file = kube::config::Kubeconfig::read_from(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+    println!("{}", join::create_token(client, args.ttl).await?);
     Ok(())
 }
 
@@ -257,6 +258,7 @@ async fn main() {
             Command::Server(args) => server(args, shutdown).await,
             Command::Agent(args) => agent(args, shutdown).await,
             Command::Sim(args) => sim(args, shutdown).await,
+            Command::Token(args) => token(args).await,
         },
         Err(message) => Err(message),
     };
