@@ -1186,6 +1186,22 @@ async fn kubectl_logs_exec_and_top_on_docker() {
 
         // exec: output and exit code.
         k.ok(&["exec", "talker", "-c", "main", "--", "echo", "hello", "exec"], None, &["hello exec"]);
+        // The service account's token, the cluster CA and the namespace are mounted where
+        // in-cluster clients look; the token authenticates as the pod's account.
+        let mounted = "/var/run/secrets/kubernetes.io/serviceaccount";
+        k.ok(&["exec", "talker", "-c", "side", "--", "cat", &format!("{mounted}/namespace")], None, &["default"]);
+        k.ok(&["exec", "talker", "-c", "main", "--", "cat", &format!("{mounted}/ca.crt")], None, &["BEGIN CERTIFICATE"]);
+        let token = k.ok(&["exec", "talker", "-c", "main", "--", "cat", &format!("{mounted}/token")], None, &[]);
+        let server = format!("https://127.0.0.1:{port}");
+        let pod_config = k.kubeconfig.with_file_name("pod-kubeconfig");
+        std::fs::write(
+            &pod_config,
+            format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u, namespace: default}}\ncurrent-context: c\nusers:\n- name: u\n  user: {{token: {}}}\n",
+                k.kubeconfig.with_file_name("pki").join("ca.crt").display(), token.trim()),
+        )
+        .unwrap();
+        let as_pod = Kubectl { binary: k.binary.clone(), kubeconfig: pod_config };
+        as_pod.fails(&["get", "secrets"], None, &["User \"system:serviceaccount:default:default\" cannot list"]);
         let output = Command::new(&k.binary)
             .arg("--kubeconfig")
             .arg(&k.kubeconfig)

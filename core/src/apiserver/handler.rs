@@ -856,9 +856,20 @@ async fn create(ctx: &mut Ctx, mut object: Value) -> Result<Value, ApiError> {
 }
 
 /// What a cluster does right after some creates: every namespace gets a `default` service
-/// account.
+/// account (and, when the server publishes one, the `kube-root-ca.crt` ConfigMap).
 async fn after_create(ctx: &Ctx, created: &Value) {
     if is_kind(&ctx.kind, "", "Namespace") {
+        if let (Some(ca), Some(maps)) =
+            (&ctx.state.root_ca, ctx.registry.get("", "v1", "configmaps"))
+        {
+            let mut map = json!({"metadata": {"name": super::ROOT_CA_CONFIG_MAP, "namespace": object_name(created)}, "data": {"ca.crt": ca}});
+            apply_defaults(maps, &mut map);
+            if let Err(err) = ctx.state.storage.create(maps, map).await {
+                if !matches!(err, StorageError::AlreadyExists { .. }) {
+                    tracing::warn!(error = %err, "could not publish the root CA");
+                }
+            }
+        }
         if let Some(accounts) = ctx.registry.get("", "v1", "serviceaccounts") {
             let sa = json!({"metadata": {"name": "default", "namespace": object_name(created)}});
             if let Err(err) = ctx.state.storage.create(accounts, sa).await {

@@ -34,6 +34,7 @@ mod spdy;
 mod strategy;
 mod table;
 mod tls;
+mod token_mount;
 mod token_request;
 mod watch;
 mod watch_cache;
@@ -49,6 +50,7 @@ pub use local_watch::{LocalEvent, LocalWatch};
 pub use request::{parse_path, Query, ResourcePath, Target};
 pub use service_ips::{Ipv4Cidr, ServiceAllocator};
 pub use tls::{serve_tls, ClientCertificate, TlsError, TlsServing};
+pub use token_mount::{ServiceAccountTokenMount, ROOT_CA_CONFIG_MAP, SERVICE_ACCOUNT_MOUNT_PATH};
 
 use crate::registry::Registry;
 use crate::storage::{ObjectStorage, StorageError};
@@ -106,6 +108,8 @@ pub(crate) struct ApiState {
     authorizer: Arc<dyn Authorizer>,
     audit: Option<Arc<AuditLog>>,
     tokens: Option<Arc<crate::authn::ServiceAccountTokens>>,
+    /// The cluster CA published to every namespace as `kube-root-ca.crt`.
+    root_ca: Option<String>,
     services: ServiceAllocator,
     cache: watch_cache::WatchCache,
     in_flight: Arc<tokio::sync::Semaphore>,
@@ -155,16 +159,26 @@ pub struct ApiServerBuilder {
     authorizer: Arc<dyn Authorizer>,
     audit: Option<Arc<AuditLog>>,
     tokens: Option<Arc<crate::authn::ServiceAccountTokens>>,
+    root_ca: Option<String>,
 }
 
 impl ApiServerBuilder {
-    /// Issues ServiceAccount tokens (the `serviceaccounts/token` subresource) with `tokens`;
-    /// add the same to the authenticators so they are accepted.
+    /// Publishes `ca_pem` in every namespace as the ConfigMap `kube-root-ca.crt` (key
+    /// `ca.crt`), which in-cluster clients use to trust the server.
+    pub fn root_ca_certificate(mut self, ca_pem: impl Into<String>) -> Self {
+        self.root_ca = Some(ca_pem.into());
+        self
+    }
+
+    /// Issues ServiceAccount tokens (the `serviceaccounts/token` subresource) with `tokens`
+    /// and mounts them into new pods ([`ServiceAccountTokenMount`]); add the same to the
+    /// authenticators so they are accepted.
     pub fn service_account_tokens(
         mut self,
         tokens: Arc<crate::authn::ServiceAccountTokens>,
     ) -> Self {
         self.tokens = Some(tokens);
+        self.admission.push(Arc::new(ServiceAccountTokenMount));
         self
     }
 
@@ -239,6 +253,7 @@ impl ApiServerBuilder {
             authorizer: self.authorizer,
             audit: self.audit,
             tokens: self.tokens,
+            root_ca: self.root_ca,
             services,
             node_client: node_proxy::node_client(),
             config: self.config,
@@ -269,6 +284,7 @@ impl ApiServer {
             authorizer: Arc::new(AllowAll),
             audit: None,
             tokens: None,
+            root_ca: None,
         }
     }
 
@@ -322,6 +338,29 @@ impl ApiServer {
         for (plural, object) in crate::authz::default_policy() {
             self.ensure(plural, "rbac.authorization.k8s.io", object)
                 .await?;
+        }
+        if let Some(ca) = &self.state.root_ca {
+            let registry = self.state.registry();
+            if let Some(namespaces) = registry.get("", "v1", "namespaces") {
+                for ns in self
+                    .state
+                    .storage
+                    .list(namespaces, None, None, None, None)
+                    .await?
+                    .items
+                {
+                    let name = ns
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    self.ensure(
+                        "configmaps",
+                        "",
+                        json!({"metadata": {"name": ROOT_CA_CONFIG_MAP, "namespace": name}, "data": {"ca.crt": ca}}),
+                    )
+                    .await?;
+                }
+            }
         }
         let registry = self.state.registry();
         // Namespaces left terminating by a previous run finish now.

@@ -54,8 +54,17 @@ fn bound_to(pod: &Value, node: &str) -> bool {
     pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
 }
 
-/// Whether `pod` uses the Secret (`secrets`) or ConfigMap (`configmaps`) named `name`.
+/// Whether `pod` uses the Secret (`secrets`), ConfigMap (`configmaps`) or ServiceAccount
+/// (`serviceaccounts`) named `name`.
 fn pod_uses(pod: &Value, plural: &str, name: &str) -> bool {
+    if plural == "serviceaccounts" {
+        let account = pod
+            .pointer("/spec/serviceAccountName")
+            .and_then(Value::as_str)
+            .filter(|a| !a.is_empty())
+            .unwrap_or("default");
+        return account == name;
+    }
     let (volume_key, volume_name, env_ref, env_from) = match plural {
         "secrets" => ("secret", "secretName", "secretKeyRef", "secretRef"),
         _ => ("configMap", "name", "configMapKeyRef", "configMapRef"),
@@ -222,6 +231,19 @@ impl NodeAuthorizer {
                 }
                 _ => Decision::Deny(format!("node {node:?} may only get {plural} its pods use")),
             },
+            ("", "serviceaccounts") if sub == Some("token") && verb == "create" => {
+                let account = name.unwrap_or_default();
+                if self
+                    .used_by_bound_pod(node, namespace, "serviceaccounts", account)
+                    .await?
+                {
+                    Decision::Allow
+                } else {
+                    Decision::Deny(format!(
+                        "no pod bound to node {node:?} runs as {namespace}/{account}"
+                    ))
+                }
+            }
             ("", "events") | ("events.k8s.io", "events")
                 if matches!(verb, "create" | "update" | "patch") =>
             {
@@ -419,6 +441,24 @@ mod tests {
             .await
         );
         assert!(allowed(request("create", "events", "ns", None)).await);
+        assert!(
+            allowed(request(
+                "create",
+                "serviceaccounts/token",
+                "ns",
+                Some("default")
+            ))
+            .await
+        );
+        assert!(
+            !allowed(request(
+                "create",
+                "serviceaccounts/token",
+                "ns",
+                Some("admin")
+            ))
+            .await
+        );
         // No opinion: the next authorizer (here: deny) decides; others go straight to it.
         assert!(!allowed(request("get", "apps:deployments", "ns", Some("d"))).await);
         let someone = UserInfo {

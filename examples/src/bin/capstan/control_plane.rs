@@ -233,7 +233,9 @@ impl ControlPlane {
             let mut authenticators = AuthenticatorChain::new()
                 .with(Arc::new(X509Authenticator))
                 .with(Arc::new(BootstrapTokenAuthenticator::new(store.clone())));
-            builder = builder.admission_plugin(Arc::new(NodeCertificateSigner::new(ca.clone())));
+            builder = builder
+                .admission_plugin(Arc::new(NodeCertificateSigner::new(ca.clone())))
+                .root_ca_certificate(ca.certificate_pem());
             if let Some(path) = &args.token_auth_file {
                 let tokens = TokenFileAuthenticator::from_file(path)
                     .map_err(|e| format!("--token-auth-file: {e}"))?;
