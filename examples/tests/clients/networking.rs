@@ -391,13 +391,14 @@ fn pods_reach_services_across_two_docker_hosts() {
     let mut lab = Lab::create();
     let ctl = lab.namespace("ctl");
     let server_dir = lab.path("ctl");
+    // A secure server (TLS, RBAC, Node authorizer); each agent joins with a bootstrap token of
+    // its own and runs with the node certificate it is issued.
     lab.start_capstan(
         &ctl,
         &[
             "server",
             "--listen",
             &format!("{SERVER_IP}:6443"),
-            "--insecure-no-auth",
             "--store",
             "memory",
             "--data-dir",
@@ -406,16 +407,31 @@ fn pods_reach_services_across_two_docker_hosts() {
         &[],
         "control plane ready",
     );
+    let ca = server_dir.join("pki").join("ca.crt");
     for (role, address) in [("host-a", "10.250.10.11"), ("host-b", "10.250.10.12")] {
         let namespace = lab.add_host(role, address);
         let socket = lab.start_dockerd(&namespace, role);
         let agent_dir = lab.path(role);
+        let made = lab
+            .command_in(
+                &ctl,
+                env!("CARGO_BIN_EXE_capstan"),
+                &["token", "--data-dir", server_dir.to_str().expect("path")],
+            )
+            .output()
+            .expect("capstan token");
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        let token = String::from_utf8_lossy(&made.stdout).trim().to_string();
         lab.start_capstan(
             &namespace,
             &[
                 "agent",
+                "--token",
+                &token,
+                "--ca-cert",
+                ca.to_str().expect("path"),
                 "--server",
-                &format!("http://{SERVER_IP}:6443"),
+                &format!("https://{SERVER_IP}:6443"),
                 "--node-name",
                 role,
                 "--node-ip",
