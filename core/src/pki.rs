@@ -218,6 +218,32 @@ impl ClusterCa {
     }
 }
 
+/// A self-signed serving certificate for `names` (IP addresses or DNS names), as a node
+/// agent's server uses when nothing verifies it by a CA.
+pub fn self_signed_serving_certificate(names: &[String]) -> Result<IssuedCertificate, PkiError> {
+    let mut params = ClusterCa::leaf_params("capstan-node-agent", None);
+    for name in names {
+        params
+            .subject_alt_names
+            .push(match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(
+                    name.clone()
+                        .try_into()
+                        .map_err(|_| PkiError::InvalidName(name.clone()))?,
+                ),
+            });
+    }
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = false;
+    let key = KeyPair::generate()?;
+    let certificate = params.self_signed(&key)?;
+    Ok(IssuedCertificate {
+        certificate_pem: certificate.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
 /// A new key and a PEM certificate request for it naming `common_name` in `organization`
 /// (a node agent asks for `system:node:<name>` in `system:nodes`). Returns (request, key).
 pub fn certificate_request(

@@ -22,6 +22,7 @@ mod local_watch;
 mod managed_fields;
 mod metrics;
 mod node_proxy;
+mod node_tls;
 mod openapi;
 mod port_forward;
 mod protobuf;
@@ -115,7 +116,9 @@ pub(crate) struct ApiState {
     in_flight: Arc<tokio::sync::Semaphore>,
     metrics: metrics::Metrics,
     background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    node_client: node_proxy::NodeClient,
+    node_client: node_tls::NodeClient,
+    /// Whether node agents are reached over HTTPS.
+    node_https: bool,
     config: ApiConfig,
 }
 
@@ -140,6 +143,15 @@ impl ApiState {
         tasks.push(task);
     }
 
+    /// `https` when node agents are reached over TLS, else `http`.
+    pub(crate) fn node_scheme(&self) -> &'static str {
+        if self.node_https {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// A snapshot of the served kinds.
     pub(crate) fn registry(&self) -> Arc<Registry> {
         self.registry
@@ -160,9 +172,21 @@ pub struct ApiServerBuilder {
     audit: Option<Arc<AuditLog>>,
     tokens: Option<Arc<crate::authn::ServiceAccountTokens>>,
     root_ca: Option<String>,
+    node_identity: Option<(String, String)>,
 }
 
 impl ApiServerBuilder {
+    /// Reaches node agents over HTTPS presenting this client certificate and key (PEM),
+    /// which agents of a secure cluster require; without it, plain HTTP.
+    pub fn node_client_certificate(
+        mut self,
+        certificate_pem: impl Into<String>,
+        key_pem: impl Into<String>,
+    ) -> Self {
+        self.node_identity = Some((certificate_pem.into(), key_pem.into()));
+        self
+    }
+
     /// Publishes `ca_pem` in every namespace as the ConfigMap `kube-root-ca.crt` (key
     /// `ca.crt`), which in-cluster clients use to trust the server.
     pub fn root_ca_certificate(mut self, ca_pem: impl Into<String>) -> Self {
@@ -255,7 +279,13 @@ impl ApiServerBuilder {
             tokens: self.tokens,
             root_ca: self.root_ca,
             services,
-            node_client: node_proxy::node_client(),
+            node_client: node_tls::node_client(
+                self.node_identity
+                    .as_ref()
+                    .map(|(c, k)| (c.as_str(), k.as_str())),
+            )
+            .map_err(|e| ApiError::internal(format!("node client: {e}")))?,
+            node_https: self.node_identity.is_some(),
             config: self.config,
         };
         let server = ApiServer {
@@ -285,6 +315,7 @@ impl ApiServer {
             audit: None,
             tokens: None,
             root_ca: None,
+            node_identity: None,
         }
     }
 
@@ -339,29 +370,6 @@ impl ApiServer {
             self.ensure(plural, "rbac.authorization.k8s.io", object)
                 .await?;
         }
-        if let Some(ca) = &self.state.root_ca {
-            let registry = self.state.registry();
-            if let Some(namespaces) = registry.get("", "v1", "namespaces") {
-                for ns in self
-                    .state
-                    .storage
-                    .list(namespaces, None, None, None, None)
-                    .await?
-                    .items
-                {
-                    let name = ns
-                        .pointer("/metadata/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    self.ensure(
-                        "configmaps",
-                        "",
-                        json!({"metadata": {"name": ROOT_CA_CONFIG_MAP, "namespace": name}, "data": {"ca.crt": ca}}),
-                    )
-                    .await?;
-                }
-            }
-        }
         let registry = self.state.registry();
         // Namespaces left terminating by a previous run finish now.
         if let Some(namespaces) = registry.get("", "v1", "namespaces") {
@@ -372,12 +380,21 @@ impl ApiServer {
                 .await?
                 .items
             {
+                let name = ns
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                // Every namespace holds the cluster CA for in-cluster clients.
+                if let Some(ca) = &self.state.root_ca {
+                    self.ensure(
+                        "configmaps",
+                        "",
+                        json!({"metadata": {"name": ROOT_CA_CONFIG_MAP, "namespace": name}, "data": {"ca.crt": ca}}),
+                    )
+                    .await?;
+                }
                 if ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
-                    let name = ns
-                        .pointer("/metadata/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string();
+                    let name = name.to_string();
                     handler::finalize_namespace(self.state.clone(), registry.clone(), name);
                 }
             }

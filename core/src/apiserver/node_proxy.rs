@@ -4,7 +4,8 @@
 //! `pods/portforward` lives in `port_forward`.
 //!
 //! It finds a pod's node through the Node object (InternalIP and
-//! `status.daemonEndpoints.kubeletEndpoint.Port`) and calls the node agent's server over HTTP.
+//! `status.daemonEndpoints.kubeletEndpoint.Port`) and calls the node agent's server (HTTPS
+//! with the API server's client certificate in secure clusters, see `node_tls`).
 //! It reads the store, never writes it.
 
 use super::handler::Ctx;
@@ -14,21 +15,9 @@ use axum::body::Body;
 use axum::extract::ws::{Message, WebSocket};
 use axum::http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The HTTP client the API server uses to reach node agents.
-pub(crate) type NodeClient = Client<HttpConnector, Body>;
-
-/// A client for node agents.
-pub(crate) fn node_client() -> NodeClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
-}
 
 /// The subprotocols of the exec/attach websocket, most preferred first.
 const STREAM_PROTOCOLS: [&str; 3] = ["v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io"];
@@ -43,12 +32,12 @@ pub(super) async fn node_base(state: &ApiState, node_name: &str) -> Result<Strin
         .get(nodes, None, node_name)
         .await
         .map_err(|_| ApiError::bad_request(format!("node {node_name:?} not found")))?;
-    node_base_of(&node).ok_or_else(|| {
+    node_base_of(&node, state.node_scheme()).ok_or_else(|| {
         ApiError::bad_request(format!("node {node_name:?} has no reachable agent address"))
     })
 }
 
-fn node_base_of(node: &Value) -> Option<String> {
+fn node_base_of(node: &Value, scheme: &str) -> Option<String> {
     let addresses = node.pointer("/status/addresses")?.as_array()?;
     let address = addresses
         .iter()
@@ -63,7 +52,7 @@ fn node_base_of(node: &Value) -> Option<String> {
     } else {
         address.to_string()
     };
-    Some(format!("http://{host}:{port}"))
+    Some(format!("{scheme}://{host}:{port}"))
 }
 
 pub(super) fn encode(value: &str) -> String {
@@ -355,7 +344,7 @@ async fn summaries(state: &ApiState) -> Result<Vec<StatsSummary>, ApiError> {
     let calls = list
         .items
         .iter()
-        .filter_map(node_base_of)
+        .filter_map(|node| node_base_of(node, state.node_scheme()))
         .map(|base| async move {
             let response = tokio::time::timeout(
                 Duration::from_secs(5),

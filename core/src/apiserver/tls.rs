@@ -66,6 +66,25 @@ impl TlsServing {
         key_pem: &str,
         client_ca_pem: Option<&str>,
     ) -> Result<TlsServing, TlsError> {
+        Self::build(certificate_pem, key_pem, client_ca_pem, false)
+    }
+
+    /// Serves `certificate_pem` with `key_pem` only to clients presenting a certificate
+    /// `client_ca_pem` signed (a handshake without one fails).
+    pub fn requiring_client_certificates(
+        certificate_pem: &str,
+        key_pem: &str,
+        client_ca_pem: &str,
+    ) -> Result<TlsServing, TlsError> {
+        Self::build(certificate_pem, key_pem, Some(client_ca_pem), true)
+    }
+
+    fn build(
+        certificate_pem: &str,
+        key_pem: &str,
+        client_ca_pem: Option<&str>,
+        require_client: bool,
+    ) -> Result<TlsServing, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain = certificates(certificate_pem)?;
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
@@ -78,12 +97,15 @@ impl TlsServing {
                 for certificate in certificates(ca)? {
                     roots.add(certificate)?;
                 }
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
                     provider,
-                )
-                .allow_unauthenticated()
-                .build()?;
+                );
+                let verifier = if require_client {
+                    clients.build()?
+                } else {
+                    clients.allow_unauthenticated().build()?
+                };
                 builder
                     .with_client_cert_verifier(verifier)
                     .with_single_cert(chain, key)?

@@ -122,6 +122,9 @@ pub struct NodeConfig {
     pub cluster_dns: Option<IpAddr>,
     /// The cluster domain in pods' search paths.
     pub cluster_domain: String,
+    /// TLS for the agent's server. When set (secure clusters), callers must present a client
+    /// certificate the cluster CA signed, in group `system:masters` — the API server's.
+    pub server_tls: Option<crate::apiserver::TlsServing>,
 }
 
 impl NodeConfig {
@@ -145,6 +148,7 @@ impl NodeConfig {
             stats_interval: Duration::from_secs(10),
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
+            server_tls: None,
         }
     }
 

@@ -114,12 +114,38 @@ pub(crate) async fn serve(
         .route("/exec/{namespace}/{pod}/{container}", post(exec))
         .route("/stats/summary", get(stats_summary))
         .route("/portForward/{namespace}/{pod}", post(port_forward))
-        .with_state(shared);
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await;
+        .with_state(shared.clone());
+    let result = match shared.config.server_tls.clone() {
+        Some(tls) => {
+            let router = router.layer(axum::middleware::from_fn(only_the_api_server));
+            crate::apiserver::serve_tls(listener, router, tls, cancel).await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { cancel.cancelled().await })
+                .await
+        }
+    };
     if let Err(err) = result {
         tracing::warn!("node server stopped: {err}");
+    }
+}
+
+/// Over TLS, only callers whose (CA-verified) certificate puts them in `system:masters` — the
+/// API server — reach the node's logs, exec and port-forward.
+async fn only_the_api_server(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let allowed = request
+        .extensions()
+        .get::<crate::apiserver::ClientCertificate>()
+        .and_then(|c| crate::authn::user_of_certificate(c.der()))
+        .is_some_and(|user| user.groups.iter().any(|g| g == crate::authz::MASTERS_GROUP));
+    if allowed {
+        next.run(request).await
+    } else {
+        Failure(StatusCode::FORBIDDEN, "forbidden".into()).into_response()
     }
 }
 

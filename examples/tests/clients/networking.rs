@@ -420,7 +420,11 @@ fn pods_reach_services_across_two_docker_hosts() {
             )
             .output()
             .expect("capstan token");
-        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
         let token = String::from_utf8_lossy(&made.stdout).trim().to_string();
         lab.start_capstan(
             &namespace,

@@ -683,6 +683,32 @@ async fn agents_join_with_one_use_bootstrap_tokens() {
             std::thread::sleep(Duration::from_millis(250));
         }
         node.ok(&["get", "secret", "used"], None, &["used"]);
+        // The agent's own server (logs, exec, port-forward) answers the API server only: a
+        // caller without a client certificate from the cluster CA is refused; the API server
+        // proxies logs over it.
+        admin.ok(&["logs", "worker"], None, &[]);
+        let port = admin.ok(
+            &[
+                "get",
+                "node",
+                "joiner",
+                "-o",
+                "jsonpath={.status.daemonEndpoints.kubeletEndpoint.Port}",
+            ],
+            None,
+            &[],
+        );
+        let probe = format!(
+            "import ssl, urllib.request\nctx = ssl.create_default_context()\nctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\nfor url in ['https://127.0.0.1:{0}/containerLogs/default/worker/c', 'http://127.0.0.1:{0}/containerLogs/default/worker/c']:\n    try:\n        urllib.request.urlopen(url, context=ctx if url.startswith('https') else None, timeout=5)\n        print('open', url)\n    except Exception as e:\n        print('refused', url, type(e).__name__)\n",
+            port.trim()
+        );
+        let answers = Command::new("python3")
+            .arg("-c")
+            .arg(probe)
+            .output()
+            .unwrap();
+        let answers = String::from_utf8_lossy(&answers.stdout).to_string();
+        assert_eq!(answers.matches("refused").count(), 2, "{answers}");
         node.fails(&["get", "secret", "unused"], None, &["forbidden"]);
         node.fails(
             &["get", "pods", "-n", "kube-system", "anything", "-o", "name"],

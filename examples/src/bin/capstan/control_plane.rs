@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 /// A running control plane.
 pub struct ControlPlane {
+    /// The cluster CA (secure control planes).
+    pub ca: Option<Arc<ClusterCa>>,
     /// The API server (in-process clients and informers come from it).
     pub server: ApiServer,
     /// The URL clients use (`https://…`, or `http://…` when insecure).
@@ -233,9 +235,14 @@ impl ControlPlane {
             let mut authenticators = AuthenticatorChain::new()
                 .with(Arc::new(X509Authenticator))
                 .with(Arc::new(BootstrapTokenAuthenticator::new(store.clone())));
+            // Node agents of a secure cluster take calls only from the API server.
+            let node_client = ca
+                .client_certificate("capstan-apiserver", Some(MASTERS_GROUP))
+                .map_err(|e| format!("node client certificate: {e}"))?;
             builder = builder
                 .admission_plugin(Arc::new(NodeCertificateSigner::new(ca.clone())))
-                .root_ca_certificate(ca.certificate_pem());
+                .root_ca_certificate(ca.certificate_pem())
+                .node_client_certificate(node_client.certificate_pem, node_client.key_pem);
             if let Some(path) = &args.token_auth_file {
                 let tokens = TokenFileAuthenticator::from_file(path)
                     .map_err(|e| format!("--token-auth-file: {e}"))?;
@@ -285,6 +292,10 @@ impl ControlPlane {
         };
         write_file(&kubeconfig_path, &text, true)
             .map_err(|e| format!("cannot write the kubeconfig: {e}"))?;
+        let ca = match &mode {
+            Serving::Secure { ca, .. } => Some(ca.clone()),
+            Serving::Insecure => None,
+        };
         let router = server.router();
         let stop_serving = CancellationToken::new();
         let serving = {
@@ -334,6 +345,7 @@ impl ControlPlane {
         );
         println!("capstan: scheduler started (default profile)");
         Ok(ControlPlane {
+            ca,
             server,
             url,
             serving,

@@ -25,13 +25,46 @@ fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
 
-/// The agent's client configuration (see the module docs).
-pub async fn agent_config(args: &AgentArgs, node_name: &str) -> Result<kube::Config, String> {
+/// The cluster CA (PEM) a kubeconfig's current cluster trusts, if it names one inline.
+fn kubeconfig_ca(path: &Path) -> Option<String> {
+    let file = kube::config::Kubeconfig::read_from(path).ok()?;
+    let data = file
+        .clusters
+        .first()?
+        .cluster
+        .as_ref()?
+        .certificate_authority_data
+        .clone()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// The agent's client configuration (see the module docs) and the cluster CA it trusts (PEM),
+/// if the server is a secure one.
+pub async fn agent_config(
+    args: &AgentArgs,
+    node_name: &str,
+) -> Result<(kube::Config, Option<String>), String> {
     let issued = args.data_dir.join("node.kubeconfig");
-    let mut config = if let Some(path) = &args.kubeconfig {
-        from_kubeconfig(path).await?
+    let ca_file = match &args.ca_cert {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("--ca-cert {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let (mut config, ca) = if let Some(path) = &args.kubeconfig {
+        (
+            from_kubeconfig(path).await?,
+            ca_file.or_else(|| kubeconfig_ca(path)),
+        )
     } else if issued.exists() {
-        from_kubeconfig(&issued).await?
+        (
+            from_kubeconfig(&issued).await?,
+            ca_file.or_else(|| kubeconfig_ca(&issued)),
+        )
     } else if let (Some(token), Some(ca_path), Some(server)) =
         (&args.token, &args.ca_cert, &args.server)
     {
@@ -78,7 +111,7 @@ pub async fn agent_config(args: &AgentArgs, node_name: &str) -> Result<kube::Con
             "capstan: node certificate for system:node:{node_name} issued; credentials in {}",
             issued.display()
         );
-        from_kubeconfig(&issued).await?
+        (from_kubeconfig(&issued).await?, Some(ca))
     } else {
         if args
             .server
@@ -89,14 +122,17 @@ pub async fn agent_config(args: &AgentArgs, node_name: &str) -> Result<kube::Con
                 "an https server needs credentials: --token with --ca-cert, or --kubeconfig".into(),
             );
         }
-        kube::Config::new(http::Uri::from_static("http://127.0.0.1:6443"))
+        (
+            kube::Config::new(http::Uri::from_static("http://127.0.0.1:6443")),
+            None,
+        )
     };
     if let Some(server) = &args.server {
         config.cluster_url = server
             .parse()
             .map_err(|e| format!("--server {server:?}: {e}"))?;
     }
-    Ok(config)
+    Ok((config, ca))
 }
 
 /// Creates a bootstrap token valid for `ttl` through `client` and returns it.

@@ -26,6 +26,7 @@ mod control_plane;
 mod join;
 mod node;
 
+use capstan_core::apiserver::TlsServing;
 use capstan_core::controller::InformerFactory;
 use clap::Parser;
 use cli::{AgentArgs, Cli, Command, LogFormat, ServerArgs, SimArgs, TokenArgs, UpArgs};
@@ -62,6 +63,25 @@ fn identity(node_name: Option<&str>) -> String {
     )
 }
 
+/// TLS for in-process node agents' servers at `address`: a serving certificate from the
+/// cluster CA, callers' certificates checked against it. `None` for insecure clusters.
+fn node_server_tls(
+    ca: Option<&capstan_core::pki::ClusterCa>,
+    address: &str,
+) -> Result<Option<TlsServing>, String> {
+    let Some(ca) = ca else { return Ok(None) };
+    let serving = ca
+        .serving_certificate(&[address.to_string(), "localhost".to_string()])
+        .map_err(|e| format!("node serving certificate: {e}"))?;
+    TlsServing::requiring_client_certificates(
+        &serving.certificate_pem,
+        &serving.key_pem,
+        ca.certificate_pem(),
+    )
+    .map(Some)
+    .map_err(|e| format!("node TLS: {e}"))
+}
+
 async fn up(args: UpArgs, shutdown: CancellationToken) -> Result<(), String> {
     let control = ControlPlane::start(
         &args.control,
@@ -71,6 +91,7 @@ async fn up(args: UpArgs, shutdown: CancellationToken) -> Result<(), String> {
     )
     .await?;
     let informers = InformerFactory::in_process(&control.server);
+    let server_tls = node_server_tls(control.ca.as_deref(), &args.node.node_ip.to_string())?;
     let node = Node::start(
         control.server.client(),
         &informers,
@@ -81,6 +102,7 @@ async fn up(args: UpArgs, shutdown: CancellationToken) -> Result<(), String> {
             service_cidr: &args.control.service_cidr,
             data_dir: &args.control.data_dir,
             joins_other_hosts: false,
+            server_tls,
         },
     )
     .await?;
@@ -128,7 +150,26 @@ async fn agent(args: AgentArgs, shutdown: CancellationToken) -> Result<(), Strin
         .node_name
         .clone()
         .unwrap_or_else(node::default_node_name);
-    let config = join::agent_config(&args, &node_name).await?;
+    let (config, cluster_ca) = join::agent_config(&args, &node_name).await?;
+    // With the cluster's CA, the agent's own server takes calls only from the API server.
+    let server_tls = match &cluster_ca {
+        Some(ca) => {
+            let serving = capstan_core::pki::self_signed_serving_certificate(&[args
+                .node
+                .node_ip
+                .to_string()])
+            .map_err(|e| format!("node serving certificate: {e}"))?;
+            Some(
+                TlsServing::requiring_client_certificates(
+                    &serving.certificate_pem,
+                    &serving.key_pem,
+                    ca,
+                )
+                .map_err(|e| format!("node TLS: {e}"))?,
+            )
+        }
+        None => None,
+    };
     let server_url = config.cluster_url.to_string();
     let client = kube::Client::try_from(config)
         .map_err(|e| format!("cannot make a client for {server_url}: {e}"))?;
@@ -158,6 +199,7 @@ async fn agent(args: AgentArgs, shutdown: CancellationToken) -> Result<(), Strin
             service_cidr: &args.service_cidr,
             data_dir: &args.data_dir,
             joins_other_hosts: true,
+            server_tls,
         },
     )
     .await?;
@@ -194,12 +236,15 @@ async fn sim(args: SimArgs, shutdown: CancellationToken) -> Result<(), String> {
         .collect::<Result<_, _>>()?;
     // Simulated pods need no subnets (and thousands of nodes would not fit one /16).
     let control = ControlPlane::start(&args.control, false, false, &identity(None)).await?;
+    // Simulated nodes' servers share one serving certificate (they all listen on loopback).
+    let server_tls = node_server_tls(control.ca.as_deref(), "127.0.0.1")?;
     let mut agents = Vec::with_capacity(args.nodes);
     for i in 0..args.nodes {
         let name = format!("sim-node-{i}");
         let mut config = capstan_core::node::NodeConfig::new(&name);
         config.capacity = Some(capacity.clone());
         config.root_dir = args.control.data_dir.join("nodes").join(&name);
+        config.server_tls = server_tls.clone();
         let agent = capstan_core::node::NodeAgent::new(
             control.server.client(),
             std::sync::Arc::new(capstan_core::runtime::sim::SimRuntime::default()),

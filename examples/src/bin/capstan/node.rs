@@ -36,6 +36,8 @@ pub struct NodeSetup<'a> {
     /// stay on this machine: an isolated bridge, or with the iptables proxy a routed one whose
     /// pods are confined to the cluster's addresses.
     pub joins_other_hosts: bool,
+    /// TLS for the agent's server (secure clusters: only the API server may call it).
+    pub server_tls: Option<capstan_core::apiserver::TlsServing>,
 }
 
 /// A running node.
@@ -206,6 +208,7 @@ impl Node {
         config.pod_cidr = Some(setup.pod_cidr.clone());
         config.address = args.node_ip;
         config.server_listen = SocketAddr::new(args.node_ip, 0);
+        config.server_tls = setup.server_tls.clone();
         // Real containers get the cluster DNS on their network's gateway (this host's address
         // on the pod bridge); simulated pods resolve nothing.
         let gateway = IpAddr::V4(pod_subnet.first());
