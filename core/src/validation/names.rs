@@ -146,7 +146,7 @@ pub fn is_label_value(value: &str) -> Result<(), Problems> {
     if value.len() > 63 {
         problems.push(NameError("must be no more than 63 characters".into()));
     }
-    if !value.is_empty() && !is_name_part(&value[..value.len().min(63)]) {
+    if !value.is_empty() && !is_name_part(value) {
         problems.push(NameError(format!(
             "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue', or 'my_value', or '12345'), got {value:?}"
         )));
@@ -169,6 +169,8 @@ mod tests {
         for bad in ["", "-a", "a-", "A", "a.b", &"a".repeat(64)] {
             assert!(is_dns1123_label(bad).is_err(), "{bad:?}");
         }
+        assert!(is_label_value(&format!("A={}", "\u{fffc}".repeat(30))).is_err());
+        assert!(is_label_value(&"\u{fffc}".repeat(30)).is_err());
         assert!(is_dns1123_subdomain("example.com").is_ok());
         assert!(is_dns1123_subdomain("a..b").is_err());
         assert!(is_dns1123_subdomain(&"a".repeat(254)).is_err());
