@@ -52,6 +52,24 @@ fn split_unescaped(input: &str, sep: char) -> Vec<&str> {
     parts
 }
 
+/// Splits a term at its leftmost operator (`!=`, `==` or `=`, tried in that order at each
+/// position, as Kubernetes does) into field, whether negated, and the still-escaped value.
+fn split_term(term: &str) -> Option<(&str, bool, &str)> {
+    term.char_indices().find_map(|(i, _)| {
+        let rest = &term[i..];
+        let (negated, operator) = if rest.starts_with("!=") {
+            (true, 2)
+        } else if rest.starts_with("==") {
+            (false, 2)
+        } else if rest.starts_with('=') {
+            (false, 1)
+        } else {
+            return None;
+        };
+        Some((&term[..i], negated, &rest[operator..]))
+    })
+}
+
 fn unescape(value: &str, whole: &str) -> Result<String, SelectorError> {
     let mut out = String::with_capacity(value.len());
     let mut chars = value.chars();
@@ -95,19 +113,14 @@ impl FieldSelector {
             if term.is_empty() {
                 continue;
             }
-            let (field, negated, value) = if let Some((f, v)) = term.split_once("!=") {
-                (f, true, v)
-            } else if let Some((f, v)) = term.split_once("==") {
-                (f, false, v)
-            } else if let Some((f, v)) = term.split_once('=') {
-                (f, false, v)
-            } else {
+            let Some((field, negated, value)) = split_term(term) else {
                 return Err(SelectorError::new(format!(
                     "invalid field selector {input:?}: {term:?} is not of the form field=value, field==value or field!=value"
                 )));
             };
             let field = field.trim();
-            if field.is_empty() || field.contains('\\') {
+            let field_chars = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+            if field.is_empty() || !field.chars().all(field_chars) {
                 return Err(SelectorError::new(format!(
                     "invalid field selector {input:?}: bad field name {field:?}"
                 )));
@@ -219,9 +232,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        for bad in ["name", "=x", "a=b=c", "a=\\q"] {
+        for bad in [
+            "name", "=x", "a=b=c", "a=\\q", "=j==", "a==b=", "a=b!=c", "! =", "a b=c",
+        ] {
             assert!(FieldSelector::parse(bad).is_err(), "{bad:?}");
         }
+        // The leftmost operator splits a term, as in Kubernetes.
+        let s = FieldSelector::parse("a.b!=c=").unwrap_err().to_string();
+        assert!(s.contains("unescaped '='"), "{s}");
+        let s = FieldSelector::parse(" a.b != c ").unwrap();
+        assert_eq!(s.requirements()[0].field, "a.b");
+        assert_eq!(s.requirements()[0].value, " c");
+        assert!(s.requirements()[0].negated);
         let s = FieldSelector::parse("spec.bogus=x").unwrap();
         let err = s
             .check_fields("pods", |f| f == "spec.nodeName")
