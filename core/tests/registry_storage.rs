@@ -85,7 +85,7 @@ fn builtin_registry_resolves_like_kubectl() {
     // kinds among them),
     // autoscaling/v1 HPAs (converted from the stored v2), the two read-only metrics.k8s.io
     // kinds and SelfSubjectAccessReview (answered, never stored).
-    assert_eq!(registry.kinds().count(), 33);
+    assert_eq!(registry.kinds().count(), 34);
     let hpa_versions: Vec<&str> = registry
         .kinds()
         .filter(|k| k.kind == "HorizontalPodAutoscaler")

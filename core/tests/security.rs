@@ -162,6 +162,51 @@ async fn rbac_follows_bindings_and_refuses_escalation() {
     )
     .await;
     assert_eq!(answer["status"]["allowed"], true);
+    // What jane may do, per namespace (`kubectl auth can-i --list`).
+    let rules_in = |namespace: &str| {
+        let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+            "spec": {"namespace": namespace}});
+        let router = router.clone();
+        let jane = jane.clone();
+        async move {
+            let (status, answer) = call(
+                &router,
+                Some(&jane),
+                Method::POST,
+                "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+                Some(review),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{answer}");
+            assert_eq!(answer["status"]["incomplete"], false);
+            answer["status"].clone()
+        }
+    };
+    let reads_pods = |status: &Value| {
+        status["resourceRules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|rule| {
+                rule["resources"] == json!(["pods"])
+                    && rule["verbs"] == json!(["get", "list", "watch"])
+            })
+    };
+    let in_default = rules_in("default").await;
+    assert!(reads_pods(&in_default), "{in_default}");
+    assert!(
+        in_default["nonResourceRules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|rule| rule["nonResourceURLs"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("/api"))),
+        "{in_default}"
+    );
+    let in_kube_system = rules_in("kube-system").await;
+    assert!(!reads_pods(&in_kube_system), "{in_kube_system}");
     // Only in that namespace, only those verbs.
     assert_eq!(
         call(

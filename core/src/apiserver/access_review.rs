@@ -1,6 +1,7 @@
-//! `SelfSubjectAccessReview` (authorization.k8s.io/v1): "may I do this?", answered by the
-//! server's authorizer for the requesting user, as `kubectl auth can-i` asks it. Create-only;
-//! nothing is stored.
+//! `SelfSubjectAccessReview` (authorization.k8s.io/v1): "may I do this?", and
+//! `SelfSubjectRulesReview`: "what may I do in this namespace?", answered by the server's
+//! authorizer for the requesting user, as `kubectl auth can-i` and `kubectl auth can-i --list`
+//! ask them. Create-only; nothing is stored.
 
 use super::handler::Ctx;
 use super::{ApiError, RequestAttributes};
@@ -58,4 +59,44 @@ pub(crate) async fn review(ctx: &Ctx, mut body: Value) -> Result<Value, ApiError
     }
     body["status"] = status;
     Ok(body)
+}
+
+/// Answers a rules review: the request body with `status.resourceRules`, `nonResourceRules`
+/// and `incomplete` filled for `spec.namespace`.
+pub(crate) fn rules_review(ctx: &Ctx, mut body: Value) -> Value {
+    let namespace = body
+        .pointer("/spec/namespace")
+        .and_then(Value::as_str)
+        .filter(|ns| !ns.is_empty())
+        .map(str::to_string);
+    let rules = ctx
+        .state
+        .authorizer
+        .rules_for(&ctx.user, namespace.as_deref());
+    let incomplete = rules.is_none();
+    let (mut resource_rules, mut non_resource_rules) = (Vec::new(), Vec::new());
+    for rule in rules.unwrap_or_default() {
+        if let Some(resources) = rule.resources.filter(|r| !r.is_empty()) {
+            resource_rules.push(json!({
+                "verbs": rule.verbs,
+                "apiGroups": rule.api_groups.unwrap_or_default(),
+                "resources": resources,
+                "resourceNames": rule.resource_names.unwrap_or_default(),
+            }));
+        }
+        if let Some(urls) = rule.non_resource_urls.filter(|u| !u.is_empty()) {
+            non_resource_rules.push(json!({"verbs": rule.verbs, "nonResourceURLs": urls}));
+        }
+    }
+    body["apiVersion"] = json!("authorization.k8s.io/v1");
+    body["kind"] = json!("SelfSubjectRulesReview");
+    if body.get("metadata").is_none_or(|m| !m.is_object()) {
+        body["metadata"] = json!({});
+    }
+    body["status"] = json!({
+        "resourceRules": resource_rules,
+        "nonResourceRules": non_resource_rules,
+        "incomplete": incomplete,
+    });
+    body
 }

@@ -8,6 +8,7 @@
 use super::ApiError;
 use async_trait::async_trait;
 use axum::http::request::Parts;
+use k8s_openapi::api::rbac::v1::PolicyRule;
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -78,6 +79,13 @@ pub trait Authorizer: Send + Sync {
         user: &UserInfo,
         attributes: &RequestAttributes,
     ) -> Result<(), ApiError>;
+
+    /// The rules `user` holds in `namespace` (cluster-wide ones included), as
+    /// `SelfSubjectRulesReview` (`kubectl auth can-i --list`) reports them; `None` when this
+    /// authorizer cannot enumerate what it allows (the review then says it is incomplete).
+    fn rules_for(&self, _user: &UserInfo, _namespace: Option<&str>) -> Option<Vec<PolicyRule>> {
+        None
+    }
 }
 
 /// Treats every request as `system:admin` in `system:masters`. For loopback development only.
@@ -102,5 +110,15 @@ impl Authorizer for AllowAll {
         _attributes: &RequestAttributes,
     ) -> Result<(), ApiError> {
         Ok(())
+    }
+
+    fn rules_for(&self, _user: &UserInfo, _namespace: Option<&str>) -> Option<Vec<PolicyRule>> {
+        Some(vec![PolicyRule {
+            verbs: vec!["*".into()],
+            api_groups: Some(vec!["*".into()]),
+            resources: Some(vec!["*".into()]),
+            non_resource_urls: Some(vec!["*".into()]),
+            resource_names: None,
+        }])
     }
 }

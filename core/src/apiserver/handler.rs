@@ -449,7 +449,11 @@ async fn resource_request(
             )));
         }
         let input = decode(&ctx, &body)?;
-        let answer = super::access_review::review(&ctx, input).await?;
+        let answer = if ctx.kind.kind == "SelfSubjectRulesReview" {
+            super::access_review::rules_review(&ctx, input)
+        } else {
+            super::access_review::review(&ctx, input).await?
+        };
         return Ok(json_response(StatusCode::CREATED, &answer, &ctx.warnings));
     }
     if ctx.kind.group == "metrics.k8s.io" {

@@ -27,7 +27,7 @@ const MAGIC: &[u8] = b"k8s\0";
 
 fn unsupported(what: &str) -> ApiError {
     ApiError::unsupported_body(format!(
-        "a protobuf body for {what} is not supported (protobuf bodies are accepted for Namespace, ConfigMap, Secret, ServiceAccount, Service, Deployment, Job, CronJob, autoscaling/v1 HorizontalPodAutoscaler, SelfSubjectAccessReview, TokenRequest and the RBAC kinds); send it as JSON or YAML"
+        "a protobuf body for {what} is not supported (protobuf bodies are accepted for Namespace, ConfigMap, Secret, ServiceAccount, Service, Deployment, Job, CronJob, autoscaling/v1 HorizontalPodAutoscaler, SelfSubjectAccessReview, SelfSubjectRulesReview, TokenRequest and the RBAC kinds); send it as JSON or YAML"
     ))
 }
 
@@ -143,6 +143,12 @@ pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
             workloads::self_subject_access_review(
                 authorization_v1::SelfSubjectAccessReview::decode(raw.as_slice())
+                    .map_err(invalid)?,
+            )?
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => {
+            workloads::self_subject_rules_review(
+                authorization_v1::SelfSubjectRulesReview::decode(raw.as_slice())
                     .map_err(invalid)?,
             )?
         }

@@ -524,3 +524,25 @@ pub(super) fn self_subject_access_review(
     consumed(&review, "a SelfSubjectAccessReview")?;
     Ok(value)
 }
+
+/// authorization.k8s.io/v1 SelfSubjectRulesReview (`kubectl auth can-i --list`).
+pub(super) fn self_subject_rules_review(
+    mut review: authorization_v1::SelfSubjectRulesReview,
+) -> Converted {
+    let mut spec = review.spec.take().unwrap_or_default();
+    let namespace = spec.namespace.take();
+    consumed(&spec, "a self subject rules review spec")?;
+    review.status = None;
+    let value = Object::default()
+        .set(
+            "metadata",
+            Some(super::protobuf::metadata(review.metadata.take())),
+        )
+        .set(
+            "spec",
+            Some(Object::default().set("namespace", namespace).done()),
+        )
+        .done();
+    consumed(&review, "a SelfSubjectRulesReview")?;
+    Ok(value)
+}

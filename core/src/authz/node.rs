@@ -10,6 +10,7 @@ use super::rbac::denial;
 use crate::apiserver::{ApiError, Authorizer, RequestAttributes, UserInfo};
 use crate::store::{ListOptions, Store};
 use async_trait::async_trait;
+use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -319,6 +320,11 @@ impl Authorizer for NodeAuthorizer {
             }
             Decision::NoOpinion => self.next.authorize(user, attributes).await,
         }
+    }
+
+    /// What RBAC grants; a node's own objects, decided per request, are not listed.
+    fn rules_for(&self, user: &UserInfo, namespace: Option<&str>) -> Option<Vec<PolicyRule>> {
+        self.next.rules_for(user, namespace)
     }
 }
 

@@ -290,4 +290,8 @@ impl Authorizer for RbacAuthorizer {
             Err(denial(user, attributes))
         }
     }
+
+    fn rules_for(&self, user: &UserInfo, namespace: Option<&str>) -> Option<Vec<PolicyRule>> {
+        Some(self.rules_of(user, namespace))
+    }
 }

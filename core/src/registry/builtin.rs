@@ -108,6 +108,13 @@ pub(super) fn kinds() -> Vec<ResourceKind> {
             "selfsubjectaccessreviews",
             false,
         ),
+        ResourceKind::new(
+            "authorization.k8s.io",
+            "v1",
+            "SelfSubjectRulesReview",
+            "selfsubjectrulesreviews",
+            false,
+        ),
         // Served from the node agents' usage reports (read-only).
         ResourceKind::new("metrics.k8s.io", "v1beta1", "PodMetrics", "pods", true),
         ResourceKind::new("metrics.k8s.io", "v1beta1", "NodeMetrics", "nodes", false),

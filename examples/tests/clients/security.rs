@@ -210,6 +210,16 @@ async fn tls_authentication_rbac_encryption_at_rest_and_audit() {
                     None,
                     &["yes"],
                 );
+                // What jane holds there (SelfSubjectRulesReview).
+                jane.ok(
+                    &["auth", "can-i", "--list", "-n", &ns],
+                    None,
+                    &[
+                        "pods ",
+                        "[get list watch]",
+                        "selfsubjectrulesreviews.authorization.k8s.io",
+                    ],
+                );
                 jane.fails(&["get", "secrets", "-n", &ns], None, &["Forbidden"]);
                 jane.fails(&["get", "pods", "-n", "default"], None, &["Forbidden"]);
                 // Namespace admin: may create roles with what they hold, not more.
