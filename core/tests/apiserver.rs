@@ -312,6 +312,41 @@ async fn bad_input_gets_a_status_and_changes_nothing() {
         )
         .await;
     assert_eq!(status.as_u16(), 400, "name in body and URL differ");
+    // More than 1 MiB of data in a Secret (decoded) or a ConfigMap: refused, nothing stored.
+    let decoded_over = "QUFB".repeat(1024 * 1024 / 3 + 1);
+    let text_over = "a".repeat(1024 * 1024);
+    for (collection, object, field) in [
+        (
+            "secrets",
+            json!({"metadata": {"name": "big"}, "data": {"k": decoded_over}}),
+            "data",
+        ),
+        (
+            "configmaps",
+            json!({"metadata": {"name": "big"}, "data": {"k": text_over}}),
+            "[]",
+        ),
+    ] {
+        let uri = format!("/api/v1/namespaces/default/{collection}");
+        let (status, body) = api.call(Method::POST, &uri, Some(object)).await;
+        assert_eq!(status.as_u16(), 422, "{body}");
+        let cause = &body["details"]["causes"][0];
+        assert_eq!(
+            (cause["reason"].as_str(), cause["field"].as_str()),
+            (Some("FieldValueTooLong"), Some(field)),
+            "{body}"
+        );
+        let (status, _) = api.call(Method::GET, &format!("{uri}/big"), None).await;
+        assert_eq!(status.as_u16(), 404);
+    }
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/secrets",
+            Some(json!({"metadata": {"name": "big"}, "data": {"k": "QUFB".repeat(1024 * 1024 / 3 - 100)}})),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 201, "just under 1 MiB decoded");
     let mut stale = cm("a", json!({}));
     stale["metadata"]["resourceVersion"] = json!("1");
     let (status, body) = api

@@ -38,6 +38,7 @@ async fn embedded_store_conformance() {
         progress_within: Duration::from_secs(2),
         lease_ttl: Duration::from_millis(500),
         expiry_slack: Duration::from_secs(2),
+        ..Default::default()
     };
     run_conformance(|| async { open_in(&dir, fast_config()) }, config).await;
 }

@@ -6,7 +6,7 @@ use capstan_core::service_gate::service_from_env;
 use capstan_core::store::testkit::{
     check_against_model, run_conformance, ConformanceConfig, ModelOp,
 };
-use capstan_core::store::{Store, WatchEvent};
+use capstan_core::store::{EncryptedStore, EncryptionKeys, Store, WatchEvent};
 use capstan_store_etcd::testkit::LocalEtcd;
 use capstan_store_etcd::{EtcdStore, EtcdStoreConfig};
 use futures::StreamExt;
@@ -41,6 +41,7 @@ async fn etcd_store_conformance_and_model() {
         progress_within: Duration::from_secs(5),
         lease_ttl: Duration::from_secs(2),
         expiry_slack: Duration::from_secs(8),
+        ..Default::default()
     };
     run_conformance(|| fresh_store(&endpoints), config).await;
 
@@ -80,6 +81,74 @@ async fn etcd_store_keeps_keys_under_its_prefix() {
         "the key must live under the configured prefix in etcd"
     );
     store.delete(&key, None).await.unwrap();
+}
+
+/// Secrets through an `EncryptedStore` over etcd: etcd holds only ciphertext under the
+/// encrypting key's name, reads give the plaintext back, and a rotation re-encrypts them.
+#[tokio::test]
+async fn secrets_in_etcd_are_encrypted_at_rest_and_rotate() {
+    let Some(endpoints) = endpoints() else { return };
+    let prefix = format!("/capstan-encryption-test-{}", std::process::id());
+    let etcd: Arc<dyn Store> = Arc::new(
+        EtcdStore::connect(EtcdStoreConfig::new(endpoints.iter().cloned()).with_prefix(&prefix))
+            .await
+            .unwrap(),
+    );
+    let old = "old:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let new = "new:HxwdHhscGRoXGBUWExQREg8QDQ4LDAkKBwgFBgMEAQI=";
+    let store = EncryptedStore::new(etcd.clone(), EncryptionKeys::parse(old).unwrap());
+    let key = "/core/secrets/default/db";
+    let plaintext = br#"{"kind":"Secret","data":{"password":"aHVudGVyMg=="}}"#;
+    store
+        .create(key, bytes::Bytes::from_static(plaintext), None)
+        .await
+        .unwrap();
+    store
+        .create("/core/configmaps/default/c", "visible".into(), None)
+        .await
+        .unwrap();
+    let mut raw = etcd_client::Client::connect(&endpoints, None)
+        .await
+        .unwrap();
+    let raw_value = |raw: &etcd_client::Client, key: String| {
+        let mut raw = raw.clone();
+        async move {
+            let got = raw.get(key, None).await.unwrap();
+            got.kvs()[0].value().to_vec()
+        }
+    };
+    let stored = raw_value(&raw, format!("{prefix}{key}")).await;
+    assert!(stored.starts_with(b"k8s:enc:aesgcm:v1:old:"));
+    assert!(
+        !stored.windows(8).any(|w| w == b"aHVudGVy"),
+        "plaintext in etcd"
+    );
+    assert_eq!(
+        raw_value(&raw, format!("{prefix}/core/configmaps/default/c")).await,
+        b"visible"
+    );
+    assert_eq!(store.get(key).await.unwrap().unwrap().value, &plaintext[..]);
+
+    // Rotation: the new key first, the old one still known; rewrite re-encrypts.
+    let rotated = EncryptedStore::new(
+        etcd.clone(),
+        EncryptionKeys::parse(&format!("{new}\n{old}")).unwrap(),
+    );
+    assert_eq!(rotated.rewrite().await.unwrap(), 1);
+    let stored = raw_value(&raw, format!("{prefix}{key}")).await;
+    assert!(stored.starts_with(b"k8s:enc:aesgcm:v1:new:"));
+    assert_eq!(
+        rotated.get(key).await.unwrap().unwrap().value,
+        &plaintext[..]
+    );
+    // The old key alone can no longer read it.
+    assert!(store.get(key).await.is_err());
+    raw.delete(
+        prefix,
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

@@ -35,6 +35,15 @@ impl Cause {
         }
     }
 
+    /// A value longer than `limit` bytes.
+    pub fn too_long(field: impl Into<String>, limit: usize) -> Self {
+        Cause {
+            reason: "FieldValueTooLong",
+            message: format!("Too long: must have at most {limit} bytes"),
+            field: field.into(),
+        }
+    }
+
     /// A value appears twice where it must be unique.
     pub fn duplicate(field: impl Into<String>, value: &Value) -> Self {
         Cause {

@@ -9,7 +9,10 @@
 //! It never writes plaintext under an encrypted prefix and never hands ciphertext upward.
 
 use super::WatchStream;
-use super::{KeyValue, LeaseId, ListOptions, ListPage, Revision, Store, StoreError, WatchEvent};
+use super::{
+    KeyValue, LeaseId, ListOptions, ListPage, Revision, Store, StoreError, WatchEvent,
+    MAX_VALUE_BYTES,
+};
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::Aes256Gcm;
 use async_trait::async_trait;
@@ -23,6 +26,7 @@ use std::time::Duration;
 /// The prefix of encrypted values, before the key name.
 const MARKER: &[u8] = b"k8s:enc:aesgcm:v1:";
 const NONCE_BYTES: usize = 12;
+const TAG_BYTES: usize = 16;
 
 /// Why encryption keys could not be read or made.
 #[derive(Debug, thiserror::Error)]
@@ -225,12 +229,27 @@ impl EncryptedStore {
         self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
     }
 
+    /// The largest value stored under an encrypted prefix: the store's limit less the envelope
+    /// (marker, key name, nonce and tag) around the ciphertext. Secrets, at most 1 MiB of data,
+    /// stay well below it.
+    pub fn max_value_bytes(&self) -> usize {
+        let (name, _) = &self.keys.keys[0];
+        MAX_VALUE_BYTES - (MARKER.len() + name.len() + 1 + NONCE_BYTES + TAG_BYTES)
+    }
+
     fn seal(&self, key: &str, value: Bytes) -> Result<Bytes, StoreError> {
-        if self.encrypts(key) {
-            self.keys.encrypt(key, &value)
-        } else {
-            Ok(value)
+        if !self.encrypts(key) {
+            return Ok(value);
         }
+        let limit = self.max_value_bytes();
+        if value.len() > limit {
+            return Err(StoreError::ValueTooLarge {
+                key: key.to_string(),
+                size: value.len(),
+                limit,
+            });
+        }
+        self.keys.encrypt(key, &value)
     }
 
     fn open(&self, mut kv: KeyValue) -> Result<KeyValue, StoreError> {

@@ -24,6 +24,9 @@ pub struct ConformanceConfig {
     pub lease_ttl: Duration,
     /// Longest wait, beyond the TTL, for an expired lease's keys to disappear.
     pub expiry_slack: Duration,
+    /// The largest value the store must accept: [`MAX_VALUE_BYTES`](super::MAX_VALUE_BYTES),
+    /// less any envelope a wrapping store adds (see `EncryptedStore::max_value_bytes`).
+    pub max_value_bytes: usize,
 }
 
 impl Default for ConformanceConfig {
@@ -32,6 +35,7 @@ impl Default for ConformanceConfig {
             progress_within: Duration::from_secs(12),
             lease_ttl: Duration::from_secs(2),
             expiry_slack: Duration::from_secs(8),
+            max_value_bytes: super::MAX_VALUE_BYTES,
         }
     }
 }
@@ -47,7 +51,9 @@ where
 {
     let cases: &[(&str, Case)] = &[
         ("crud", |s, _| Box::pin(crud(s))),
-        ("bad_input_changes_nothing", |s, _| Box::pin(bad_input(s))),
+        ("bad_input_changes_nothing", |s, c| {
+            Box::pin(bad_input(s, c))
+        }),
         ("cas_under_concurrency", |s, _| {
             Box::pin(cas_under_concurrency(s))
         }),
@@ -154,7 +160,7 @@ async fn crud(store: Arc<dyn Store>) {
     assert_eq!(gone, again);
 }
 
-async fn bad_input(store: Arc<dyn Store>) {
+async fn bad_input(store: Arc<dyn Store>, config: ConformanceConfig) {
     store.create("/bad/ok", b("v"), None).await.unwrap();
     let before = store.current_revision().await.unwrap();
     for key in [
@@ -187,7 +193,7 @@ async fn bad_input(store: Arc<dyn Store>) {
         store.update("/bad/ok", huge, ok.mod_revision, None).await,
         Err(StoreError::ValueTooLarge { .. })
     ));
-    let at_limit = Bytes::from(vec![b'y'; super::MAX_VALUE_BYTES]);
+    let at_limit = Bytes::from(vec![b'y'; config.max_value_bytes]);
     let big = store
         .create("/bad/at-limit", at_limit.clone(), None)
         .await

@@ -381,6 +381,37 @@ fn validate_data_keys(object: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
+/// Most bytes of data a ConfigMap or Secret may hold (keys and decoded values), as in Kubernetes.
+const MAX_DATA_BYTES: usize = 1024 * 1024;
+
+fn validate_data_size(kind: &str, object: &Value, causes: &mut Vec<Cause>) {
+    let mut total = 0;
+    for field in ["data", "binaryData", "stringData"] {
+        for (key, value) in object
+            .get(field)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let text = value.as_str().unwrap_or_default();
+            // Base64 in a Secret's data and in binaryData: count the bytes it decodes to.
+            let base64 = field == "binaryData" || (field == "data" && kind == "Secret");
+            total += key.len()
+                + if base64 {
+                    text.trim_end_matches('=').len() * 3 / 4
+                } else {
+                    text.len()
+                };
+        }
+    }
+    if total > MAX_DATA_BYTES {
+        causes.push(Cause::too_long(
+            if kind == "Secret" { "data" } else { "[]" },
+            MAX_DATA_BYTES,
+        ));
+    }
+}
+
 /// Validates an object of `kind` on create (and as the new state on update).
 pub fn validate_object(kind: &ResourceKind, object: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
@@ -396,7 +427,10 @@ pub fn validate_object(kind: &ResourceKind, object: &Value) -> Vec<Cause> {
     match (kind.group.as_str(), kind.kind.as_str()) {
         ("", "Pod") => validate_pod_spec(object.get("spec"), "spec", &mut causes),
         ("", "Service") => validate_service(object, &mut causes),
-        ("", "ConfigMap") | ("", "Secret") => validate_data_keys(object, &mut causes),
+        ("", "ConfigMap") | ("", "Secret") => {
+            validate_data_keys(object, &mut causes);
+            validate_data_size(&kind.kind, object, &mut causes);
+        }
         ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "StatefulSet") => {
             non_negative(&spec, "replicas", &mut causes);
             validate_selector_and_template(&spec, &mut causes, true);
