@@ -767,16 +767,33 @@ fn the_cluster_survives_a_lost_server_and_a_lost_host() {
         assert!(Instant::now() < deadline, "etcd did not start");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let mut servers = Vec::new();
+    // Secure servers (TLS, RBAC, Node authorizer) sharing one cluster CA, service-account key
+    // and encryption key: the first creates the CA; the second starts from a copy of it, as a
+    // second control-plane machine would.
+    let encryption_key = lab.path("secrets.key");
+    std::fs::write(
+        &encryption_key,
+        "key1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",
+    )
+    .expect("write the encryption key");
+    let mut servers: Vec<(u32, u16, PathBuf)> = Vec::new();
     for (port, dir) in [(6443, "ctl-a"), (6444, "ctl-b")] {
         let data = lab.path(dir);
+        if let Some((_, _, first)) = servers.first() {
+            std::fs::create_dir_all(data.join("pki")).expect("pki dir");
+            for file in ["ca.crt", "ca.key", "service-account.key"] {
+                std::fs::copy(first.join("pki").join(file), data.join("pki").join(file))
+                    .expect("copy the shared PKI");
+            }
+        }
         let pid = lab.start_capstan(
             &ctl,
             &[
                 "server",
                 "--listen",
                 &format!("{SERVER_IP}:{port}"),
-                "--insecure-no-auth",
+                "--encryption-key-file",
+                encryption_key.to_str().expect("path"),
                 "--store",
                 "etcd://127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792",
                 "--node-monitor-grace-period",
@@ -820,15 +837,74 @@ fn the_cluster_survives_a_lost_server_and_a_lost_host() {
         .unwrap_or_else(|| panic!("the leader {holder} is one of the servers"));
     let survivor = &servers[1 - leader];
     lab.kubeconfig = survivor.2.join("kubeconfig");
-    let survivor_url = format!("http://{SERVER_IP}:{}", survivor.1);
+    let survivor_url = format!("https://{SERVER_IP}:{}", survivor.1);
+    // One CA: the leader's admin credentials work on the survivor, and a Secret written
+    // through the leader (encrypted in etcd) reads back through the survivor.
+    let leader_kubeconfig = servers[leader].2.join("kubeconfig");
+    let as_leader_admin = |args: &[&str]| {
+        let mut full = vec![
+            "--kubeconfig",
+            leader_kubeconfig.to_str().expect("path"),
+            "--server",
+            &survivor_url,
+        ];
+        full.extend_from_slice(args);
+        lab.kubectl(&kubectl, &full, None)
+    };
+    as_leader_admin(&[
+        "create",
+        "secret",
+        "generic",
+        "shared",
+        "--from-literal=k=v",
+    ])
+    .expect("create a Secret with the leader's credentials on the survivor");
+    let leader_url = format!("https://{SERVER_IP}:{}", servers[leader].1);
+    let read_back = lab
+        .kubectl(
+            &kubectl,
+            &[
+                "--kubeconfig",
+                survivor.2.join("kubeconfig").to_str().expect("path"),
+                "--server",
+                &leader_url,
+                "get",
+                "secret",
+                "shared",
+                "-o",
+                "jsonpath={.data.k}",
+            ],
+            None,
+        )
+        .expect("read the Secret through the leader");
+    assert_eq!(read_back, "dg==");
+    let ca = survivor.2.join("pki").join("ca.crt");
     for (role, address) in [("host-a", "10.250.10.11"), ("host-b", "10.250.10.12")] {
         let namespace = lab.add_host(role, address);
         let socket = lab.start_dockerd(&namespace, role);
         let agent_dir = lab.path(role);
+        let made = lab
+            .command_in(
+                &ctl,
+                env!("CARGO_BIN_EXE_capstan"),
+                &["token", "--data-dir", survivor.2.to_str().expect("path")],
+            )
+            .output()
+            .expect("capstan token");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let token = String::from_utf8_lossy(&made.stdout).trim().to_string();
         lab.start_capstan(
             &namespace,
             &[
                 "agent",
+                "--token",
+                &token,
+                "--ca-cert",
+                ca.to_str().expect("path"),
                 "--server",
                 &survivor_url,
                 "--node-name",
