@@ -30,6 +30,32 @@ impl Mode {
     }
 }
 
+/// A harness, by name, printing its figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Bench(pub &'static str);
+
+impl Bench {
+    /// Prints one figure of this harness as a JSON line (see [`Figure::print`]).
+    pub fn figure(
+        self,
+        case: impl Into<String>,
+        metric: &'static str,
+        value: f64,
+        unit: &'static str,
+        baseline: Option<f64>,
+    ) {
+        Figure {
+            bench: self.0,
+            case: case.into(),
+            metric,
+            value,
+            unit,
+            baseline,
+        }
+        .print();
+    }
+}
+
 /// One measured figure, optionally beside its same-run baseline.
 #[derive(Debug, Clone)]
 pub struct Figure {

@@ -9,4 +9,4 @@ mod figure;
 
 pub use concurrently::concurrently;
 pub use etcd_endpoints::etcd_endpoints;
-pub use figure::{Figure, Mode};
+pub use figure::{Bench, Figure, Mode};

@@ -7,7 +7,7 @@
 //!
 //! `--quick` runs 100 Deployments for CI; the standard case is 1000.
 
-use capstan_benches::{concurrently, Figure, Mode};
+use capstan_benches::{concurrently, Bench, Mode};
 use capstan_core::apiserver::ApiServer;
 use capstan_core::controller::{ControllerManager, ControllerManagerConfig, InformerFactory};
 use capstan_core::store::MemoryStore;
@@ -18,22 +18,10 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BENCH: &str = "controller-perf";
+const BENCH: Bench = Bench("controller-perf");
 const REPLICAS: usize = 10;
 /// Requests in flight at once while creating.
 const CONCURRENCY: usize = 32;
-
-fn figure(case: &str, metric: &'static str, value: f64, unit: &'static str, baseline: Option<f64>) {
-    Figure {
-        bench: BENCH,
-        case: case.to_string(),
-        metric,
-        value,
-        unit,
-        baseline,
-    }
-    .print();
-}
 
 fn deployment(i: usize) -> Deployment {
     serde_json::from_value(json!({
@@ -186,11 +174,11 @@ async fn main() {
     let baseline = direct(deployments).await;
     eprintln!("controller-perf: {deployments} deployments through the controllers");
     let (elapsed, reconciles, server) = with_controllers(deployments).await;
-    figure(&case, "all_pods_created_s", elapsed, "s", Some(baseline));
-    figure(&case, "reconciles_per_s", reconciles, "reconciles/s", None);
+    BENCH.figure(&case, "all_pods_created_s", elapsed, "s", Some(baseline));
+    BENCH.figure(&case, "reconciles_per_s", reconciles, "reconciles/s", None);
     let (cache, encoded, count) = informer_memory(&server).await;
-    figure(
-        &format!("pod-informer-{count}p"),
+    BENCH.figure(
+        format!("pod-informer-{count}p"),
         "cache_mib_per_10k_pods",
         cache,
         "MiB",

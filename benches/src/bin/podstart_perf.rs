@@ -8,7 +8,7 @@
 //! Docker cases need a Docker engine and Debian's static busybox (`/bin/busybox`); without
 //! them they are skipped with a printed reason. `--quick` runs small cases for CI.
 
-use capstan_benches::{Figure, Mode};
+use capstan_benches::{Bench, Mode};
 use capstan_core::apiserver::ApiServer;
 use capstan_core::node::{NodeAgent, NodeConfig, RunningNode};
 use capstan_core::runtime::sim::{SimConfig, SimRuntime};
@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BENCH: &str = "podstart-perf";
+const BENCH: Bench = Bench("podstart-perf");
 const IMAGE: &str = "capstan-test/busybox:1.35";
 
 fn percentile(samples: &[f64], p: f64) -> f64 {
@@ -34,18 +34,6 @@ fn percentile(samples: &[f64], p: f64) -> f64 {
     }
     let index = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[index]
-}
-
-fn figure(case: &str, metric: &'static str, value: f64, unit: &'static str, baseline: Option<f64>) {
-    Figure {
-        bench: BENCH,
-        case: case.to_string(),
-        metric,
-        value,
-        unit,
-        baseline,
-    }
-    .print();
 }
 
 /// Says on stderr which phase the harness is in (the figures go to stdout).
@@ -252,14 +240,14 @@ async fn docker_cases(mode: Mode, runtime: DockerRuntime) {
         .map(|i| docker_cli_pod(runtime.network(), &sandbox_image, i))
         .collect();
     let case = format!("docker/sequential-{sequential}");
-    figure(
+    BENCH.figure(
         &case,
         "create_to_running_p50_ms",
         percentile(&samples, 0.5),
         "ms",
         Some(percentile(&baseline, 0.5)),
     );
-    figure(
+    BENCH.figure(
         &case,
         "create_to_running_p99_ms",
         percentile(&samples, 0.99),
@@ -300,8 +288,8 @@ async fn docker_cases(mode: Mode, runtime: DockerRuntime) {
         }
     });
     let cli = cli_started.elapsed().as_secs_f64();
-    figure(
-        &format!("docker/burst-{burst}"),
+    BENCH.figure(
+        format!("docker/burst-{burst}"),
         "all_running_s",
         all_running,
         "s",
@@ -374,11 +362,11 @@ async fn sim_case(mode: Mode) {
     }
     let all_running = started.elapsed().as_secs_f64();
     let case = format!("sim/{nodes}-nodes-x-{per_node}-pods");
-    figure(&case, "nodes_registered_s", registration, "s", None);
+    BENCH.figure(&case, "nodes_registered_s", registration, "s", None);
     // Baseline: creating the pods alone, measured in the same run; the ratio is what the node
     // agents add on top of the API writes.
-    figure(&case, "all_running_s", all_running, "s", Some(created));
-    figure(
+    BENCH.figure(&case, "all_running_s", all_running, "s", Some(created));
+    BENCH.figure(
         &case,
         "pods_running_per_s",
         watch.count() as f64 / all_running,

@@ -15,7 +15,7 @@
 //! `--services N` and `--variant legacy|nft|nftables` narrow a run. Anchor: kube-proxy's partial syncs cut network
 //! programming p50 from ~27 s to ~5 s at 5000 nodes; a 696k-line restore took 12.8 s.
 
-use capstan_benches::{Figure, Mode};
+use capstan_benches::{Bench, Mode};
 use capstan_core::proxy::testkit::{in_namespace, network_namespaces_available, Topology};
 use capstan_core::proxy::{Protocol, ProxyBackend, ServiceEntry, ServicePortName, ServiceTable};
 use capstan_net_iptables::{IptablesConfig, IptablesProxy, NftablesConfig, NftablesProxy, Variant};
@@ -24,20 +24,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BENCH: &str = "proxy-perf";
+const BENCH: Bench = Bench("proxy-perf");
 const ENDPOINTS: usize = 10;
-
-fn figure(case: String, metric: &'static str, value: f64, baseline: Option<f64>) {
-    Figure {
-        bench: BENCH,
-        case,
-        metric,
-        value,
-        unit: "ms",
-        baseline,
-    }
-    .print();
-}
 
 fn table(services: usize, generation: u8) -> ServiceTable {
     let mut table = ServiceTable::default();
@@ -221,16 +209,18 @@ fn main() {
         let (full, incremental, full_text, delta_text) =
             nftables_syncs(services).expect("nftables backend syncs");
         let raw = raw_nft(&[&full_text, &delta_text]).expect("raw nft -f");
-        figure(
+        BENCH.figure(
             format!("nftables-full-{services}svc"),
             "sync_ms",
             ms(full),
+            "ms",
             Some(ms(raw[0])),
         );
-        figure(
+        BENCH.figure(
             format!("nftables-incremental-{services}svc"),
             "sync_ms",
             ms(incremental),
+            "ms",
             Some(ms(raw[1])),
         );
     }
@@ -242,16 +232,18 @@ fn main() {
         eprintln!("proxy-perf: {services} services x {ENDPOINTS} endpoints ({variant:?})");
         let (full, incremental, saved) = backend_syncs(services, variant).expect("backend syncs");
         let raw = raw_restore(&saved, variant).expect("raw iptables-restore");
-        figure(
+        BENCH.figure(
             format!("{prefix}-full-{services}svc"),
             "sync_ms",
             ms(full),
+            "ms",
             Some(ms(raw)),
         );
-        figure(
+        BENCH.figure(
             format!("{prefix}-incremental-{services}svc"),
             "sync_ms",
             ms(incremental),
+            "ms",
             Some(ms(raw)),
         );
     }

@@ -10,7 +10,7 @@
 //! The standard case is `5000n-150000p` (minutes and gigabytes); `--quick` runs `100n-3000p`;
 //! `--nodes N --pods P` picks another size.
 
-use capstan_benches::{Figure, Mode};
+use capstan_benches::{Bench, Mode};
 use capstan_core::apiserver::ApiServer;
 use capstan_core::controller::{
     ControllerManager, ControllerManagerConfig, Informer, InformerFactory,
@@ -26,21 +26,9 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BENCH: &str = "scale-perf";
+const BENCH: Bench = Bench("scale-perf");
 /// Replicas per Deployment.
 const PER_DEPLOYMENT: usize = 1000;
-
-fn figure(case: &str, metric: &'static str, value: f64, unit: &'static str) {
-    Figure {
-        bench: BENCH,
-        case: case.to_string(),
-        metric,
-        value,
-        unit,
-        baseline: None,
-    }
-    .print();
-}
 
 /// This process's peak resident set (VmHWM), in MiB.
 fn peak_rss_mib() -> f64 {
@@ -173,9 +161,9 @@ async fn run_case(nodes: usize, pods: usize) {
     let p99 = latencies
         .get((latencies.len() * 99 / 100).min(latencies.len().saturating_sub(1)))
         .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
-    figure(&case, "all_running_s", all_running.as_secs_f64(), "s");
-    figure(&case, "api_p99_ms", p99, "ms");
-    figure(&case, "peak_rss_mib", peak_rss_mib(), "MiB");
+    BENCH.figure(&case, "all_running_s", all_running.as_secs_f64(), "s", None);
+    BENCH.figure(&case, "api_p99_ms", p99, "ms", None);
+    BENCH.figure(&case, "peak_rss_mib", peak_rss_mib(), "MiB", None);
     informers.stop();
     futures::future::join_all(agents.into_iter().map(|a| a.stop())).await;
     scheduler.stop().await;

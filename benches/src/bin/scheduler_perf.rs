@@ -15,7 +15,7 @@
 //! `--quick` runs 500 nodes and 2000 pods for CI; `--nodes N`, `--sampling default|allnodes`
 //! and `--only framework|api` narrow a run while profiling.
 
-use capstan_benches::{concurrently, Figure, Mode};
+use capstan_benches::{concurrently, Bench, Mode};
 use capstan_core::apiserver::ApiServer;
 use capstan_core::scheduler::{
     decide, Decision, PodInfo, Profile, Scheduler, SchedulerConfig, Snapshot, TieBreaker,
@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BENCH: &str = "scheduler-perf";
+const BENCH: Bench = Bench("scheduler-perf");
 const PLACED: usize = 1000;
 const CONCURRENCY: usize = 64;
 
@@ -71,18 +71,6 @@ impl PeakHeap {
         }
         self.peak.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0)
     }
-}
-
-fn figure(case: &str, metric: &'static str, value: f64, unit: &'static str, baseline: Option<f64>) {
-    Figure {
-        bench: BENCH,
-        case: case.to_string(),
-        metric,
-        value,
-        unit,
-        baseline,
-    }
-    .print();
 }
 
 fn node(i: usize) -> Node {
@@ -273,8 +261,8 @@ async fn main() {
             }
             if only.as_deref() == Some("framework") {
                 let (rate, _) = framework(nodes, pods, percentage);
-                figure(
-                    &format!("framework-{nodes}n-{pods}p{suffix}"),
+                BENCH.figure(
+                    format!("framework-{nodes}n-{pods}p{suffix}"),
                     "pods_per_s",
                     rate,
                     "pods/s",
@@ -284,8 +272,8 @@ async fn main() {
             }
             if only.as_deref() == Some("api") {
                 let (rate, _) = through_api(nodes, pods, percentage).await;
-                figure(
-                    &format!("api-{nodes}n-{pods}p{suffix}"),
+                BENCH.figure(
+                    format!("api-{nodes}n-{pods}p{suffix}"),
                     "pods_per_s",
                     rate,
                     "pods/s",
@@ -296,19 +284,19 @@ async fn main() {
             eprintln!("scheduler-perf: {nodes} nodes{suffix}: framework");
             let (framework_rate, framework_peak) = framework(nodes, pods, percentage);
             let case = format!("framework-{nodes}n-{pods}p{suffix}");
-            figure(&case, "pods_per_s", framework_rate, "pods/s", None);
-            figure(&case, "peak_heap_mib", framework_peak, "MiB", None);
+            BENCH.figure(&case, "pods_per_s", framework_rate, "pods/s", None);
+            BENCH.figure(&case, "peak_heap_mib", framework_peak, "MiB", None);
             eprintln!("scheduler-perf: {nodes} nodes{suffix}: through the API");
             let (api_rate, api_peak) = through_api(nodes, pods, percentage).await;
             let case = format!("api-{nodes}n-{pods}p{suffix}");
-            figure(
+            BENCH.figure(
                 &case,
                 "pods_per_s",
                 api_rate,
                 "pods/s",
                 Some(framework_rate),
             );
-            figure(&case, "peak_heap_mib", api_peak, "MiB", None);
+            BENCH.figure(&case, "peak_heap_mib", api_peak, "MiB", None);
         }
     }
     eprintln!("scheduler-perf: anchor: kube-scheduler's threshold at 5000 nodes / 10000 pods is 680 pods/s");
