@@ -6,7 +6,9 @@
 mod concurrently;
 mod etcd_endpoints;
 mod figure;
+mod resident;
 
 pub use concurrently::concurrently;
 pub use etcd_endpoints::etcd_endpoints;
 pub use figure::{Bench, Figure, Mode};
+pub use resident::resident_mib;

@@ -30,6 +30,11 @@ impl LocalEtcd {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the process (SIGKILL); the data stays.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -8,9 +8,13 @@
 //! uses 2.3 GB with 10k pods); targets: 150k pods Running within 5 minutes, under 3 GiB.
 //!
 //! The standard case is `5000n-150000p` (minutes and gigabytes); `--quick` runs `100n-3000p`;
-//! `--nodes N --pods P` picks another size.
+//! `--nodes N --pods P` picks another size. First, `idle-up` measures an idle `capstan up`
+//! beside an idle etcd (see `idle`).
 
-use capstan_benches::{Bench, Mode};
+#[path = "scale_perf/idle.rs"]
+mod idle;
+
+use capstan_benches::{resident_mib, Bench, Mode};
 use capstan_core::apiserver::ApiServer;
 use capstan_core::controller::{
     ControllerManager, ControllerManagerConfig, Informer, InformerFactory,
@@ -32,18 +36,7 @@ const PER_DEPLOYMENT: usize = 1000;
 
 /// This process's peak resident set (VmHWM), in MiB.
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<f64>()
-                .ok()
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
+    resident_mib(None, "VmHWM")
 }
 
 fn deployment(i: usize, replicas: usize) -> Deployment {
@@ -185,5 +178,9 @@ async fn main() {
         (_, _, Mode::Quick) => (100, 3000),
         (_, _, Mode::Standard) => (5000, 150_000),
     };
+    if let Err(err) = idle::run(BENCH).await {
+        eprintln!("scale-perf: idle-up: {err}");
+        std::process::exit(1);
+    }
     run_case(nodes, pods).await;
 }

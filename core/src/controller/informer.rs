@@ -27,8 +27,20 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-/// Changes buffered per subscriber before it must resync from the cache.
+/// Changes buffered per subscriber before it must resync from the cache. The buffer is
+/// allocated up front (tens of bytes a slot), so kinds that change at a cluster's scale — one
+/// change per pod, node heartbeat or event — get a large one and the rest a small one; an idle
+/// control plane keeps dozens of informers.
 const CHANGE_BUFFER: usize = 16 * 1024;
+const QUIET_CHANGE_BUFFER: usize = 512;
+
+/// The change buffer for a kind, by resource name.
+fn change_buffer(plural: &str) -> usize {
+    match plural {
+        "pods" | "nodes" | "leases" | "events" | "endpoints" | "endpointslices" => CHANGE_BUFFER,
+        _ => QUIET_CHANGE_BUFFER,
+    }
+}
 
 /// What changed in an informer's cache.
 pub enum Change<K> {
@@ -147,7 +159,7 @@ where
         resource: (String, String, String),
         stop: CancellationToken,
     ) -> Self {
-        let (changes, _) = broadcast::channel(CHANGE_BUFFER);
+        let (changes, _) = broadcast::channel(change_buffer(&resource.2));
         let shared = Arc::new(Shared {
             cache: RwLock::new(Cache::new()),
             changes,
