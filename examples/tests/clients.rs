@@ -387,7 +387,19 @@ fn kubectl_suite(k: &Kubectl, ns: &str) {
         Some(INVALID_POD),
         &["The Pod \"invalid-x\" is invalid: spec.containers[0].image: Required value"],
     );
-    k.ok(&["get", "cs"], None, &["Healthy"]);
+    // The store is healthy; no scheduler or controller manager runs beside this API server,
+    // so none holds a Lease.
+    k.ok(
+        &["get", "cs"],
+        None,
+        &[
+            "store-0",
+            "Healthy",
+            "scheduler",
+            "Unhealthy",
+            "no leader has been elected",
+        ],
+    );
     // Client-side apply (strategic merge patch with the last-applied annotation), twice.
     let applied = DEPLOYMENT
         .replace("name: d1}", "name: applied}")
@@ -711,7 +723,7 @@ async fn capstan_up_serves_persists_and_stops_on_sigterm() {
         .create(&PostParams::default(), &deployment)
         .await
         .unwrap();
-    let pods: Api<Pod> = Api::default_namespaced(client);
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let running = pods
@@ -731,6 +743,26 @@ async fn capstan_up_serves_persists_and_stops_on_sigterm() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // `kubectl get cs`: the store, and the elected scheduler and controller manager.
+    let statuses: Api<k8s_openapi::api::core::v1::ComponentStatus> = Api::all(client);
+    let listed = statuses.list(&ListParams::default()).await.unwrap();
+    let health: Vec<(String, String)> = listed
+        .items
+        .iter()
+        .map(|cs| {
+            let condition = &cs.conditions.as_ref().unwrap()[0];
+            (cs.metadata.name.clone().unwrap(), condition.status.clone())
+        })
+        .collect();
+    assert_eq!(
+        health,
+        [
+            ("store-0", "True"),
+            ("scheduler", "True"),
+            ("controller-manager", "True")
+        ]
+        .map(|(n, s)| (n.to_string(), s.to_string()))
+    );
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -1790,26 +1790,14 @@ pub(crate) fn finalize_namespace(state: Arc<ApiState>, registry: Arc<Registry>, 
 }
 
 async fn component_statuses(ctx: &Ctx, verb: &str) -> Result<Response<Body>, ApiError> {
-    let healthy = ctx.state.storage.store().current_revision().await.is_ok();
-    let item = json!({
-        "kind": "ComponentStatus", "apiVersion": "v1", "metadata": {"name": "store-0"},
-        "conditions": [{"type": "Healthy", "status": if healthy { "True" } else { "False" }, "message": if healthy { "ok" } else { "" }, "error": if healthy { "" } else { "store unavailable" }}],
-    });
+    let mut value = super::component_status::serve(ctx, verb).await?;
+    if wants_table(&ctx.headers) {
+        let items = match value.get("items").and_then(Value::as_array) {
+            Some(items) => items.clone(),
+            None => vec![value],
+        };
+        value = super::table::table(&ctx.kind, &items, "", None, true);
+    }
     let warnings = vec!["v1 ComponentStatus is deprecated in v1.19+".to_string()];
-    let value = match (verb, ctx.path.name.as_deref()) {
-        ("list", _) if wants_table(&ctx.headers) => {
-            super::table::table(&ctx.kind, &[item], "", None, true)
-        }
-        ("list", _) => {
-            json!({"kind": "ComponentStatusList", "apiVersion": "v1", "metadata": {}, "items": [item]})
-        }
-        ("get", Some("store-0")) => table_or_object(ctx, item),
-        ("get", Some(other)) => return Err(ApiError::not_found("componentstatuses", other)),
-        _ => {
-            return Err(ApiError::method_not_allowed(
-                "componentstatuses are read-only",
-            ))
-        }
-    };
     Ok(json_response(StatusCode::OK, &value, &warnings))
 }

@@ -11,6 +11,7 @@ mod admission;
 mod audit;
 mod auth;
 mod body;
+mod component_status;
 mod crd;
 mod discovery;
 mod error;
@@ -46,6 +47,7 @@ pub use admission::{
 };
 pub use audit::{AuditLog, AuditRecord};
 pub use auth::{AllowAll, Authenticator, Authorizer, InProcessUser, RequestAttributes, UserInfo};
+pub use component_status::{CONTROLLER_MANAGER_LEASE, SCHEDULER_LEASE};
 pub use error::{ApiError, Cause, ErrorDetails};
 pub use local_watch::{LocalEvent, LocalWatch};
 pub use request::{parse_path, Query, ResourcePath, Target};

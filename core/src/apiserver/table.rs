@@ -413,9 +413,13 @@ pub fn columns(kind: &ResourceKind) -> Vec<Column> {
         ("", "componentstatuses") => vec![
             name_col(),
             col("Status", 0, |v| {
-                let healthy =
-                    v.pointer("/conditions/0/status").and_then(Value::as_str) == Some("True");
-                json!(if healthy { "Healthy" } else { "Unhealthy" })
+                json!(
+                    match v.pointer("/conditions/0/status").and_then(Value::as_str) {
+                        Some("True") => "Healthy",
+                        Some("False") => "Unhealthy",
+                        _ => "Unknown",
+                    }
+                )
             }),
             col("Message", 0, |v| json!(s(v, "/conditions/0/message"))),
             col("Error", 0, |v| json!(s(v, "/conditions/0/error"))),

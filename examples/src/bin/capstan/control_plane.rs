@@ -3,7 +3,10 @@
 //! share one store and one of each works.
 
 use crate::cli::ControlPlaneArgs;
-use capstan_core::apiserver::{serve_tls, ApiConfig, ApiServer, AuditLog, TlsServing};
+use capstan_core::apiserver::{
+    serve_tls, ApiConfig, ApiServer, AuditLog, TlsServing, CONTROLLER_MANAGER_LEASE,
+    SCHEDULER_LEASE,
+};
 use capstan_core::authn::{
     AuthenticatorChain, BootstrapTokenAuthenticator, NodeCertificateSigner, ServiceAccountTokens,
     TokenFileAuthenticator, X509Authenticator,
@@ -320,7 +323,7 @@ impl ControlPlane {
             ControllerManagerConfig {
                 leader_election: Some(LeaderElectionConfig::new(
                     "kube-system",
-                    "capstan-controller-manager",
+                    CONTROLLER_MANAGER_LEASE,
                     identity,
                 )),
                 node_lifecycle: NodeLifecycleConfig {
@@ -341,7 +344,7 @@ impl ControlPlane {
         };
         println!("capstan: controller manager started (replicasets, deployments, daemonsets, statefulsets, jobs, cronjobs, autoscalers, disruption budgets, garbage collector, endpoints, endpointslices, node lifecycle{ipam})");
         let scheduler = Scheduler::in_process(&server, SchedulerConfig::default()).start_elected(
-            LeaderElectionConfig::new("kube-system", "capstan-scheduler", identity),
+            LeaderElectionConfig::new("kube-system", SCHEDULER_LEASE, identity),
         );
         println!("capstan: scheduler started (default profile)");
         Ok(ControlPlane {
