@@ -60,6 +60,25 @@ struct Lab {
 }
 
 impl Lab {
+    /// A one-use bootstrap token from `capstan token`, run in the servers' namespace against
+    /// the server whose data dir is `server_dir`.
+    fn bootstrap_token(&self, server_dir: &Path) -> String {
+        let made = self
+            .command_in(
+                &self.namespace("ctl"),
+                env!("CARGO_BIN_EXE_capstan"),
+                &["token", "--data-dir", server_dir.to_str().expect("path")],
+            )
+            .output()
+            .expect("capstan token");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        String::from_utf8_lossy(&made.stdout).trim().to_string()
+    }
+
     fn namespace(&self, role: &str) -> String {
         format!("cap-{role}-{}", self.id)
     }
@@ -412,20 +431,7 @@ fn pods_reach_services_across_two_docker_hosts() {
         let namespace = lab.add_host(role, address);
         let socket = lab.start_dockerd(&namespace, role);
         let agent_dir = lab.path(role);
-        let made = lab
-            .command_in(
-                &ctl,
-                env!("CARGO_BIN_EXE_capstan"),
-                &["token", "--data-dir", server_dir.to_str().expect("path")],
-            )
-            .output()
-            .expect("capstan token");
-        assert!(
-            made.status.success(),
-            "{}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-        let token = String::from_utf8_lossy(&made.stdout).trim().to_string();
+        let token = lab.bootstrap_token(&server_dir);
         lab.start_capstan(
             &namespace,
             &[
@@ -883,20 +889,7 @@ fn the_cluster_survives_a_lost_server_and_a_lost_host() {
         let namespace = lab.add_host(role, address);
         let socket = lab.start_dockerd(&namespace, role);
         let agent_dir = lab.path(role);
-        let made = lab
-            .command_in(
-                &ctl,
-                env!("CARGO_BIN_EXE_capstan"),
-                &["token", "--data-dir", survivor.2.to_str().expect("path")],
-            )
-            .output()
-            .expect("capstan token");
-        assert!(
-            made.status.success(),
-            "{}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-        let token = String::from_utf8_lossy(&made.stdout).trim().to_string();
+        let token = lab.bootstrap_token(&survivor.2);
         lab.start_capstan(
             &namespace,
             &[
