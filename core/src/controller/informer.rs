@@ -14,7 +14,8 @@ use super::ObjectKey;
 use crate::apiserver::{ApiServer, LocalEvent};
 use crate::store::Revision;
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ApiResource, DynamicObject, TypeMeta};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource};
@@ -159,6 +160,16 @@ where
         resource: (String, String, String),
         stop: CancellationToken,
     ) -> Self {
+        Self::start_local_decoding(server, resource, stop, decode::<K>)
+    }
+
+    /// [`start_local`](Self::start_local) with the objects read by `decode`.
+    fn start_local_decoding(
+        server: ApiServer,
+        resource: (String, String, String),
+        stop: CancellationToken,
+        decode: Decoder<K>,
+    ) -> Self {
         let (changes, _) = broadcast::channel(change_buffer(&resource.2));
         let shared = Arc::new(Shared {
             cache: RwLock::new(Cache::new()),
@@ -199,7 +210,7 @@ where
                         apply_event(&shared, watcher::Event::Init, &mut listing);
                         for event in std::mem::take(&mut feed.initial) {
                             if let LocalEvent::Added(bytes) = event {
-                                if let Some(object) = decode::<K>(&bytes) {
+                                if let Some(object) = decode(&bytes) {
                                     apply_event(
                                         &shared,
                                         watcher::Event::InitApply(object),
@@ -211,7 +222,7 @@ where
                         apply_event(&shared, watcher::Event::InitDone, &mut listing);
                     } else {
                         for event in std::mem::take(&mut feed.initial) {
-                            apply_local(&shared, event, &mut listing);
+                            apply_local(&shared, event, &mut listing, decode);
                         }
                     }
                 }
@@ -223,7 +234,7 @@ where
                     };
                     let Some(event) = event else { break };
                     let Some(shared) = weak.upgrade() else { return };
-                    if let Some(revision) = apply_local(&shared, event, &mut None) {
+                    if let Some(revision) = apply_local(&shared, event, &mut None, decode) {
                         last = Some(revision);
                     }
                 }
@@ -378,6 +389,40 @@ where
     }
 }
 
+/// Reads an object from the watch cache's bytes.
+type Decoder<K> = fn(&[u8]) -> Option<K>;
+
+/// What a metadata informer keeps of an object: its type and metadata. The rest (spec, status,
+/// data) is skipped while parsing, never built.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MetadataOnly {
+    api_version: Option<String>,
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: ObjectMeta,
+}
+
+/// Decodes only an object's type and metadata (without managedFields), like Kubernetes'
+/// metadata informers (`PartialObjectMetadata`); `data` is an empty object.
+fn decode_metadata(bytes: &[u8]) -> Option<DynamicObject> {
+    let MetadataOnly {
+        api_version,
+        kind,
+        mut metadata,
+    } = decode(bytes)?;
+    metadata.managed_fields = None;
+    let types = match (api_version, kind) {
+        (Some(api_version), Some(kind)) => Some(TypeMeta { api_version, kind }),
+        _ => None,
+    };
+    Some(DynamicObject {
+        types,
+        metadata,
+        data: serde_json::Value::Object(Default::default()),
+    })
+}
+
 fn decode<K: DeserializeOwned>(bytes: &[u8]) -> Option<K> {
     match serde_json::from_slice(bytes) {
         Ok(object) => Some(object),
@@ -393,14 +438,15 @@ fn apply_local<K>(
     shared: &Shared<K>,
     event: LocalEvent,
     listing: &mut Option<Vec<K>>,
+    decode: Decoder<K>,
 ) -> Option<Revision>
 where
     K: Resource + Clone + DeserializeOwned,
 {
     let (object, deleted) = match event {
         LocalEvent::Bookmark(revision) => return Some(revision),
-        LocalEvent::Added(bytes) | LocalEvent::Modified(bytes) => (decode::<K>(&bytes)?, false),
-        LocalEvent::Deleted(bytes) => (decode::<K>(&bytes)?, true),
+        LocalEvent::Added(bytes) | LocalEvent::Modified(bytes) => (decode(&bytes)?, false),
+        LocalEvent::Deleted(bytes) => (decode(&bytes)?, true),
     };
     let revision = object
         .meta()
@@ -492,14 +538,19 @@ impl InformerFactory {
             K::version(&()).into_owned(),
             K::plural(&()).into_owned(),
         );
-        self.shared((TypeId::of::<K>(), String::new()), resource, || {
-            Api::all(self.inner.client.clone())
-        })
+        self.shared(
+            (TypeId::of::<K>(), String::new()),
+            resource,
+            decode::<K>,
+            || Api::all(self.inner.client.clone()),
+        )
     }
 
-    /// The shared informer of a kind known only at run time (from discovery), across all
-    /// namespaces.
-    pub fn dynamic(&self, resource: &ApiResource) -> Informer<DynamicObject> {
+    /// The shared metadata informer of a kind known only at run time (from discovery), across
+    /// all namespaces: each object's type and metadata only (`data` is empty), as Kubernetes'
+    /// garbage collector keeps them, so watching every kind costs little memory. (Through a
+    /// remote client, whole objects are cached.)
+    pub fn metadata(&self, resource: &ApiResource) -> Informer<DynamicObject> {
         let key = format!(
             "{}/{}/{}",
             resource.group, resource.version, resource.plural
@@ -509,15 +560,19 @@ impl InformerFactory {
             resource.version.clone(),
             resource.plural.clone(),
         );
-        self.shared((TypeId::of::<DynamicObject>(), key), names, || {
-            Api::all_with(self.inner.client.clone(), resource)
-        })
+        self.shared(
+            (TypeId::of::<DynamicObject>(), key),
+            names,
+            decode_metadata,
+            || Api::all_with(self.inner.client.clone(), resource),
+        )
     }
 
     fn shared<K>(
         &self,
         key: InformerKey,
         resource: (String, String, String),
+        decode: Decoder<K>,
         api: impl FnOnce() -> Api<K>,
     ) -> Informer<K>
     where
@@ -536,7 +591,7 @@ impl InformerFactory {
         }
         let stop = self.inner.stop.child_token();
         let informer = match &self.inner.local {
-            Some(server) => Informer::start_local(server.clone(), resource, stop),
+            Some(server) => Informer::start_local_decoding(server.clone(), resource, stop, decode),
             None => Informer::start(api(), watcher::Config::default(), stop),
         };
         informers.insert(key, Box::new(informer.clone()));
