@@ -17,7 +17,8 @@ use capstan_core::store::MemoryStore;
 use capstan_runtime_docker::{DockerRuntime, DockerRuntimeConfig};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::watcher::{self, watcher};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -52,14 +53,13 @@ impl RunningWatch {
         let api: Api<Pod> = Api::namespaced(client, namespace);
         let seen = Arc::new(Mutex::new(HashMap::new()));
         let record = seen.clone();
-        let mut stream = api
-            .watch(&WatchParams::default().timeout(290), "0")
-            .await
-            .expect("watch pods")
-            .boxed();
+        // kube's watcher re-watches (relisting when needed) if the server ends or drops a
+        // watch, e.g. one that falls behind a burst of pod updates.
+        let mut stream = watcher(api, watcher::Config::default()).boxed();
         let task = tokio::spawn(async move {
-            while let Some(Ok(event)) = stream.next().await {
-                let (WatchEvent::Added(pod) | WatchEvent::Modified(pod)) = event else {
+            while let Some(event) = stream.next().await {
+                let (Ok(watcher::Event::Apply(pod)) | Ok(watcher::Event::InitApply(pod))) = event
+                else {
                     continue;
                 };
                 let running =
