@@ -1,7 +1,7 @@
-//! IPv4 address ranges in CIDR notation (`10.244.0.0/16`): the service CIDR cluster IPs come
-//! from, the cluster pod CIDR, and the per-node pod subnets carved out of it.
+//! Address ranges in CIDR notation (`10.244.0.0/16`, `fd00:10:96::/112`): the service CIDRs
+//! cluster IPs come from, the cluster pod CIDR, and the per-node pod subnets carved out of it.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// An IPv4 CIDR such as `10.96.0.0/12`, normalised to its network address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -93,6 +93,65 @@ impl std::fmt::Display for Ipv4Cidr {
     }
 }
 
+/// An IPv6 CIDR such as `fd00:10:96::/112`, normalised to its network address (a dual-stack
+/// cluster's second service range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ipv6Cidr {
+    base: u128,
+    prefix: u8,
+}
+
+impl Ipv6Cidr {
+    /// Parses `addr/n` with a prefix length from 64 to 126 (host bits are cleared).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (addr, prefix) = text.split_once('/')?;
+        let addr: Ipv6Addr = addr.parse().ok()?;
+        let prefix: u8 = prefix.parse().ok().filter(|p| (64..=126).contains(p))?;
+        let mask = u128::MAX << (128 - prefix);
+        Some(Ipv6Cidr {
+            base: u128::from(addr) & mask,
+            prefix,
+        })
+    }
+
+    /// How many addresses the range spans.
+    pub fn size(&self) -> u128 {
+        1u128 << (128 - self.prefix)
+    }
+
+    /// The prefix length (`112` of `fd00:10:96::/112`).
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// Whether `ip` lies in the range.
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        let ip = u128::from(ip);
+        ip >= self.base && ip - self.base < self.size()
+    }
+
+    /// The first usable address.
+    pub fn first(&self) -> Ipv6Addr {
+        Ipv6Addr::from(self.base + 1)
+    }
+
+    /// The address `offset` past the network address, if inside the range.
+    pub fn address(&self, offset: u128) -> Option<Ipv6Addr> {
+        (offset < self.size()).then(|| Ipv6Addr::from(self.base + offset))
+    }
+
+    /// The offset of `ip` from the network address, if inside the range.
+    pub fn offset(&self, ip: Ipv6Addr) -> Option<u128> {
+        self.contains(ip).then(|| u128::from(ip) - self.base)
+    }
+}
+
+impl std::fmt::Display for Ipv6Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", Ipv6Addr::from(self.base), self.prefix)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +164,21 @@ mod tests {
         assert!(Ipv4Cidr::parse("10.0.0.0/31").is_none());
         assert!(Ipv4Cidr::parse("10.0.0.0").is_none());
         assert!(Ipv4Cidr::parse("10.0.0.300/8").is_none());
+    }
+
+    #[test]
+    fn ipv6_ranges_parse_and_count() {
+        let cidr = Ipv6Cidr::parse("fd00:10:96::7/112").unwrap();
+        assert_eq!(cidr.to_string(), "fd00:10:96::/112");
+        assert_eq!(cidr.size(), 65536);
+        assert_eq!(cidr.first(), "fd00:10:96::1".parse::<Ipv6Addr>().unwrap());
+        let ip: Ipv6Addr = "fd00:10:96::ff".parse().unwrap();
+        assert_eq!(cidr.offset(ip), Some(255));
+        assert_eq!(cidr.address(255), Some(ip));
+        assert_eq!(cidr.address(65536), None);
+        assert!(!cidr.contains("fd00:10:97::1".parse().unwrap()));
+        assert!(Ipv6Cidr::parse("fd00::/48").is_none(), "too large");
+        assert!(Ipv6Cidr::parse("10.0.0.0/112").is_none());
     }
 
     #[test]

@@ -27,10 +27,12 @@ fn userspace_backend_passes_the_proxy_kit() {
     let topology = Topology::create(3).expect("topology");
     let options = KitOptions {
         local_cluster_ips: true,
+        ipv6: true,
     };
     check_backend(&topology, options, || async {
+        use capstan_core::proxy::testkit::{NODE_ADDRESS, NODE_ADDRESS_V6};
         Ok(UserspaceProxy::new(UserspaceConfig {
-            node_addresses: vec![capstan_core::proxy::testkit::NODE_ADDRESS.into()],
+            node_addresses: vec![NODE_ADDRESS.into(), NODE_ADDRESS_V6.into()],
             cluster_ips: true,
         }))
     })

@@ -70,25 +70,31 @@ pub(crate) fn stale_udp_flows(
     stale
 }
 
-/// Deletes the flows; "nothing to delete" is success. Only IPv4 flows are handled.
+/// Deletes the flows (`-f ipv6` for IPv6 ones); "nothing to delete" is success.
 pub(crate) async fn delete(program: &str, flows: &BTreeSet<StaleFlows>) {
     for flow in flows {
-        let args: Vec<String> = match flow {
-            StaleFlows::Endpoint(endpoint) if endpoint.is_ipv4() => vec![
-                "--reply-src".into(),
-                endpoint.ip().to_string(),
-                "--reply-port-src".into(),
-                endpoint.port().to_string(),
-            ],
-            StaleFlows::Service(ip, port) if ip.is_ipv4() => vec![
-                "--orig-dst".into(),
-                ip.to_string(),
-                "--orig-port-dst".into(),
-                port.to_string(),
-            ],
-            _ => continue,
+        let (ip, args): (IpAddr, Vec<String>) = match flow {
+            StaleFlows::Endpoint(endpoint) => (
+                endpoint.ip(),
+                vec![
+                    "--reply-src".into(),
+                    endpoint.ip().to_string(),
+                    "--reply-port-src".into(),
+                    endpoint.port().to_string(),
+                ],
+            ),
+            StaleFlows::Service(ip, port) => (
+                *ip,
+                vec![
+                    "--orig-dst".into(),
+                    ip.to_string(),
+                    "--orig-port-dst".into(),
+                    port.to_string(),
+                ],
+            ),
         };
-        let mut all = vec!["-D", "-p", "udp"];
+        let family = if ip.is_ipv6() { "ipv6" } else { "ipv4" };
+        let mut all = vec!["-D", "-f", family, "-p", "udp"];
         all.extend(args.iter().map(String::as_str));
         // conntrack exits 1 when no flow matched; a missing tool only costs stale flows.
         if let Err(err) = command::run(program, &all, None).await {

@@ -1,7 +1,9 @@
 //! The `nft -f` text for a [`ServiceTable`]: pure functions, no system access.
 //!
-//! Everything lives in one table, `ip capstan`, so nothing else on the host is touched and
-//! cleanup is deleting the table. Lookups are maps, not rule lists, so a packet's cost and a
+//! Everything lives in one table per address family, `ip capstan` and `ip6 capstan` (the same
+//! objects; a family's table carries the cluster IPs and endpoints of its family, as Kubernetes
+//! proxies each family of a dual-stack Service separately), so nothing else on the host is
+//! touched and cleanup is deleting the tables. Lookups are maps, not rule lists, so a packet's cost and a
 //! change's cost do not grow with the number of Services:
 //! - `services` (from the nat prerouting and output hooks): `service-ips` maps cluster IP .
 //!   protocol . port to the Service port's chain; local destinations go on to `nodeports`,
@@ -21,11 +23,60 @@ use crate::rules::{digest, RuleSettings};
 use capstan_core::proxy::{ServiceEntry, ServicePortName, ServiceTable};
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-/// The table every object lives in.
-pub(crate) const TABLE: &str = "ip capstan";
+/// The address family a table serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Family {
+    /// IPv4: table `ip capstan`.
+    V4,
+    /// IPv6: table `ip6 capstan`.
+    V6,
+}
+
+impl Family {
+    /// The table every object of this family lives in.
+    pub(crate) fn table(self) -> &'static str {
+        match self {
+            Family::V4 => "ip capstan",
+            Family::V6 => "ip6 capstan",
+        }
+    }
+
+    /// The address match keyword (`ip`, `ip6`).
+    fn keyword(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+
+    /// The address type of sets and maps.
+    fn address_type(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4_addr",
+            Family::V6 => "ipv6_addr",
+        }
+    }
+
+    /// Loopback destinations, which never reach NodePorts.
+    fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.0/8",
+            Family::V6 => "::1",
+        }
+    }
+
+    fn owns(self, ip: &IpAddr) -> bool {
+        ip.is_ipv6() == (self == Family::V6)
+    }
+
+    /// `ip` as a DNAT target with a port (`1.2.3.4:80`, `[fd00::1]:80`).
+    fn target(self, ip: &IpAddr, port: u16) -> String {
+        SocketAddr::new(*ip, port).to_string()
+    }
+}
 
 const SERVICE_IPS: &str = "service-ips";
 const SERVICE_NODEPORTS: &str = "service-nodeports";
@@ -34,33 +85,31 @@ const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 const HAIRPIN_PAIRS: &str = "hairpin-pairs";
 
-/// The dispatch maps and sets filled per Service port, with their declarations.
-const DISPATCH: [(&str, &str); 6] = [
-    (
-        SERVICE_IPS,
-        "map service-ips { type ipv4_addr . inet_proto . inet_service : verdict; }",
-    ),
-    (
-        SERVICE_NODEPORTS,
-        "map service-nodeports { type inet_proto . inet_service : verdict; }",
-    ),
-    (
-        NODEPORT_KEYS,
-        "set nodeport-keys { type inet_proto . inet_service; }",
-    ),
-    (
-        NO_ENDPOINT_SERVICES,
-        "map no-endpoint-services { type ipv4_addr . inet_proto . inet_service : verdict; }",
-    ),
-    (
-        NO_ENDPOINT_NODEPORTS,
-        "map no-endpoint-nodeports { type inet_proto . inet_service : verdict; }",
-    ),
-    (
-        HAIRPIN_PAIRS,
-        "set hairpin-pairs { type ipv4_addr . ipv4_addr; }",
-    ),
+/// The dispatch maps and sets filled per Service port.
+const DISPATCH: [&str; 6] = [
+    SERVICE_IPS,
+    SERVICE_NODEPORTS,
+    NODEPORT_KEYS,
+    NO_ENDPOINT_SERVICES,
+    NO_ENDPOINT_NODEPORTS,
+    HAIRPIN_PAIRS,
 ];
+
+/// The declaration of dispatch map or set `name` (one of [`DISPATCH`]) in `family`'s table.
+fn declaration(family: Family, name: &str) -> String {
+    let table = family.table();
+    let address = family.address_type();
+    match name {
+        SERVICE_IPS | NO_ENDPOINT_SERVICES => format!(
+            "map {table} {name} {{ type {address} . inet_proto . inet_service : verdict; }}"
+        ),
+        SERVICE_NODEPORTS | NO_ENDPOINT_NODEPORTS => {
+            format!("map {table} {name} {{ type inet_proto . inet_service : verdict; }}")
+        }
+        NODEPORT_KEYS => format!("set {table} {name} {{ type inet_proto . inet_service; }}"),
+        _ => format!("set {table} {name} {{ type {address} . {address}; }}"),
+    }
+}
 
 /// What one Service port needs.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -74,16 +123,17 @@ struct ServiceObjects {
     /// Its dispatch elements: map or set, key, value (empty for sets).
     elements: Vec<(&'static str, String, String)>,
     /// Its endpoints' addresses (hairpin masquerade).
-    hairpin: Vec<Ipv4Addr>,
+    hairpin: Vec<IpAddr>,
 }
 
 /// Everything the Service ports of a table need, by Service port; unchanged Service ports
 /// share their objects with the previous sync's.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Objects {
+    family: Family,
     services: BTreeMap<ServicePortName, Arc<(ServiceEntry, ServiceObjects)>>,
     /// Endpoint address -> how many Service ports have it.
-    hairpin: BTreeMap<Ipv4Addr, usize>,
+    hairpin: BTreeMap<IpAddr, usize>,
 }
 
 /// How a sync writes the objects.
@@ -97,13 +147,6 @@ pub(crate) enum Mode<'a> {
     Delta(&'a Objects),
 }
 
-fn ipv4(ip: &IpAddr) -> Option<Ipv4Addr> {
-    match ip {
-        IpAddr::V4(v4) => Some(*v4),
-        IpAddr::V6(_) => None,
-    }
-}
-
 fn endpoint_chain(name: &ServicePortName, endpoint: &SocketAddr) -> String {
     format!(
         "ep-{}",
@@ -112,9 +155,15 @@ fn endpoint_chain(name: &ServicePortName, endpoint: &SocketAddr) -> String {
 }
 
 impl Objects {
-    /// The objects `table` needs under `settings`.
-    pub(crate) fn build(table: &ServiceTable, settings: &RuleSettings) -> Objects {
-        Objects::default().update(table, settings).0
+    /// The objects `table` needs under `settings` in `family`'s table.
+    pub(crate) fn build(table: &ServiceTable, settings: &RuleSettings, family: Family) -> Objects {
+        Objects {
+            family,
+            services: BTreeMap::new(),
+            hairpin: BTreeMap::new(),
+        }
+        .update(table, settings)
+        .0
     }
 
     /// The objects `table` needs, reusing this (previous) sync's for unchanged Service ports,
@@ -131,7 +180,7 @@ impl Objects {
                     if let Some(previous) = previous {
                         release(&mut hairpin, &previous.1.hairpin);
                     }
-                    let objects = service_objects(name, entry, settings);
+                    let objects = service_objects(name, entry, settings, self.family);
                     for ip in &objects.hairpin {
                         *hairpin.entry(*ip).or_default() += 1;
                     }
@@ -146,7 +195,15 @@ impl Objects {
                 release(&mut hairpin, &previous.1.hairpin);
             }
         }
-        (Objects { services, hairpin }, changed)
+        let family = self.family;
+        (
+            Objects {
+                family,
+                services,
+                hairpin,
+            },
+            changed,
+        )
     }
 }
 
@@ -159,7 +216,7 @@ impl crate::conntrack::Entries for Objects {
     }
 }
 
-fn release(hairpin: &mut BTreeMap<Ipv4Addr, usize>, ips: &[Ipv4Addr]) {
+fn release(hairpin: &mut BTreeMap<IpAddr, usize>, ips: &[IpAddr]) {
     for ip in ips {
         if let Some(count) = hairpin.get_mut(ip) {
             *count -= 1;
@@ -174,15 +231,26 @@ fn service_objects(
     name: &ServicePortName,
     entry: &ServiceEntry,
     settings: &RuleSettings,
+    family: Family,
 ) -> ServiceObjects {
     let mut objects = ServiceObjects::default();
     let protocol = name.protocol.as_str();
-    let endpoints: Vec<(Ipv4Addr, u16)> = entry
+    let endpoints: Vec<(IpAddr, u16)> = entry
         .endpoints
         .iter()
-        .filter_map(|e| ipv4(&e.ip()).map(|ip| (ip, e.port())))
+        .filter(|e| family.owns(&e.ip()))
+        .map(|e| (e.ip(), e.port()))
         .collect();
-    let cluster_ips: Vec<Ipv4Addr> = entry.cluster_ips.iter().filter_map(ipv4).collect();
+    let cluster_ips: Vec<IpAddr> = entry
+        .cluster_ips
+        .iter()
+        .filter(|ip| family.owns(ip))
+        .copied()
+        .collect();
+    if cluster_ips.is_empty() {
+        // A Service of the other family only: nothing in this table.
+        return objects;
+    }
     if endpoints.is_empty() {
         for ip in &cluster_ips {
             let key = format!("{ip} . {protocol} . {}", entry.port);
@@ -216,7 +284,8 @@ fn service_objects(
     objects.hairpin.sort();
     objects.hairpin.dedup();
     let mut rules = Vec::new();
-    if let Some(cidr) = &settings.cluster_cidr {
+    // The cluster range is IPv4: off-cluster IPv6 clients are not told apart.
+    if let (Some(cidr), Family::V4) = (&settings.cluster_cidr, family) {
         for ip in &cluster_ips {
             rules.push(format!(
                 "ip saddr != {cidr} ip daddr {ip} jump mark-for-masquerade"
@@ -233,7 +302,8 @@ fn service_objects(
                 .map(|(i, (ip, port))| format!("{i} : {ip} . {port}"))
                 .collect();
             rules.push(format!(
-                "meta l4proto {protocol} dnat ip addr . port to numgen random mod {n} map @{map}"
+                "meta l4proto {protocol} dnat {} addr . port to numgen random mod {n} map @{map}",
+                family.keyword()
             ));
             objects.maps.push((map, protocol, elements));
         }
@@ -241,16 +311,20 @@ fn service_objects(
             let seconds = timeout.as_secs().max(1);
             let mut verdicts = Vec::new();
             for (i, (ip, port)) in endpoints.iter().enumerate() {
-                let endpoint = SocketAddr::new(IpAddr::V4(*ip), *port);
+                let endpoint = SocketAddr::new(*ip, *port);
                 let chain = endpoint_chain(name, &endpoint);
                 let set = format!("{chain}-affinity");
-                rules.push(format!("ip saddr @{set} goto {chain}"));
+                rules.push(format!("{} saddr @{set} goto {chain}", family.keyword()));
                 verdicts.push(format!("{i} : goto {chain}"));
                 objects.chains.push((
                     chain,
                     vec![
-                        format!("update @{set} {{ ip saddr }}"),
-                        format!("meta l4proto {protocol} dnat ip to {ip}:{port}"),
+                        format!("update @{set} {{ {} saddr }}", family.keyword()),
+                        format!(
+                            "meta l4proto {protocol} dnat {} to {}",
+                            family.keyword(),
+                            family.target(ip, *port)
+                        ),
                     ],
                 ));
                 objects.affinity_sets.push((set, seconds));
@@ -266,8 +340,13 @@ fn service_objects(
 }
 
 /// The fixed chains (with their hooks) and their rules.
-fn base_chains(settings: &RuleSettings) -> Vec<(&'static str, &'static str, Vec<String>)> {
+fn base_chains(
+    settings: &RuleSettings,
+    family: Family,
+) -> Vec<(&'static str, &'static str, Vec<String>)> {
     let mark = format!("0x{:x}", settings.masquerade_mark);
+    let ip = family.keyword();
+    let loopback = family.loopback();
     vec![
         (
             "nat-prerouting",
@@ -298,8 +377,8 @@ fn base_chains(settings: &RuleSettings) -> Vec<(&'static str, &'static str, Vec<
             "services",
             "",
             vec![
-                format!("ip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}"),
-                "fib daddr type local ip daddr != 127.0.0.0/8 jump nodeports".into(),
+                format!("{ip} daddr . meta l4proto . th dport vmap @{SERVICE_IPS}"),
+                format!("fib daddr type local {ip} daddr != {loopback} jump nodeports"),
             ],
         ),
         (
@@ -319,7 +398,7 @@ fn base_chains(settings: &RuleSettings) -> Vec<(&'static str, &'static str, Vec<
             "masquerading",
             "",
             vec![
-                format!("ct status dnat ip saddr . ip daddr @{HAIRPIN_PAIRS} masquerade"),
+                format!("ct status dnat {ip} saddr . {ip} daddr @{HAIRPIN_PAIRS} masquerade"),
                 format!("meta mark & {mark} == 0 return"),
                 format!("meta mark set meta mark ^ {mark}"),
                 "masquerade fully-random".into(),
@@ -329,41 +408,52 @@ fn base_chains(settings: &RuleSettings) -> Vec<(&'static str, &'static str, Vec<
             "reject-check",
             "",
             vec![
-                format!("ip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}"),
+                format!("{ip} daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}"),
                 format!(
                     "fib daddr type local meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}"
                 ),
             ],
         ),
-        ("reject-chain", "", vec!["reject".into()]),
+        (
+            "reject-chain",
+            "",
+            vec![
+                "meta l4proto tcp reject with tcp reset".into(),
+                "reject".into(),
+            ],
+        ),
     ]
 }
 
-fn write_chain(text: &mut String, name: &str, rules: &[String]) {
-    let _ = writeln!(text, "add chain {TABLE} {name}");
-    let _ = writeln!(text, "flush chain {TABLE} {name}");
+fn write_chain(text: &mut String, family: Family, name: &str, rules: &[String]) {
+    let table = family.table();
+    let _ = writeln!(text, "add chain {table} {name}");
+    let _ = writeln!(text, "flush chain {table} {name}");
     for rule in rules {
-        let _ = writeln!(text, "add rule {TABLE} {name} {rule}");
+        let _ = writeln!(text, "add rule {table} {name} {rule}");
     }
 }
 
-fn write_map(text: &mut String, name: &str, protocol: &str, elements: &[String]) {
+fn write_map(text: &mut String, family: Family, name: &str, protocol: &str, elements: &[String]) {
+    let (table, ip) = (family.table(), family.keyword());
     let _ = writeln!(
         text,
-        "add map {TABLE} {name} {{ typeof numgen random mod 1 : ip daddr . {protocol} dport; }}"
+        "add map {table} {name} {{ typeof numgen random mod 1 : {ip} daddr . {protocol} dport; }}"
     );
-    let _ = writeln!(text, "flush map {TABLE} {name}");
+    let _ = writeln!(text, "flush map {table} {name}");
     let _ = writeln!(
         text,
-        "add element {TABLE} {name} {{ {} }}",
+        "add element {table} {name} {{ {} }}",
         elements.join(", ")
     );
 }
 
-fn write_affinity_set(text: &mut String, name: &str, seconds: u64) {
+fn write_affinity_set(text: &mut String, family: Family, name: &str, seconds: u64) {
     let _ = writeln!(
         text,
-        "add set {TABLE} {name} {{ type ipv4_addr; flags dynamic,timeout; timeout {seconds}s; }}"
+        "add set {} {name} {{ type {}; flags dynamic,timeout; timeout {seconds}s; }}",
+        family.table(),
+        family.address_type()
     );
 }
 
@@ -376,11 +466,12 @@ fn element_text(key: &str, value: &str) -> String {
 }
 
 /// Writes `verb element` lines for `items` in batches (one line per few thousand elements).
-fn write_elements(text: &mut String, verb: &str, set: &str, items: &[String]) {
+fn write_elements(text: &mut String, family: Family, verb: &str, set: &str, items: &[String]) {
     for batch in items.chunks(2000) {
         let _ = writeln!(
             text,
-            "{verb} element {TABLE} {set} {{ {} }}",
+            "{verb} element {} {set} {{ {} }}",
+            family.table(),
             batch.join(", ")
         );
     }
@@ -396,26 +487,24 @@ struct ElementChanges {
 /// The `nft -f` text taking the kernel from what `mode` says it holds to `objects`.
 pub(crate) fn ruleset_text(objects: &Objects, mode: Mode<'_>, settings: &RuleSettings) -> String {
     let mut text = String::with_capacity(1024);
+    let family = objects.family;
+    let table = family.table();
     let full = !matches!(mode, Mode::Delta(_));
     if full {
         if matches!(mode, Mode::Scratch) {
             // `add` first so the delete finds a table even on the very first sync.
-            let _ = writeln!(text, "add table {TABLE}");
-            let _ = writeln!(text, "delete table {TABLE}");
+            let _ = writeln!(text, "add table {table}");
+            let _ = writeln!(text, "delete table {table}");
         }
-        let _ = writeln!(text, "add table {TABLE}");
-        for (_, declaration) in DISPATCH {
-            let _ = writeln!(
-                text,
-                "add {}",
-                declaration.replacen(' ', &format!(" {TABLE} "), 1)
-            );
+        let _ = writeln!(text, "add table {table}");
+        for name in DISPATCH {
+            let _ = writeln!(text, "add {}", declaration(family, name));
         }
-        for (name, hook, _) in base_chains(settings) {
+        for (name, hook, _) in base_chains(settings, family) {
             if hook.is_empty() {
-                let _ = writeln!(text, "add chain {TABLE} {name}");
+                let _ = writeln!(text, "add chain {table} {name}");
             } else {
-                let _ = writeln!(text, "add chain {TABLE} {name} {{ {hook} }}");
+                let _ = writeln!(text, "add chain {table} {name} {{ {hook} }}");
             }
         }
     }
@@ -445,26 +534,26 @@ pub(crate) fn ruleset_text(objects: &Objects, mode: Mode<'_>, settings: &RuleSet
     for (before, now) in &changed {
         for (name, seconds) in &now.affinity_sets {
             if !before.affinity_sets.iter().any(|(n, _)| n == name) {
-                write_affinity_set(&mut text, name, *seconds);
+                write_affinity_set(&mut text, family, name, *seconds);
             }
         }
         for map in &now.maps {
             if !before.maps.contains(map) {
-                write_map(&mut text, &map.0, map.1, &map.2);
+                write_map(&mut text, family, &map.0, map.1, &map.2);
             }
         }
         for chain in &now.chains {
             if !before.chains.contains(chain) {
-                write_chain(&mut text, &chain.0, &chain.1);
+                write_chain(&mut text, family, &chain.0, &chain.1);
             }
         }
     }
     if full {
-        for (name, _, rules) in base_chains(settings) {
-            write_chain(&mut text, name, &rules);
+        for (name, _, rules) in base_chains(settings, family) {
+            write_chain(&mut text, family, name, &rules);
         }
-        for (set, _) in DISPATCH {
-            let _ = writeln!(text, "flush {} {TABLE} {set}", set_kind(set));
+        for set in DISPATCH {
+            let _ = writeln!(text, "flush {} {table} {set}", set_kind(set));
         }
     }
     let mut elements = ElementChanges::default();
@@ -497,7 +586,7 @@ pub(crate) fn ruleset_text(objects: &Objects, mode: Mode<'_>, settings: &RuleSet
             }
         }
     }
-    let pair = |ip: &Ipv4Addr| format!("{ip} . {ip}");
+    let pair = |ip: &IpAddr| format!("{ip} . {ip}");
     match mode {
         Mode::Delta(previous) => {
             let gone = previous
@@ -528,10 +617,10 @@ pub(crate) fn ruleset_text(objects: &Objects, mode: Mode<'_>, settings: &RuleSet
         }
     }
     for (set, keys) in &elements.delete {
-        write_elements(&mut text, "delete", set, keys);
+        write_elements(&mut text, family, "delete", set, keys);
     }
     for (set, items) in &elements.add {
-        write_elements(&mut text, "add", set, items);
+        write_elements(&mut text, family, "add", set, items);
     }
     let gone_chains: Vec<&String> = changed
         .iter()
@@ -544,20 +633,20 @@ pub(crate) fn ruleset_text(objects: &Objects, mode: Mode<'_>, settings: &RuleSet
         })
         .collect();
     for chain in &gone_chains {
-        let _ = writeln!(text, "flush chain {TABLE} {chain}");
+        let _ = writeln!(text, "flush chain {table} {chain}");
     }
     for chain in &gone_chains {
-        let _ = writeln!(text, "delete chain {TABLE} {chain}");
+        let _ = writeln!(text, "delete chain {table} {chain}");
     }
     for (before, now) in &changed {
         for (name, _, _) in &before.maps {
             if !now.maps.iter().any(|(n, _, _)| n == name) {
-                let _ = writeln!(text, "delete map {TABLE} {name}");
+                let _ = writeln!(text, "delete map {table} {name}");
             }
         }
         for (name, _) in &before.affinity_sets {
             if !now.affinity_sets.iter().any(|(n, _)| n == name) {
-                let _ = writeln!(text, "delete set {TABLE} {name}");
+                let _ = writeln!(text, "delete set {table} {name}");
             }
         }
     }
@@ -597,6 +686,7 @@ mod tests {
         let objects = Objects::build(
             &table(&["10.1.0.2:8080", "10.1.0.3:8080"], false),
             &settings(),
+            Family::V4,
         );
         let text = ruleset_text(&objects, Mode::Scratch, &settings());
         assert!(text.starts_with("add table ip capstan\ndelete table ip capstan\n"));
@@ -606,7 +696,7 @@ mod tests {
             text.contains("add element ip capstan service-ips { 10.96.0.10 . tcp . 80 : goto svc-")
         );
         assert!(text.contains("add element ip capstan nodeport-keys { tcp . 30080 }"));
-        let none = Objects::build(&table(&[], false), &settings());
+        let none = Objects::build(&table(&[], false), &settings(), Family::V4);
         let text = ruleset_text(&none, Mode::Scratch, &settings());
         assert!(text.contains(
             "add element ip capstan no-endpoint-services { 10.96.0.10 . tcp . 80 : goto reject-chain }"
@@ -622,8 +712,9 @@ mod tests {
         let before = Objects::build(
             &table(&["10.1.0.2:8080", "10.1.0.3:8080"], false),
             &settings(),
+            Family::V4,
         );
-        let after = Objects::build(&table(&["10.1.0.2:8080"], false), &settings());
+        let after = Objects::build(&table(&["10.1.0.2:8080"], false), &settings(), Family::V4);
         let delta = ruleset_text(&after, Mode::Delta(&before), &settings());
         assert!(!delta.contains("add table"), "{delta}");
         assert!(delta.contains("flush map ip capstan svc-"), "{delta}");
@@ -635,7 +726,7 @@ mod tests {
         );
         assert_eq!(ruleset_text(&after, Mode::Delta(&after), &settings()), "");
         // Losing every endpoint: the Service port moves to the reject maps, its chain goes.
-        let empty = Objects::build(&table(&[], false), &settings());
+        let empty = Objects::build(&table(&[], false), &settings(), Family::V4);
         let delta = ruleset_text(&empty, Mode::Delta(&after), &settings());
         assert!(delta.contains("delete element ip capstan service-ips { 10.96.0.10 . tcp . 80 }"));
         assert!(delta.contains("add element ip capstan no-endpoint-services"));
@@ -645,10 +736,35 @@ mod tests {
     }
 
     #[test]
+    fn each_family_table_carries_its_own_addresses() {
+        let mut dual = table(&["10.1.0.2:8080", "[fd00:1::2]:8080"], false);
+        let entry = dual.services.values_mut().next().unwrap();
+        entry.cluster_ips.push("fd00:96::10".parse().unwrap());
+        let v6 = Objects::build(&dual, &settings(), Family::V6);
+        let text = ruleset_text(&v6, Mode::Scratch, &settings());
+        assert!(text.starts_with("add table ip6 capstan\ndelete table ip6 capstan\n"));
+        assert!(text.contains("type ipv6_addr . inet_proto . inet_service : verdict"));
+        assert!(text.contains("service-ips { fd00:96::10 . tcp . 80 : goto svc-"), "{text}");
+        assert!(text.contains("dnat ip6 addr . port to numgen random mod 1 map @svc-"));
+        assert!(text.contains("{ 0 : fd00:1::2 . 8080 }"), "{text}");
+        assert!(text.contains("ip6 daddr != ::1 jump nodeports"));
+        assert!(!text.contains("10.1.0.2") && !text.contains("10.96.0.10"), "{text}");
+        let v4 = Objects::build(&dual, &settings(), Family::V4);
+        let text = ruleset_text(&v4, Mode::Scratch, &settings());
+        assert!(!text.contains("fd00"), "{text}");
+        // An IPv4-only Service leaves the IPv6 table without entries.
+        let v6 = Objects::build(&table(&["10.1.0.2:8080"], false), &settings(), Family::V6);
+        let text = ruleset_text(&v6, Mode::Scratch, &settings());
+        assert!(!text.contains("add element ip6 capstan service-ips"), "{text}");
+        assert!(!text.contains("add element ip6 capstan service-nodeports"), "{text}");
+    }
+
+    #[test]
     fn affinity_remembers_clients_per_endpoint() {
         let objects = Objects::build(
             &table(&["10.1.0.2:8080", "10.1.0.3:8080"], true),
             &settings(),
+            Family::V4,
         );
         let text = ruleset_text(&objects, Mode::Repair, &settings());
         assert!(text.contains("flags dynamic,timeout; timeout 60s;"));

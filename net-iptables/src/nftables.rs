@@ -1,28 +1,32 @@
-//! [`NftablesProxy`]: the [`ProxyBackend`] on nftables — every object in its own table
-//! `ip capstan`, Service dispatch through maps, one `nft -f` transaction per sync that carries
-//! only what changed (see [`nft_ruleset`](crate::nft_ruleset)). It scales where iptables
-//! cannot: changing one Service among thousands rewrites one chain and one map.
+//! [`NftablesProxy`]: the [`ProxyBackend`] on nftables — every object in its own tables,
+//! `ip capstan` and (where the host has IPv6) `ip6 capstan`, Service dispatch through maps,
+//! one `nft -f` transaction per sync that carries only what changed (see
+//! [`nft_ruleset`](crate::nft_ruleset)). It scales where iptables cannot: changing one Service
+//! among thousands rewrites one chain and one map. Each family's table carries the cluster IPs
+//! and endpoints of that family, so a dual-stack Service answers on both of its cluster IPs.
 //!
 //! Unlike [`IptablesProxy`](crate::IptablesProxy) it does not accept forwarded traffic past
 //! another table's DROP policy (an nftables accept is final only in its own table), so hosts
 //! whose forward policy drops (Docker's) need their own accept rules for the pod range.
 
-use crate::nft_ruleset::{ruleset_text, Mode, Objects, TABLE};
+use crate::nft_ruleset::{ruleset_text, Family, Mode, Objects};
 use crate::rules::RuleSettings;
 use crate::{command, conntrack, CONNTRACK};
 use async_trait::async_trait;
 use capstan_core::proxy::{ProxyBackend, ProxyError, ServiceTable};
 use tokio::sync::Mutex;
 
-/// How an [`NftablesProxy`] programs its table.
+/// How an [`NftablesProxy`] programs its tables.
 #[derive(Debug, Clone)]
 pub struct NftablesConfig {
-    /// The cluster's pod range: traffic to a cluster IP from outside it is masqueraded.
+    /// The cluster's (IPv4) pod range: traffic to a cluster IP from outside it is masqueraded.
     pub cluster_cidr: Option<String>,
     /// The packet mark bit that means "masquerade me".
     pub masquerade_mark: u32,
     /// The `nft` program.
     pub nft: String,
+    /// Whether to serve IPv6 Services; `None`: when the host has IPv6.
+    pub ipv6: Option<bool>,
 }
 
 impl Default for NftablesConfig {
@@ -31,23 +35,34 @@ impl Default for NftablesConfig {
             cluster_cidr: None,
             masquerade_mark: 0x4000,
             nft: "nft".into(),
+            ipv6: None,
         }
     }
+}
+
+/// Whether this host's kernel has IPv6 (its addresses are listed).
+fn host_has_ipv6() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
 }
 
 /// The nftables proxy backend.
 pub struct NftablesProxy {
     settings: RuleSettings,
     nft: String,
-    /// The objects of the last successful sync; `None` after a failure or before the first
-    /// sync (the next sync rebuilds the table).
-    applied: Mutex<Option<Objects>>,
+    families: Vec<Family>,
+    /// Per family, the objects of the last successful sync; `None` after a failure or before
+    /// the first sync (the next sync rebuilds the tables).
+    applied: Mutex<Option<Vec<Objects>>>,
 }
 
 impl NftablesProxy {
     /// A backend using `config.nft`; fails when nftables is unusable here.
     pub async fn new(config: NftablesConfig) -> Result<Self, ProxyError> {
         command::run(&config.nft, &["list", "tables"], None).await?;
+        let mut families = vec![Family::V4];
+        if config.ipv6.unwrap_or_else(host_has_ipv6) {
+            families.push(Family::V6);
+        }
         Ok(NftablesProxy {
             settings: RuleSettings {
                 cluster_cidr: config.cluster_cidr,
@@ -55,24 +70,43 @@ impl NftablesProxy {
                 confine_pods: false,
             },
             nft: config.nft,
+            families,
             applied: Mutex::new(None),
         })
+    }
+
+    /// Whether IPv6 Services are served.
+    pub fn serves_ipv6(&self) -> bool {
+        self.families.contains(&Family::V6)
+    }
+
+    fn build(&self, table: &ServiceTable) -> Vec<Objects> {
+        self.families
+            .iter()
+            .map(|family| Objects::build(table, &self.settings, *family))
+            .collect()
+    }
+
+    fn scratch_text(&self, objects: &[Objects]) -> String {
+        objects
+            .iter()
+            .map(|o| ruleset_text(o, Mode::Scratch, &self.settings))
+            .collect()
     }
 
     /// The `nft -f` text a sync from `previous` to `table` applies (benchmarks compare it with
     /// a raw `nft -f` of the same text).
     pub fn sync_text(&self, table: &ServiceTable, previous: Option<&ServiceTable>) -> String {
         match previous {
-            None => ruleset_text(
-                &Objects::build(table, &self.settings),
-                Mode::Scratch,
-                &self.settings,
-            ),
-            Some(previous) => {
-                let before = Objects::build(previous, &self.settings);
-                let (objects, _) = before.update(table, &self.settings);
-                ruleset_text(&objects, Mode::Delta(&before), &self.settings)
-            }
+            None => self.scratch_text(&self.build(table)),
+            Some(previous) => self
+                .build(previous)
+                .iter()
+                .map(|before| {
+                    let (objects, _) = before.update(table, &self.settings);
+                    ruleset_text(&objects, Mode::Delta(before), &self.settings)
+                })
+                .collect(),
         }
     }
 
@@ -84,6 +118,14 @@ impl NftablesProxy {
             .await
             .map(drop)
     }
+
+    /// Deletes every family's table (`add` first, so the delete finds one).
+    fn delete_tables_text(&self) -> String {
+        self.families
+            .iter()
+            .map(|f| format!("add table {table}\ndelete table {table}\n", table = f.table()))
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -93,39 +135,45 @@ impl ProxyBackend for NftablesProxy {
         let previous = applied.take();
         let (objects, text) = match &previous {
             None => {
-                let objects = Objects::build(table, &self.settings);
-                let text = ruleset_text(&objects, Mode::Scratch, &self.settings);
+                let objects = self.build(table);
+                let text = self.scratch_text(&objects);
                 (objects, text)
             }
             Some(before) => {
-                let (objects, changed) = before.update(table, &self.settings);
-                // The periodic resync of an unchanged table repairs whatever was changed
-                // behind the backend's back, keeping affinity sets' clients.
-                let mode = if changed {
-                    Mode::Delta(before)
-                } else {
-                    Mode::Repair
-                };
-                let text = ruleset_text(&objects, mode, &self.settings);
+                let mut objects = Vec::with_capacity(before.len());
+                let mut text = String::new();
+                for before in before {
+                    let (now, changed) = before.update(table, &self.settings);
+                    // The periodic resync of an unchanged table repairs whatever was changed
+                    // behind the backend's back, keeping affinity sets' clients.
+                    let mode = if changed {
+                        Mode::Delta(before)
+                    } else {
+                        Mode::Repair
+                    };
+                    text.push_str(&ruleset_text(&now, mode, &self.settings));
+                    objects.push(now);
+                }
                 (objects, text)
             }
         };
         match self.apply(&text).await {
             Ok(()) => {
                 if let Some(before) = &previous {
-                    let stale = conntrack::stale_udp_flows(before, &objects);
-                    conntrack::delete(CONNTRACK, &stale).await;
+                    for (before, now) in before.iter().zip(&objects) {
+                        let stale = conntrack::stale_udp_flows(before, now);
+                        conntrack::delete(CONNTRACK, &stale).await;
+                    }
                 }
                 *applied = Some(objects);
                 Ok(())
             }
             Err(err) if previous.is_some() => {
                 // The kernel did not hold what was recorded (changed behind our back):
-                // rebuild the table from scratch at once.
-                tracing::warn!(error = %err, "nftables delta failed; rebuilding the table");
-                let objects = Objects::build(table, &self.settings);
-                self.apply(&ruleset_text(&objects, Mode::Scratch, &self.settings))
-                    .await?;
+                // rebuild the tables from scratch at once.
+                tracing::warn!(error = %err, "nftables delta failed; rebuilding the tables");
+                let objects = self.build(table);
+                self.apply(&self.scratch_text(&objects)).await?;
                 *applied = Some(objects);
                 Ok(())
             }
@@ -136,7 +184,6 @@ impl ProxyBackend for NftablesProxy {
     async fn cleanup(&self) -> Result<(), ProxyError> {
         let mut applied = self.applied.lock().await;
         *applied = None;
-        self.apply(&format!("add table {TABLE}\ndelete table {TABLE}\n"))
-            .await
+        self.apply(&self.delete_tables_text()).await
     }
 }

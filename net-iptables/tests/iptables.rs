@@ -204,9 +204,14 @@ fn nftables_backend_passes_the_proxy_kit_and_cleans_up_exactly() {
             .expect("nft list ruleset")
     };
     let before = ruleset();
-    check_backend(&topology, KitOptions::default(), || async {
+    let options = KitOptions {
+        ipv6: true,
+        ..KitOptions::default()
+    };
+    check_backend(&topology, options, || async {
         NftablesProxy::new(NftablesConfig {
             cluster_cidr: Some("10.251.0.0/16".into()),
+            ipv6: Some(true),
             ..NftablesConfig::default()
         })
         .await

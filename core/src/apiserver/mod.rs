@@ -51,7 +51,7 @@ pub use component_status::{CONTROLLER_MANAGER_LEASE, SCHEDULER_LEASE};
 pub use error::{ApiError, Cause, ErrorDetails};
 pub use local_watch::{LocalEvent, LocalWatch};
 pub use request::{parse_path, Query, ResourcePath, Target};
-pub use service_ips::{Ipv4Cidr, ServiceAllocator};
+pub use service_ips::{IpFamily, Ipv4Cidr, Ipv6Cidr, ServiceAllocator, ServiceRanges};
 pub use tls::{serve_tls, ClientCertificate, TlsError, TlsServing};
 pub use token_mount::{ServiceAccountTokenMount, ROOT_CA_CONFIG_MAP, SERVICE_ACCOUNT_MOUNT_PATH};
 
@@ -64,7 +64,8 @@ use std::sync::{Arc, RwLock};
 /// Settings of an [`ApiServer`].
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// Range Service cluster IPs are allocated from.
+    /// Ranges Service cluster IPs are allocated from: an IPv4 CIDR, and on a dual-stack
+    /// cluster a comma and an IPv6 CIDR (see [`ServiceRanges`]).
     pub service_cidr: String,
     /// Inclusive range of Service node ports.
     pub node_port_range: (u16, u16),
@@ -248,13 +249,11 @@ impl ApiServerBuilder {
     /// `kube-system`, `kube-public` and `kube-node-lease` namespaces and the `kubernetes`
     /// Service.
     pub async fn build(self) -> Result<ApiServer, ApiError> {
-        let cidr = Ipv4Cidr::parse(&self.config.service_cidr).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "invalid service CIDR {:?}",
-                self.config.service_cidr
-            ))
+        let ranges = ServiceRanges::parse(&self.config.service_cidr).map_err(|err| {
+            ApiError::bad_request(format!("invalid service CIDR: {err}"))
         })?;
-        let services = ServiceAllocator::new(self.store.clone(), cidr, self.config.node_port_range);
+        let services =
+            ServiceAllocator::new(self.store.clone(), ranges, self.config.node_port_range);
         let storage = ObjectStorage::new(self.store);
         let base_registry = Arc::new(self.registry);
         let state = ApiState {
@@ -408,7 +407,7 @@ impl ApiServer {
                 .get(services, Some("default"), "kubernetes")
                 .await
             {
-                let first = self.state.services.cidr().first().to_string();
+                let first = self.state.services.ranges().ipv4.first().to_string();
                 let mut service = json!({
                     "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
                     "spec": {"clusterIP": first, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},

@@ -3,14 +3,15 @@
 //!
 //! The topology: a "host" namespace (where the backend runs, as a node's proxy would) joined
 //! by veth pairs to a "client" namespace and to one namespace per "pod", each pod running a TCP
-//! and a UDP server that answer with the pod's name. The host routes between them and sends
-//! the service CIDR nowhere, so a packet for a service address without a rule is lost (and a
-//! connection to it hangs). Nothing here has a route off the machine.
+//! and a UDP server that answer with the pod's name. Every link is dual-stack (IPv4 and IPv6
+//! unique local addresses). The host routes between them and sends the service CIDRs nowhere,
+//! so a packet for a service address without a rule is lost (and a connection to it hangs).
+//! Nothing here has a route off the machine.
 
 use super::{Protocol, ProxyBackend, ServiceEntry, ServicePortName, ServiceTable};
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,9 +23,14 @@ pub const POD_TCP_PORT: u16 = 8080;
 pub const POD_UDP_PORT: u16 = 5353;
 /// The host's address as the client sees it (NodePorts are reached here).
 pub const NODE_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
+/// The host's IPv6 address as the client sees it.
+pub const NODE_ADDRESS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 1);
 /// The service CIDR, which leads nowhere on the host.
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// The IPv6 service CIDR, which leads nowhere on the host either.
+pub const SERVICE_CIDR_V6: &str = "fd00:96::/112";
 const CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
+const CLIENT_ADDRESS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 2);
 
 static SEQUENCE: AtomicUsize = AtomicUsize::new(0);
 
@@ -34,7 +40,7 @@ pub struct Topology {
     pub host: String,
     /// The client namespace's name.
     pub client: String,
-    /// The pod namespaces' names, pod `i` at `10.251.i.2`.
+    /// The pod namespaces' names, pod `i` at `10.251.i.2` and `fd00:251:i::2`.
     pub pods: Vec<String>,
     stop: Arc<AtomicBool>,
 }
@@ -89,7 +95,8 @@ impl Topology {
         let host = topology.host.clone();
         ip(&["-n", &host, "link", "set", "lo", "up"])?;
         in_namespace(&host, || {
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| e.to_string())
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| e.to_string())?;
+            std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").map_err(|e| e.to_string())
         })??;
         // The service CIDR leads nowhere: routed to one end of a veth pair whose other end
         // answers no neighbour lookups (the kernel has no dummy devices here). Unlike a
@@ -101,29 +108,37 @@ impl Topology {
         ip(&["-n", &host, "link", "set", "svcsink", "up"])?;
         ip(&["-n", &host, "link", "set", "svcsink1", "up"])?;
         ip(&["-n", &host, "route", "add", SERVICE_CIDR, "dev", "svcsink"])?;
+        ip(&["-n", &host, "-6", "route", "add", SERVICE_CIDR_V6, "dev", "svcsink"])?;
         let client = topology.client.clone();
         ip(&["netns", "add", &client])?;
         link(
             &host,
             "vclient",
-            &NODE_ADDRESS,
+            (&NODE_ADDRESS, &NODE_ADDRESS_V6),
             &client,
-            &CLIENT_ADDRESS,
-            24,
+            (&CLIENT_ADDRESS, &CLIENT_ADDRESS_V6),
         )?;
         for (i, pod) in topology.pods.clone().iter().enumerate() {
             ip(&["netns", "add", pod])?;
             let host_side = Ipv4Addr::new(10, 251, i as u8, 1);
-            link(&host, &format!("vpod{i}"), &host_side, pod, &pod_ip(i), 24)?;
+            let host_side_v6 = Ipv6Addr::new(0xfd00, 0x251, i as u16, 0, 0, 0, 0, 1);
+            link(
+                &host,
+                &format!("vpod{i}"),
+                (&host_side, &host_side_v6),
+                pod,
+                (&pod_ip(i), &pod_ip6(i)),
+            )?;
             topology.start_servers(pod, &format!("pod{i}"))?;
         }
         Ok(topology)
     }
 
     fn start_servers(&mut self, namespace: &str, name: &str) -> Result<(), String> {
+        // Sockets on `::` take both families (net.ipv6.bindv6only is 0 in a new namespace).
         let (tcp, udp) = in_namespace(namespace, || {
-            let tcp = TcpListener::bind((Ipv4Addr::UNSPECIFIED, POD_TCP_PORT));
-            let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, POD_UDP_PORT));
+            let tcp = TcpListener::bind((Ipv6Addr::UNSPECIFIED, POD_TCP_PORT));
+            let udp = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, POD_UDP_PORT));
             (tcp, udp)
         })?;
         let tcp = tcp.map_err(|e| e.to_string())?;
@@ -160,6 +175,11 @@ impl Topology {
         pod_ip(i)
     }
 
+    /// Pod `i`'s IPv6 address.
+    pub fn pod_address_v6(&self, i: usize) -> Ipv6Addr {
+        pod_ip6(i)
+    }
+
     /// Connects over TCP from the client and returns what the server said, or why it failed;
     /// gives up after `timeout`.
     pub fn tcp_from_client(&self, to: SocketAddr, timeout: Duration) -> Result<String, String> {
@@ -179,7 +199,12 @@ impl Topology {
     /// Sends a UDP datagram from the client and returns the answer, or why there was none.
     pub fn udp_from_client(&self, to: SocketAddr, timeout: Duration) -> Result<String, String> {
         in_namespace(&self.client, move || {
-            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| e.to_string())?;
+            let any: IpAddr = if to.is_ipv6() {
+                Ipv6Addr::UNSPECIFIED.into()
+            } else {
+                Ipv4Addr::UNSPECIFIED.into()
+            };
+            let socket = UdpSocket::bind((any, 0)).map_err(|e| e.to_string())?;
             socket
                 .set_read_timeout(Some(timeout))
                 .map_err(|e| e.to_string())?;
@@ -218,49 +243,34 @@ fn pod_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 251, i as u8, 2)
 }
 
-/// A veth pair: `host_if` in `host` at `host_ip`, `eth0` in `other` at `other_ip`, which
-/// routes everything through the host.
+fn pod_ip6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x251, i as u16, 0, 0, 0, 0, 2)
+}
+
+/// A veth pair: `host_if` in `host` at `host_ips` (a /24 and a /64), `eth0` in `other` at
+/// `other_ips`, which routes everything through the host. IPv6 addresses skip duplicate
+/// address detection so they work at once.
 fn link(
     host: &str,
     host_if: &str,
-    host_ip: &Ipv4Addr,
+    host_ips: (&Ipv4Addr, &Ipv6Addr),
     other: &str,
-    other_ip: &Ipv4Addr,
-    prefix: u8,
+    other_ips: (&Ipv4Addr, &Ipv6Addr),
 ) -> Result<(), String> {
     ip(&[
         "-n", host, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", other,
     ])?;
-    ip(&[
-        "-n",
-        host,
-        "addr",
-        "add",
-        &format!("{host_ip}/{prefix}"),
-        "dev",
-        host_if,
-    ])?;
-    ip(&["-n", host, "link", "set", host_if, "up"])?;
-    ip(&[
-        "-n",
-        other,
-        "addr",
-        "add",
-        &format!("{other_ip}/{prefix}"),
-        "dev",
-        "eth0",
-    ])?;
-    ip(&["-n", other, "link", "set", "eth0", "up"])?;
+    for (namespace, device, (v4, v6)) in [(host, host_if, host_ips), (other, "eth0", other_ips)] {
+        let v4 = format!("{v4}/24");
+        let v6 = format!("{v6}/64");
+        ip(&["-n", namespace, "addr", "add", &v4, "dev", device])?;
+        ip(&["-n", namespace, "addr", "add", &v6, "dev", device, "nodad"])?;
+        ip(&["-n", namespace, "link", "set", device, "up"])?;
+    }
     ip(&["-n", other, "link", "set", "lo", "up"])?;
-    ip(&[
-        "-n",
-        other,
-        "route",
-        "add",
-        "default",
-        "via",
-        &host_ip.to_string(),
-    ])
+    let (gateway, gateway_v6) = (host_ips.0.to_string(), host_ips.1.to_string());
+    ip(&["-n", other, "route", "add", "default", "via", &gateway])?;
+    ip(&["-n", other, "-6", "route", "add", "default", "via", &gateway_v6])
 }
 
 /// Runs `work` on a new thread moved into network namespace `name`.
@@ -288,6 +298,9 @@ pub struct KitOptions {
     /// The backend serves cluster IPs only where they are local addresses (userspace): the kit
     /// assigns them to the host's loopback first.
     pub local_cluster_ips: bool,
+    /// The backend serves IPv6: the kit also checks a dual-stack Service on both of its
+    /// cluster IPs, an IPv6 NodePort and UDP, and an IPv6 Service without endpoints.
+    pub ipv6: bool,
 }
 
 fn port_name(name: &str, protocol: Protocol) -> ServicePortName {
@@ -335,6 +348,13 @@ where
                 &["addr", "add", &format!("{ip}/32"), "dev", "lo"],
             )?;
         }
+        if options.ipv6 {
+            for ip in [DUAL_V4, DUAL_V6, EMPTY_V6] {
+                let prefix = if ip.contains(':') { 128 } else { 32 };
+                let address = format!("{ip}/{prefix}");
+                ip_in(&topology.host, &["addr", "add", &address, "dev", "lo", "nodad"])?;
+            }
+        }
     }
     let tcp: Vec<SocketAddr> = (0..3)
         .map(|i| SocketAddr::new(IpAddr::V4(pod_ip(i)), POD_TCP_PORT))
@@ -360,6 +380,21 @@ where
         port_name("empty", Protocol::Tcp),
         entry("10.96.0.12", 80, None, vec![]),
     );
+    if options.ipv6 {
+        // A dual-stack Service: both families' endpoints, each cluster IP served by its own.
+        let v6 = |port| (0..3).map(move |i| SocketAddr::new(IpAddr::V6(pod_ip6(i)), port));
+        let mut dual = entry(DUAL_V4, 80, Some(30090), tcp.clone());
+        dual.cluster_ips.push(DUAL_V6.parse().expect("a literal address"));
+        dual.endpoints.extend(v6(POD_TCP_PORT));
+        dual.endpoints.sort();
+        table.services.insert(port_name("dual", Protocol::Tcp), dual);
+        let dual_udp = entry(DUAL_V6, 53, None, v6(POD_UDP_PORT).collect());
+        table.services.insert(port_name("dual", Protocol::Udp), dual_udp);
+        table.services.insert(
+            port_name("empty6", Protocol::Tcp),
+            entry(EMPTY_V6, 80, None, vec![]),
+        );
+    }
 
     let (to_host, from_kit) = std::sync::mpsc::channel::<(ServiceTable, bool)>();
     let (to_kit, results) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -426,7 +461,7 @@ where
             .map_err(|_| "the backend did not answer in 60 s".to_string())?
             .map_err(|e| format!("backend: {e}"))
     };
-    let outcome = scenario(topology, &table, &apply);
+    let outcome = scenario(topology, &table, &apply, options);
     drop(to_host);
     let _ = host.join();
     outcome
@@ -438,10 +473,68 @@ fn ip_in(namespace: &str, args: &[&str]) -> Result<(), String> {
     ip(&all)
 }
 
+/// The dual-stack Service's addresses and an IPv6 Service without endpoints.
+const DUAL_V4: &str = "10.96.0.13";
+const DUAL_V6: &str = "fd00:96::13";
+const EMPTY_V6: &str = "fd00:96::14";
+
+/// Connects `n` times to `to` and checks every pod answered, none above twice its share.
+fn spread(topology: &Topology, to: SocketAddr, n: usize) -> Result<(), String> {
+    let mut hits: HashMap<String, usize> = HashMap::new();
+    for _ in 0..n {
+        let reply = topology
+            .tcp_from_client(to, Duration::from_secs(3))
+            .map_err(|e| format!("{to}: {e}"))?;
+        *hits.entry(reply).or_default() += 1;
+    }
+    if hits.len() != 3 || hits.values().any(|hit| *hit > 2 * n / 3) {
+        return Err(format!("{n} connections to {to} were spread {hits:?}"));
+    }
+    Ok(())
+}
+
+/// Checks a connection to `to` is refused within a second.
+fn refused_fast(topology: &Topology, to: SocketAddr) -> Result<(), String> {
+    let began = Instant::now();
+    if let Ok(reply) = topology.tcp_from_client(to, Duration::from_secs(5)) {
+        return Err(format!("a Service without endpoints answered {reply:?} at {to}"));
+    }
+    if began.elapsed() > Duration::from_secs(1) {
+        return Err(format!(
+            "a Service without endpoints took {:?} to refuse at {to}",
+            began.elapsed()
+        ));
+    }
+    Ok(())
+}
+
+/// The IPv6 part: the dual-stack Service on both cluster IPs and its IPv6 NodePort and UDP
+/// port, and an IPv6 Service without endpoints refused.
+fn dual_stack(topology: &Topology) -> Result<(), String> {
+    let at = |ip: &str, port| SocketAddr::new(ip.parse().expect("a literal address"), port);
+    spread(topology, at(DUAL_V6, 80), 90)?;
+    spread(topology, at(DUAL_V4, 80), 90)?;
+    let node_port = SocketAddr::new(IpAddr::V6(NODE_ADDRESS_V6), 30090);
+    let reply = topology
+        .tcp_from_client(node_port, Duration::from_secs(3))
+        .map_err(|e| format!("IPv6 NodePort {node_port}: {e}"))?;
+    if !reply.starts_with("pod") {
+        return Err(format!("IPv6 NodePort answered {reply:?}"));
+    }
+    let reply = topology
+        .udp_from_client(at(DUAL_V6, 53), Duration::from_secs(3))
+        .map_err(|e| format!("IPv6 UDP: {e}"))?;
+    if !reply.starts_with("pod") {
+        return Err(format!("IPv6 UDP service answered {reply:?}"));
+    }
+    refused_fast(topology, at(EMPTY_V6, 80))
+}
+
 fn scenario(
     topology: &Topology,
     table: &ServiceTable,
     apply: &dyn Fn(&ServiceTable, bool) -> Result<(), String>,
+    options: KitOptions,
 ) -> Result<(), String> {
     let web: SocketAddr = "10.96.0.10:80".parse().expect("literal");
     let web_udp: SocketAddr = "10.96.0.10:53".parse().expect("literal");
@@ -452,16 +545,7 @@ fn scenario(
     apply(table, false)?;
 
     // Spread: 300 connections, every endpoint hit, none above twice its share.
-    let mut hits: HashMap<String, usize> = HashMap::new();
-    for _ in 0..300 {
-        let reply = topology
-            .tcp_from_client(web, timeout)
-            .map_err(|e| format!("ClusterIP {web}: {e}"))?;
-        *hits.entry(reply).or_default() += 1;
-    }
-    if hits.len() != 3 || hits.values().any(|n| *n > 200) {
-        return Err(format!("300 connections to {web} were spread {hits:?}"));
-    }
+    spread(topology, web, 300).map_err(|e| format!("ClusterIP: {e}"))?;
     let reply = topology
         .tcp_from_client(node_port, timeout)
         .map_err(|e| format!("NodePort {node_port}: {e}"))?;
@@ -487,15 +571,9 @@ fn scenario(
     }
 
     // No endpoints: refused, fast.
-    let began = Instant::now();
-    if let Ok(reply) = topology.tcp_from_client(empty, Duration::from_secs(5)) {
-        return Err(format!("a Service without endpoints answered {reply:?}"));
-    }
-    if began.elapsed() > Duration::from_secs(1) {
-        return Err(format!(
-            "a Service without endpoints took {:?} to refuse",
-            began.elapsed()
-        ));
+    refused_fast(topology, empty)?;
+    if options.ipv6 {
+        dual_stack(topology)?;
     }
 
     // Idempotent: the same table again, traffic unchanged.

@@ -14,6 +14,7 @@ use capstan_core::authn::{
 use capstan_core::authz::{
     NodeAuthorizer, NodeRestriction, RbacAuthorizer, RbacEscalationCheck, MASTERS_GROUP,
 };
+use capstan_core::apiserver::ServiceRanges;
 use capstan_core::cidr::Ipv4Cidr;
 use capstan_core::controller::{
     ControllerManager, ControllerManagerConfig, LeaderElectionConfig, NodeIpamConfig,
@@ -160,8 +161,8 @@ fn serving_names(address: &SocketAddr, service_cidr: &str) -> Vec<String> {
     if !address.ip().is_unspecified() {
         names.push(address.ip().to_string());
     }
-    if let Some(cidr) = Ipv4Cidr::parse(service_cidr) {
-        names.push(cidr.first().to_string());
+    if let Ok(ranges) = ServiceRanges::parse(service_cidr) {
+        names.push(ranges.ipv4.first().to_string());
     }
     names.sort();
     names.dedup();

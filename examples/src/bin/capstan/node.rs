@@ -3,6 +3,7 @@
 //! beside its control plane; `capstan agent` runs them against a remote API server.
 
 use crate::cli::{NodeArgs, PodNetworkMode, ProxyMode, RuntimeChoice};
+use capstan_core::apiserver::ServiceRanges;
 use capstan_core::cidr::Ipv4Cidr;
 use capstan_core::controller::InformerFactory;
 use capstan_core::dns::{ClusterDns, DnsConfig, RunningDns};
@@ -119,10 +120,12 @@ async fn open_proxy(
             })
             .await
             .map_err(|e| format!("cannot use nftables: {e}"))?;
-            Ok(Some((
-                Arc::new(backend),
-                "nftables (table ip capstan)".into(),
-            )))
+            let line = if backend.serves_ipv6() {
+                "nftables (tables ip capstan and ip6 capstan)"
+            } else {
+                "nftables (table ip capstan)"
+            };
+            Ok(Some((Arc::new(backend), line.into())))
         }
         ProxyMode::Userspace => {
             let backend = UserspaceProxy::new(UserspaceConfig {
@@ -150,10 +153,10 @@ async fn open_pod_network(
         println!("capstan: pod network: none (pods reach this node only)");
         return Ok(None);
     }
-    let blackholes: Vec<Ipv4Cidr> = [setup.cluster_cidr, setup.service_cidr]
-        .iter()
-        .map(|c| Ipv4Cidr::parse(c).ok_or_else(|| format!("{c:?} is not an IPv4 CIDR")))
-        .collect::<Result<_, _>>()?;
+    let cluster = Ipv4Cidr::parse(setup.cluster_cidr)
+        .ok_or_else(|| format!("{:?} is not an IPv4 CIDR", setup.cluster_cidr))?;
+    let services = ServiceRanges::parse(setup.service_cidr)?;
+    let blackholes = vec![cluster, services.ipv4];
     let backend = NetlinkRoutes::new();
     let first = HostRoutes {
         routes: Vec::new(),
