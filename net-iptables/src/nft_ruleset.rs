@@ -126,14 +126,31 @@ struct ServiceObjects {
     hairpin: Vec<IpAddr>,
 }
 
-/// Everything the Service ports of a table need, by Service port; unchanged Service ports
-/// share their objects with the previous sync's.
+/// Everything the Service ports of a table need, by Service port.
 #[derive(Debug, Clone)]
 pub(crate) struct Objects {
     family: Family,
     services: BTreeMap<ServicePortName, Arc<(ServiceEntry, ServiceObjects)>>,
     /// Endpoint address -> how many Service ports have it.
     hairpin: BTreeMap<IpAddr, usize>,
+}
+
+/// One Service port whose entry changed: its objects before and after (`None`: absent).
+#[derive(Debug)]
+pub(crate) struct Change {
+    name: ServicePortName,
+    before: Option<Arc<(ServiceEntry, ServiceObjects)>>,
+    after: Option<Arc<(ServiceEntry, ServiceObjects)>>,
+}
+
+impl Change {
+    fn objects_before<'a>(&'a self, empty: &'a ServiceObjects) -> &'a ServiceObjects {
+        self.before.as_ref().map_or(empty, |o| &o.1)
+    }
+
+    fn objects_after<'a>(&'a self, empty: &'a ServiceObjects) -> &'a ServiceObjects {
+        self.after.as_ref().map_or(empty, |o| &o.1)
+    }
 }
 
 /// How a sync writes the objects.
@@ -143,8 +160,8 @@ pub(crate) enum Mode<'a> {
     Scratch,
     /// Re-add and refill everything (repairs tampering), deleting nothing.
     Repair,
-    /// Only what changed since `previous` was applied.
-    Delta(&'a Objects),
+    /// Only these changes to the objects the kernel holds.
+    Delta(&'a [Change]),
 }
 
 fn endpoint_chain(name: &ServicePortName, endpoint: &SocketAddr) -> String {
@@ -157,62 +174,158 @@ fn endpoint_chain(name: &ServicePortName, endpoint: &SocketAddr) -> String {
 impl Objects {
     /// The objects `table` needs under `settings` in `family`'s table.
     pub(crate) fn build(table: &ServiceTable, settings: &RuleSettings, family: Family) -> Objects {
-        Objects {
+        let mut objects = Objects {
             family,
             services: BTreeMap::new(),
             hairpin: BTreeMap::new(),
-        }
-        .update(table, settings)
-        .0
+        };
+        let changes = objects.changes(table, settings);
+        objects.apply(changes);
+        objects
     }
 
-    /// The objects `table` needs, reusing this (previous) sync's for unchanged Service ports,
-    /// and whether anything changed.
-    pub(crate) fn update(&self, table: &ServiceTable, settings: &RuleSettings) -> (Objects, bool) {
-        let mut changed = table.services.len() != self.services.len();
-        let mut hairpin = self.hairpin.clone();
-        let mut services = BTreeMap::new();
-        for (name, entry) in &table.services {
-            let objects = match self.services.get(name) {
-                Some(previous) if &previous.0 == entry => previous.clone(),
-                previous => {
-                    changed = true;
-                    if let Some(previous) = previous {
-                        release(&mut hairpin, &previous.1.hairpin);
-                    }
-                    let objects = service_objects(name, entry, settings, self.family);
-                    for ip in &objects.hairpin {
-                        *hairpin.entry(*ip).or_default() += 1;
-                    }
-                    Arc::new((entry.clone(), objects))
-                }
+    /// The Service ports whose entries differ between these objects and `table`, with their
+    /// objects before and after. One merge walk over both sorted maps: unchanged Service ports
+    /// cost a comparison, nothing is copied.
+    pub(crate) fn changes(&self, table: &ServiceTable, settings: &RuleSettings) -> Vec<Change> {
+        let build = |name: &ServicePortName, entry: &ServiceEntry| {
+            let objects = service_objects(name, entry, settings, self.family);
+            Some(Arc::new((entry.clone(), objects)))
+        };
+        let mut changes = Vec::new();
+        let mut old = self.services.iter().peekable();
+        let mut new = table.services.iter().peekable();
+        loop {
+            let order = match (old.peek(), new.peek()) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((a, _)), Some((b, _))) => a.cmp(b),
             };
-            services.insert(name.clone(), objects);
-        }
-        for (name, previous) in &self.services {
-            if !table.services.contains_key(name) {
-                changed = true;
-                release(&mut hairpin, &previous.1.hairpin);
+            match order {
+                std::cmp::Ordering::Less => {
+                    if let Some((name, before)) = old.next() {
+                        changes.push(Change {
+                            name: name.clone(),
+                            before: Some(before.clone()),
+                            after: None,
+                        });
+                    }
+                }
+                std::cmp::Ordering::Greater => {
+                    if let Some((name, entry)) = new.next() {
+                        changes.push(Change {
+                            name: name.clone(),
+                            before: None,
+                            after: build(name, entry),
+                        });
+                    }
+                }
+                std::cmp::Ordering::Equal => {
+                    if let (Some((name, before)), Some((_, entry))) = (old.next(), new.next()) {
+                        if &before.0 != entry {
+                            changes.push(Change {
+                                name: name.clone(),
+                                before: Some(before.clone()),
+                                after: build(name, entry),
+                            });
+                        }
+                    }
+                }
             }
         }
-        let family = self.family;
-        (
-            Objects {
-                family,
-                services,
-                hairpin,
-            },
-            changed,
-        )
+        changes
+    }
+
+    /// Takes `changes` in (once the kernel holds them).
+    pub(crate) fn apply(&mut self, changes: Vec<Change>) {
+        for change in changes {
+            if let Some(before) = &change.before {
+                release(&mut self.hairpin, &before.1.hairpin);
+            }
+            match change.after {
+                Some(after) => {
+                    for ip in &after.1.hairpin {
+                        *self.hairpin.entry(*ip).or_default() += 1;
+                    }
+                    self.services.insert(change.name, after);
+                }
+                None => {
+                    self.services.remove(&change.name);
+                }
+            }
+        }
+    }
+
+    /// The endpoint addresses `changes` take out of every Service port (gone) and bring in
+    /// for the first time (fresh).
+    fn hairpin_changes(&self, changes: &[Change]) -> (Vec<IpAddr>, Vec<IpAddr>) {
+        let mut delta: BTreeMap<IpAddr, isize> = BTreeMap::new();
+        for change in changes {
+            for ip in change.before.iter().flat_map(|b| &b.1.hairpin) {
+                *delta.entry(*ip).or_default() -= 1;
+            }
+            for ip in change.after.iter().flat_map(|a| &a.1.hairpin) {
+                *delta.entry(*ip).or_default() += 1;
+            }
+        }
+        let (mut gone, mut fresh) = (Vec::new(), Vec::new());
+        for (ip, delta) in delta {
+            let count = self.hairpin.get(&ip).copied().unwrap_or(0) as isize;
+            if count > 0 && count + delta <= 0 {
+                gone.push(ip);
+            } else if count == 0 && delta > 0 {
+                fresh.push(ip);
+            }
+        }
+        (gone, fresh)
     }
 }
 
-impl crate::conntrack::Entries for Objects {
+/// One side of a list of changes, as the UDP flow cleanup reads entries.
+pub(crate) struct ChangeSide<'a> {
+    changes: &'a [Change],
+    after: bool,
+}
+
+impl<'a> ChangeSide<'a> {
+    /// The entries `changes` replaced.
+    pub(crate) fn before(changes: &'a [Change]) -> Self {
+        ChangeSide {
+            changes,
+            after: false,
+        }
+    }
+
+    /// The entries `changes` bring.
+    pub(crate) fn after(changes: &'a [Change]) -> Self {
+        ChangeSide {
+            changes,
+            after: true,
+        }
+    }
+
+    fn side(&self, change: &'a Change) -> Option<&'a ServiceEntry> {
+        let objects = if self.after {
+            &change.after
+        } else {
+            &change.before
+        };
+        objects.as_ref().map(|o| &o.0)
+    }
+}
+
+impl crate::conntrack::Entries for ChangeSide<'_> {
     fn entry(&self, name: &ServicePortName) -> Option<&ServiceEntry> {
-        self.services.get(name).map(|o| &o.0)
+        let change = self.changes.iter().find(|c| &c.name == name)?;
+        self.side(change)
     }
     fn entries(&self) -> Box<dyn Iterator<Item = (&ServicePortName, &ServiceEntry)> + '_> {
-        Box::new(self.services.iter().map(|(name, o)| (name, &o.0)))
+        Box::new(
+            self.changes
+                .iter()
+                .filter_map(|c| self.side(c).map(|e| (&c.name, e))),
+        )
     }
 }
 
@@ -484,7 +597,8 @@ struct ElementChanges {
     add: BTreeMap<&'static str, Vec<String>>,
 }
 
-/// The `nft -f` text taking the kernel from what `mode` says it holds to `objects`.
+/// The `nft -f` text taking the kernel to `objects` (Scratch, Repair), or from `objects` by
+/// the changes of a Delta.
 pub(crate) fn ruleset_text(objects: &Objects, mode: Mode<'_>, settings: &RuleSettings) -> String {
     let mut text = String::with_capacity(1024);
     let family = objects.family;
@@ -511,22 +625,10 @@ pub(crate) fn ruleset_text(objects: &Objects, mode: Mode<'_>, settings: &RuleSet
     // The Service ports to write: all of them, or the changed ones with their old objects.
     let empty = ServiceObjects::default();
     let changed: Vec<(&ServiceObjects, &ServiceObjects)> = match mode {
-        Mode::Delta(previous) => {
-            let mut changed = Vec::new();
-            for (name, now) in &objects.services {
-                match previous.services.get(name) {
-                    Some(before) if Arc::ptr_eq(before, now) => {}
-                    Some(before) => changed.push((&before.1, &now.1)),
-                    None => changed.push((&empty, &now.1)),
-                }
-            }
-            for (name, before) in &previous.services {
-                if !objects.services.contains_key(name) {
-                    changed.push((&before.1, &empty));
-                }
-            }
-            changed
-        }
+        Mode::Delta(changes) => changes
+            .iter()
+            .map(|c| (c.objects_before(&empty), c.objects_after(&empty)))
+            .collect(),
         _ => objects.services.values().map(|o| (&empty, &o.1)).collect(),
     };
     // Objects first (maps and sets before the chains whose rules use them), then the
@@ -588,25 +690,18 @@ pub(crate) fn ruleset_text(objects: &Objects, mode: Mode<'_>, settings: &RuleSet
     }
     let pair = |ip: &IpAddr| format!("{ip} . {ip}");
     match mode {
-        Mode::Delta(previous) => {
-            let gone = previous
-                .hairpin
-                .keys()
-                .filter(|ip| !objects.hairpin.contains_key(*ip));
+        Mode::Delta(changes) => {
+            let (gone, fresh) = objects.hairpin_changes(changes);
             elements
                 .delete
                 .entry(HAIRPIN_PAIRS)
                 .or_default()
-                .extend(gone.map(pair));
-            let fresh = objects
-                .hairpin
-                .keys()
-                .filter(|ip| !previous.hairpin.contains_key(*ip));
+                .extend(gone.iter().map(pair));
             elements
                 .add
                 .entry(HAIRPIN_PAIRS)
                 .or_default()
-                .extend(fresh.map(pair));
+                .extend(fresh.iter().map(pair));
         }
         _ => {
             elements
@@ -714,8 +809,9 @@ mod tests {
             &settings(),
             Family::V4,
         );
-        let after = Objects::build(&table(&["10.1.0.2:8080"], false), &settings(), Family::V4);
-        let delta = ruleset_text(&after, Mode::Delta(&before), &settings());
+        let changes = before.changes(&table(&["10.1.0.2:8080"], false), &settings());
+        assert_eq!(changes.len(), 1);
+        let delta = ruleset_text(&before, Mode::Delta(&changes), &settings());
         assert!(!delta.contains("add table"), "{delta}");
         assert!(delta.contains("flush map ip capstan svc-"), "{delta}");
         assert!(delta.contains("mod 1 map"), "{delta}");
@@ -724,10 +820,14 @@ mod tests {
             !delta.contains("service-ips"),
             "the dispatch element did not change: {delta}"
         );
-        assert_eq!(ruleset_text(&after, Mode::Delta(&after), &settings()), "");
+        let mut after = before.clone();
+        after.apply(changes);
+        let after_table = table(&["10.1.0.2:8080"], false);
+        assert!(after.changes(&after_table, &settings()).is_empty());
+        assert_eq!(ruleset_text(&after, Mode::Delta(&[]), &settings()), "");
         // Losing every endpoint: the Service port moves to the reject maps, its chain goes.
-        let empty = Objects::build(&table(&[], false), &settings(), Family::V4);
-        let delta = ruleset_text(&empty, Mode::Delta(&after), &settings());
+        let changes = after.changes(&table(&[], false), &settings());
+        let delta = ruleset_text(&after, Mode::Delta(&changes), &settings());
         assert!(delta.contains("delete element ip capstan service-ips { 10.96.0.10 . tcp . 80 }"));
         assert!(delta.contains("add element ip capstan no-endpoint-services"));
         let chain_delete = delta.find("delete chain").expect("chain deleted");
@@ -744,19 +844,31 @@ mod tests {
         let text = ruleset_text(&v6, Mode::Scratch, &settings());
         assert!(text.starts_with("add table ip6 capstan\ndelete table ip6 capstan\n"));
         assert!(text.contains("type ipv6_addr . inet_proto . inet_service : verdict"));
-        assert!(text.contains("service-ips { fd00:96::10 . tcp . 80 : goto svc-"), "{text}");
+        assert!(
+            text.contains("service-ips { fd00:96::10 . tcp . 80 : goto svc-"),
+            "{text}"
+        );
         assert!(text.contains("dnat ip6 addr . port to numgen random mod 1 map @svc-"));
         assert!(text.contains("{ 0 : fd00:1::2 . 8080 }"), "{text}");
         assert!(text.contains("ip6 daddr != ::1 jump nodeports"));
-        assert!(!text.contains("10.1.0.2") && !text.contains("10.96.0.10"), "{text}");
+        assert!(
+            !text.contains("10.1.0.2") && !text.contains("10.96.0.10"),
+            "{text}"
+        );
         let v4 = Objects::build(&dual, &settings(), Family::V4);
         let text = ruleset_text(&v4, Mode::Scratch, &settings());
         assert!(!text.contains("fd00"), "{text}");
         // An IPv4-only Service leaves the IPv6 table without entries.
         let v6 = Objects::build(&table(&["10.1.0.2:8080"], false), &settings(), Family::V6);
         let text = ruleset_text(&v6, Mode::Scratch, &settings());
-        assert!(!text.contains("add element ip6 capstan service-ips"), "{text}");
-        assert!(!text.contains("add element ip6 capstan service-nodeports"), "{text}");
+        assert!(
+            !text.contains("add element ip6 capstan service-ips"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("add element ip6 capstan service-nodeports"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! another table's DROP policy (an nftables accept is final only in its own table), so hosts
 //! whose forward policy drops (Docker's) need their own accept rules for the pod range.
 
-use crate::nft_ruleset::{ruleset_text, Family, Mode, Objects};
+use crate::nft_ruleset::{ruleset_text, ChangeSide, Family, Mode, Objects};
 use crate::rules::RuleSettings;
 use crate::{command, conntrack, CONNTRACK};
 use async_trait::async_trait;
@@ -103,8 +103,8 @@ impl NftablesProxy {
                 .build(previous)
                 .iter()
                 .map(|before| {
-                    let (objects, _) = before.update(table, &self.settings);
-                    ruleset_text(&objects, Mode::Delta(before), &self.settings)
+                    let changes = before.changes(table, &self.settings);
+                    ruleset_text(before, Mode::Delta(&changes), &self.settings)
                 })
                 .collect(),
         }
@@ -123,7 +123,12 @@ impl NftablesProxy {
     fn delete_tables_text(&self) -> String {
         self.families
             .iter()
-            .map(|f| format!("add table {table}\ndelete table {table}\n", table = f.table()))
+            .map(|f| {
+                format!(
+                    "add table {table}\ndelete table {table}\n",
+                    table = f.table()
+                )
+            })
             .collect()
     }
 }
@@ -132,43 +137,42 @@ impl NftablesProxy {
 impl ProxyBackend for NftablesProxy {
     async fn sync(&self, table: &ServiceTable) -> Result<(), ProxyError> {
         let mut applied = self.applied.lock().await;
-        let previous = applied.take();
-        let (objects, text) = match &previous {
-            None => {
-                let objects = self.build(table);
-                let text = self.scratch_text(&objects);
-                (objects, text)
-            }
-            Some(before) => {
-                let mut objects = Vec::with_capacity(before.len());
-                let mut text = String::new();
-                for before in before {
-                    let (now, changed) = before.update(table, &self.settings);
-                    // The periodic resync of an unchanged table repairs whatever was changed
-                    // behind the backend's back, keeping affinity sets' clients.
-                    let mode = if changed {
-                        Mode::Delta(before)
-                    } else {
-                        Mode::Repair
-                    };
-                    text.push_str(&ruleset_text(&now, mode, &self.settings));
-                    objects.push(now);
-                }
-                (objects, text)
-            }
+        let Some(mut held) = applied.take() else {
+            let objects = self.build(table);
+            self.apply(&self.scratch_text(&objects)).await?;
+            *applied = Some(objects);
+            return Ok(());
         };
+        let changes: Vec<_> = held
+            .iter()
+            .map(|objects| objects.changes(table, &self.settings))
+            .collect();
+        // The periodic resync of an unchanged table repairs whatever was changed behind the
+        // backend's back, keeping affinity sets' clients; a changed one writes only changes.
+        let repair = changes.iter().all(Vec::is_empty);
+        let mut text = String::new();
+        for (objects, changed) in held.iter().zip(&changes) {
+            let mode = if repair {
+                Mode::Repair
+            } else {
+                Mode::Delta(changed)
+            };
+            text.push_str(&ruleset_text(objects, mode, &self.settings));
+        }
         match self.apply(&text).await {
             Ok(()) => {
-                if let Some(before) = &previous {
-                    for (before, now) in before.iter().zip(&objects) {
-                        let stale = conntrack::stale_udp_flows(before, now);
-                        conntrack::delete(CONNTRACK, &stale).await;
-                    }
+                for (objects, changed) in held.iter_mut().zip(changes) {
+                    let stale = conntrack::stale_udp_flows(
+                        &ChangeSide::before(&changed),
+                        &ChangeSide::after(&changed),
+                    );
+                    conntrack::delete(CONNTRACK, &stale).await;
+                    objects.apply(changed);
                 }
-                *applied = Some(objects);
+                *applied = Some(held);
                 Ok(())
             }
-            Err(err) if previous.is_some() => {
+            Err(err) => {
                 // The kernel did not hold what was recorded (changed behind our back):
                 // rebuild the tables from scratch at once.
                 tracing::warn!(error = %err, "nftables delta failed; rebuilding the tables");
@@ -177,7 +181,6 @@ impl ProxyBackend for NftablesProxy {
                 *applied = Some(objects);
                 Ok(())
             }
-            Err(err) => Err(err),
         }
     }
 

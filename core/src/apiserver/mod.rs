@@ -249,9 +249,8 @@ impl ApiServerBuilder {
     /// `kube-system`, `kube-public` and `kube-node-lease` namespaces and the `kubernetes`
     /// Service.
     pub async fn build(self) -> Result<ApiServer, ApiError> {
-        let ranges = ServiceRanges::parse(&self.config.service_cidr).map_err(|err| {
-            ApiError::bad_request(format!("invalid service CIDR: {err}"))
-        })?;
+        let ranges = ServiceRanges::parse(&self.config.service_cidr)
+            .map_err(|err| ApiError::bad_request(format!("invalid service CIDR: {err}")))?;
         let services =
             ServiceAllocator::new(self.store.clone(), ranges, self.config.node_port_range);
         let storage = ObjectStorage::new(self.store);

@@ -131,7 +131,10 @@ impl IpFamily {
 /// Kubernetes does: `SingleStack` keeps one family; `PreferDualStack` adds the other family
 /// when the cluster is dual-stack; `RequireDualStack` needs a dual-stack cluster. A family
 /// the cluster has no range for is invalid.
-fn settle_ip_families(object: &mut Value, ranges: &ServiceRanges) -> Result<Vec<IpFamily>, ApiError> {
+fn settle_ip_families(
+    object: &mut Value,
+    ranges: &ServiceRanges,
+) -> Result<Vec<IpFamily>, ApiError> {
     let invalid = |cause: Cause| ApiError::invalid("Service", "", vec![cause]);
     let policy = object
         .pointer("/spec/ipFamilyPolicy")
@@ -146,13 +149,21 @@ fn settle_ip_families(object: &mut Value, ranges: &ServiceRanges) -> Result<Vec<
     for (i, family) in listed.iter().enumerate() {
         let field = format!("spec.ipFamilies[{i}]");
         let Some(parsed) = family.as_str().and_then(IpFamily::parse) else {
-            return Err(invalid(Cause::not_supported(field, family, &["IPv4", "IPv6"])));
+            return Err(invalid(Cause::not_supported(
+                field,
+                family,
+                &["IPv4", "IPv6"],
+            )));
         };
         if families.contains(&parsed) {
             return Err(invalid(Cause::duplicate(field, family)));
         }
         if ranges.of(parsed).is_none() {
-            return Err(invalid(Cause::invalid(field, family, "not configured on this cluster")));
+            return Err(invalid(Cause::invalid(
+                field,
+                family,
+                "not configured on this cluster",
+            )));
         }
         families.push(parsed);
     }
@@ -459,7 +470,10 @@ impl ServiceAllocator {
                 match self
                     .allocate_ip(
                         *family,
-                        requested.get(i).map(String::as_str).filter(|s| !s.is_empty()),
+                        requested
+                            .get(i)
+                            .map(String::as_str)
+                            .filter(|s| !s.is_empty()),
                         &field,
                     )
                     .await
@@ -598,9 +612,15 @@ mod tests {
             assert_ne!(ip.to_string(), cidr.first().to_string());
             assert!(seen.insert(ip), "{ip} handed out twice");
         }
-        assert!(a.allocate_ip(v4, None, "f").await.is_err(), "the range is full");
+        assert!(
+            a.allocate_ip(v4, None, "f").await.is_err(),
+            "the range is full"
+        );
         assert_eq!(
-            a.allocate_ip(v4, Some("10.96.0.1"), "f").await.unwrap().to_string(),
+            a.allocate_ip(v4, Some("10.96.0.1"), "f")
+                .await
+                .unwrap()
+                .to_string(),
             "10.96.0.1"
         );
         assert!(
@@ -628,8 +648,14 @@ mod tests {
         assert!(ranges("10.96.0.0/12").ipv6.is_none());
         let dual = ranges("10.96.0.0/12, fd00:10:96::/112");
         assert_eq!(dual.ipv6.unwrap().to_string(), "fd00:10:96::/112");
-        assert!(ServiceRanges::parse("fd00:10:96::/112").is_err(), "IPv4 first");
-        assert!(ServiceRanges::parse("10.96.0.0/12,fd00::/64").is_err(), "too large");
+        assert!(
+            ServiceRanges::parse("fd00:10:96::/112").is_err(),
+            "IPv4 first"
+        );
+        assert!(
+            ServiceRanges::parse("10.96.0.0/12,fd00::/64").is_err(),
+            "too large"
+        );
         assert!(ServiceRanges::parse("10.96.0.0/12,10.100.0.0/16").is_err());
         assert!(ServiceRanges::parse("10.96.0.0/12,fd00::/112,fd01::/112").is_err());
     }
@@ -656,19 +682,28 @@ mod tests {
         assert_eq!(made["spec"]["clusterIPs"].as_array().unwrap().len(), 1);
         let require = serde_json::json!({"ipFamilyPolicy": "RequireDualStack", "ports": ports});
         let err = create(&single, require.clone()).await.unwrap_err();
-        assert!(format!("{err:?}").contains("spec.ipFamilyPolicy"), "{err:?}");
+        assert!(
+            format!("{err:?}").contains("spec.ipFamilyPolicy"),
+            "{err:?}"
+        );
         let v6 = serde_json::json!({"ipFamilies": ["IPv6"], "ports": ports});
         let err = create(&single, v6.clone()).await.unwrap_err();
         assert!(format!("{err:?}").contains("spec.ipFamilies[0]"), "{err:?}");
         // Dual-stack: both families, in the order asked, from both ranges.
         let made = create(&dual, require).await.unwrap();
-        assert_eq!(made["spec"]["ipFamilies"], serde_json::json!(["IPv4", "IPv6"]));
+        assert_eq!(
+            made["spec"]["ipFamilies"],
+            serde_json::json!(["IPv4", "IPv6"])
+        );
         let ips: Vec<IpAddr> = serde_json::from_value(made["spec"]["clusterIPs"].clone()).unwrap();
         assert!(ips[0].is_ipv4() && ips[1].is_ipv6(), "{ips:?}");
         assert_eq!(made["spec"]["clusterIP"], made["spec"]["clusterIPs"][0]);
         let six_first = serde_json::json!({"ipFamilies": ["IPv6"], "ipFamilyPolicy": "PreferDualStack", "ports": ports});
         let made = create(&dual, six_first).await.unwrap();
-        assert_eq!(made["spec"]["ipFamilies"], serde_json::json!(["IPv6", "IPv4"]));
+        assert_eq!(
+            made["spec"]["ipFamilies"],
+            serde_json::json!(["IPv6", "IPv4"])
+        );
         let made = create(&dual, v6).await.unwrap();
         let ip: IpAddr = serde_json::from_value(made["spec"]["clusterIP"].clone()).unwrap();
         assert!(dual.ranges().ipv6.unwrap().contains(match ip {
@@ -676,14 +711,18 @@ mod tests {
             IpAddr::V4(_) => panic!("an IPv4 address for an IPv6 Service"),
         }));
         // A requested address of the wrong family, duplicates, and released addresses.
-        let wrong = serde_json::json!({"ipFamilies": ["IPv6"], "clusterIP": "10.96.0.9", "ports": ports});
+        let wrong =
+            serde_json::json!({"ipFamilies": ["IPv6"], "clusterIP": "10.96.0.9", "ports": ports});
         let err = create(&dual, wrong).await.unwrap_err();
         assert!(format!("{err:?}").contains("spec.clusterIPs[0]"), "{err:?}");
         let twice = serde_json::json!({"ipFamilies": ["IPv4", "IPv4"], "ipFamilyPolicy": "RequireDualStack", "ports": ports});
         assert!(create(&dual, twice).await.is_err());
         let pinned = serde_json::json!({"ipFamilyPolicy": "RequireDualStack", "clusterIPs": ["10.96.0.20", "fd00:96::20"], "ports": ports});
         let made = create(&dual, pinned.clone()).await.unwrap();
-        assert!(create(&dual, pinned.clone()).await.is_err(), "already allocated");
+        assert!(
+            create(&dual, pinned.clone()).await.is_err(),
+            "already allocated"
+        );
         dual.release_for(&made).await.unwrap();
         create(&dual, pinned).await.unwrap();
         // Headless Services get no address of either family.

@@ -108,7 +108,16 @@ impl Topology {
         ip(&["-n", &host, "link", "set", "svcsink", "up"])?;
         ip(&["-n", &host, "link", "set", "svcsink1", "up"])?;
         ip(&["-n", &host, "route", "add", SERVICE_CIDR, "dev", "svcsink"])?;
-        ip(&["-n", &host, "-6", "route", "add", SERVICE_CIDR_V6, "dev", "svcsink"])?;
+        ip(&[
+            "-n",
+            &host,
+            "-6",
+            "route",
+            "add",
+            SERVICE_CIDR_V6,
+            "dev",
+            "svcsink",
+        ])?;
         let client = topology.client.clone();
         ip(&["netns", "add", &client])?;
         link(
@@ -270,7 +279,16 @@ fn link(
     ip(&["-n", other, "link", "set", "lo", "up"])?;
     let (gateway, gateway_v6) = (host_ips.0.to_string(), host_ips.1.to_string());
     ip(&["-n", other, "route", "add", "default", "via", &gateway])?;
-    ip(&["-n", other, "-6", "route", "add", "default", "via", &gateway_v6])
+    ip(&[
+        "-n",
+        other,
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &gateway_v6,
+    ])
 }
 
 /// Runs `work` on a new thread moved into network namespace `name`.
@@ -352,7 +370,10 @@ where
             for ip in [DUAL_V4, DUAL_V6, EMPTY_V6] {
                 let prefix = if ip.contains(':') { 128 } else { 32 };
                 let address = format!("{ip}/{prefix}");
-                ip_in(&topology.host, &["addr", "add", &address, "dev", "lo", "nodad"])?;
+                ip_in(
+                    &topology.host,
+                    &["addr", "add", &address, "dev", "lo", "nodad"],
+                )?;
             }
         }
     }
@@ -384,12 +405,17 @@ where
         // A dual-stack Service: both families' endpoints, each cluster IP served by its own.
         let v6 = |port| (0..3).map(move |i| SocketAddr::new(IpAddr::V6(pod_ip6(i)), port));
         let mut dual = entry(DUAL_V4, 80, Some(30090), tcp.clone());
-        dual.cluster_ips.push(DUAL_V6.parse().expect("a literal address"));
+        dual.cluster_ips
+            .push(DUAL_V6.parse().expect("a literal address"));
         dual.endpoints.extend(v6(POD_TCP_PORT));
         dual.endpoints.sort();
-        table.services.insert(port_name("dual", Protocol::Tcp), dual);
+        table
+            .services
+            .insert(port_name("dual", Protocol::Tcp), dual);
         let dual_udp = entry(DUAL_V6, 53, None, v6(POD_UDP_PORT).collect());
-        table.services.insert(port_name("dual", Protocol::Udp), dual_udp);
+        table
+            .services
+            .insert(port_name("dual", Protocol::Udp), dual_udp);
         table.services.insert(
             port_name("empty6", Protocol::Tcp),
             entry(EMPTY_V6, 80, None, vec![]),
@@ -497,7 +523,9 @@ fn spread(topology: &Topology, to: SocketAddr, n: usize) -> Result<(), String> {
 fn refused_fast(topology: &Topology, to: SocketAddr) -> Result<(), String> {
     let began = Instant::now();
     if let Ok(reply) = topology.tcp_from_client(to, Duration::from_secs(5)) {
-        return Err(format!("a Service without endpoints answered {reply:?} at {to}"));
+        return Err(format!(
+            "a Service without endpoints answered {reply:?} at {to}"
+        ));
     }
     if began.elapsed() > Duration::from_secs(1) {
         return Err(format!(

@@ -111,21 +111,33 @@ pub fn apply_defaults(kind: &ResourceKind, object: &mut Value) {
                 // The families of the addresses asked for, else IPv4 (the primary family).
                 let asked: Vec<&str> = match spec.get("clusterIPs").and_then(Value::as_array) {
                     Some(ips) if !ips.is_empty() => ips.iter().filter_map(Value::as_str).collect(),
-                    _ => spec.get("clusterIP").and_then(Value::as_str).into_iter().collect(),
+                    _ => spec
+                        .get("clusterIP")
+                        .and_then(Value::as_str)
+                        .into_iter()
+                        .collect(),
                 };
                 let families: Vec<&str> = asked
                     .iter()
                     .filter_map(|ip| ip.parse::<std::net::IpAddr>().ok())
                     .map(|ip| if ip.is_ipv6() { "IPv6" } else { "IPv4" })
                     .collect();
-                let families = if families.is_empty() { vec!["IPv4"] } else { families };
+                let families = if families.is_empty() {
+                    vec!["IPv4"]
+                } else {
+                    families
+                };
                 set_default(spec, "ipFamilies", json!(families));
                 // Two families (or two addresses) asked for mean dual-stack, as in Kubernetes.
                 let two = spec
                     .get("ipFamilies")
                     .and_then(Value::as_array)
                     .is_some_and(|f| f.len() > 1);
-                let policy = if two { "RequireDualStack" } else { "SingleStack" };
+                let policy = if two {
+                    "RequireDualStack"
+                } else {
+                    "SingleStack"
+                };
                 set_default(spec, "ipFamilyPolicy", json!(policy));
                 set_default(spec, "internalTrafficPolicy", json!("Cluster"));
             }

@@ -3,6 +3,7 @@
 //! share one store and one of each works.
 
 use crate::cli::ControlPlaneArgs;
+use capstan_core::apiserver::ServiceRanges;
 use capstan_core::apiserver::{
     serve_tls, ApiConfig, ApiServer, AuditLog, TlsServing, CONTROLLER_MANAGER_LEASE,
     SCHEDULER_LEASE,
@@ -14,7 +15,6 @@ use capstan_core::authn::{
 use capstan_core::authz::{
     NodeAuthorizer, NodeRestriction, RbacAuthorizer, RbacEscalationCheck, MASTERS_GROUP,
 };
-use capstan_core::apiserver::ServiceRanges;
 use capstan_core::cidr::Ipv4Cidr;
 use capstan_core::controller::{
     ControllerManager, ControllerManagerConfig, LeaderElectionConfig, NodeIpamConfig,
