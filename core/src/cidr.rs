@@ -119,6 +119,11 @@ impl Ipv6Cidr {
         1u128 << (128 - self.prefix)
     }
 
+    /// The network address (`fd00:10:96::` of `fd00:10:96::/112`).
+    pub fn network(&self) -> Ipv6Addr {
+        Ipv6Addr::from(self.base)
+    }
+
     /// The prefix length (`112` of `fd00:10:96::/112`).
     pub fn prefix(&self) -> u8 {
         self.prefix
@@ -149,6 +154,36 @@ impl Ipv6Cidr {
 impl std::fmt::Display for Ipv6Cidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", Ipv6Addr::from(self.base), self.prefix)
+    }
+}
+
+/// A range of either family (a blackholed range, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpCidr {
+    /// An IPv4 range.
+    V4(Ipv4Cidr),
+    /// An IPv6 range.
+    V6(Ipv6Cidr),
+}
+
+impl From<Ipv4Cidr> for IpCidr {
+    fn from(cidr: Ipv4Cidr) -> Self {
+        IpCidr::V4(cidr)
+    }
+}
+
+impl From<Ipv6Cidr> for IpCidr {
+    fn from(cidr: Ipv6Cidr) -> Self {
+        IpCidr::V6(cidr)
+    }
+}
+
+impl std::fmt::Display for IpCidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IpCidr::V4(cidr) => cidr.fmt(f),
+            IpCidr::V6(cidr) => cidr.fmt(f),
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! Endpoints and EndpointSlices, node lifecycle and taint eviction, leader election, events,
 //! informers, and a proptest that a ReplicaSet converges under random deletions.
 
-use capstan_core::apiserver::ApiServer;
+use capstan_core::apiserver::{ApiConfig, ApiServer};
 use capstan_core::controller::{
     ControllerContext, ControllerManager, ControllerManagerConfig, EventType, InformerFactory,
     LeaderElectionConfig, LeaderElector, NodeLifecycleConfig, ObjectKey,
@@ -48,7 +48,12 @@ async fn cluster() -> Cluster {
 }
 
 async fn cluster_with(config: ControllerManagerConfig) -> Cluster {
+    cluster_on(ApiConfig::default(), config).await
+}
+
+async fn cluster_on(api: ApiConfig, config: ControllerManagerConfig) -> Cluster {
     let server = ApiServer::builder(Arc::new(MemoryStore::default()))
+        .config(api)
         .build()
         .await
         .unwrap();
@@ -64,7 +69,8 @@ async fn cluster_with(config: ControllerManagerConfig) -> Cluster {
     }
 }
 
-/// Binds, runs and finishes pods as a scheduler plus kubelet would, without containers.
+/// Binds, runs and finishes pods as a scheduler plus kubelet would, without containers. Pods
+/// get an IPv4 and an IPv6 address (`status.podIPs`), as on a dual-stack node.
 async fn simulated_kubelet(client: kube::Client, stop: CancellationToken) {
     let all: Api<Pod> = Api::all(client.clone());
     let mut events = watcher(all, watcher::Config::default()).boxed();
@@ -123,8 +129,9 @@ async fn simulated_kubelet(client: kube::Client, stop: CancellationToken) {
                     format!("10.244.{}.{}", n / 250, n % 250 + 2)
                 });
             let ready = if want_ready { "True" } else { "False" };
+            let ip6 = format!("fd00:244::{}", ip.rsplit('.').next().unwrap_or("1"));
             let status = json!({"status": {
-                "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}, {"ip": ip6}],
                 "conditions": [
                     {"type": "PodScheduled", "status": "True"},
                     {"type": "Ready", "status": ready, "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()},
@@ -1416,4 +1423,92 @@ async fn an_agent_waits_for_its_pod_cidr_from_node_ipam() {
             .await
             .expect_err("nobody hands out subnets");
     assert!(err.to_string().contains("node IPAM"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_services_get_an_address_and_slices_per_family() {
+    let api_config = ApiConfig {
+        service_cidr: "10.96.0.0/16,fd00:10:96::/112".into(),
+        ..ApiConfig::default()
+    };
+    let c = cluster_on(api_config, ControllerManagerConfig::default()).await;
+    let services: Api<Service> = api(&c);
+    let service = |name: &str, policy: &str| -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {
+            "selector": {"app": "dual"}, "ipFamilyPolicy": policy,
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))
+        .unwrap()
+    };
+    let dual = services
+        .create(&PostParams::default(), &service("dual", "RequireDualStack"))
+        .await
+        .unwrap();
+    let spec = dual.spec.clone().unwrap();
+    assert_eq!(spec.ip_families.unwrap(), ["IPv4", "IPv6"]);
+    let ips = spec.cluster_ips.unwrap();
+    assert_eq!(ips.len(), 2, "{ips:?}");
+    assert!(
+        ips[0].starts_with("10.96.") && ips[1].starts_with("fd00:10:96::"),
+        "{ips:?}"
+    );
+    let single = services
+        .create(&PostParams::default(), &service("single", "SingleStack"))
+        .await
+        .unwrap();
+    assert_eq!(single.spec.unwrap().cluster_ips.unwrap().len(), 1);
+    for name in ["a", "b"] {
+        let pod: Pod = serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": {"app": "dual"}},
+            "spec": {"containers": [{"name": "c", "image": "web:1"}]}}),
+        )
+        .unwrap();
+        api::<Pod>(&c)
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap();
+    }
+    let slices: Api<EndpointSlice> = api(&c);
+    let of = |service: &'static str| {
+        let slices = slices.clone();
+        async move {
+            let selector = format!("kubernetes.io/service-name={service}");
+            let mut list = slices
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .ok()?
+                .items;
+            list.sort_by(|a, b| a.address_type.cmp(&b.address_type));
+            Some(list)
+        }
+    };
+    let dual_slices = eventually(20, "an IPv4 and an IPv6 slice of 2 endpoints", || async {
+        let list = of("dual").await?;
+        let types: Vec<&str> = list.iter().map(|s| s.address_type.as_str()).collect();
+        let full = list.iter().all(|s| s.endpoints.len() == 2);
+        (types == ["IPv4", "IPv6"] && full).then_some(list)
+    })
+    .await;
+    for slice in &dual_slices {
+        for endpoint in &slice.endpoints {
+            let v6 = endpoint.addresses[0].contains(':');
+            assert_eq!(v6, slice.address_type == "IPv6", "{endpoint:?}");
+        }
+    }
+    let single_slices = eventually(20, "the single-stack Service's IPv4 slice", || async {
+        let list = of("single").await?;
+        (list.len() == 1 && list[0].endpoints.len() == 2).then_some(list)
+    })
+    .await;
+    assert_eq!(single_slices[0].address_type, "IPv4");
+    // The proxy's view: both cluster IPs, each family's endpoints.
+    let dual = services.get("dual").await.unwrap();
+    let table = capstan_core::proxy::ServiceTable::build([&dual], dual_slices.iter());
+    let entry = table
+        .services
+        .values()
+        .next()
+        .expect("the dual Service's port");
+    assert_eq!(entry.cluster_ips.len(), 2);
+    let v6 = entry.endpoints.iter().filter(|e| e.is_ipv6()).count();
+    assert_eq!((entry.endpoints.len(), v6), (4, 2), "{entry:?}");
 }

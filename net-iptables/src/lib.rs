@@ -9,7 +9,8 @@
 //! back. IPv4 only: IPv6 cluster IPs and endpoints are skipped. After a sync, UDP flows to
 //! removed endpoints are deleted from connection tracking (the `conntrack` tool).
 //!
-//! [`NftablesProxy`] is the same contract on nftables: its own table, map lookups, and
+//! [`NftablesProxy`] is the same contract on nftables: its own tables (IPv4, and IPv6 where
+//! the host has it, so dual-stack Services answer on both cluster IPs), map lookups, and
 //! incremental transactions that stay fast with thousands of Services.
 //!
 //! It also has [`NetlinkRoutes`], the host-gw pod network's

@@ -7,7 +7,7 @@
 //! routes land in the network namespace of the calling thread.
 
 use async_trait::async_trait;
-use capstan_core::cidr::Ipv4Cidr;
+use capstan_core::cidr::{IpCidr, Ipv4Cidr, Ipv6Cidr};
 use capstan_core::pod_network::{HostRoutes, RouteBackend, RouteError};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::route::{
@@ -15,13 +15,14 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The routing protocol number marking Capstan's routes.
 pub const ROUTE_PROTOCOL: u8 = 201;
 
-/// One route as this backend sees it: destination, and the gateway (`None`: blackhole).
-type RouteKey = (Ipv4Cidr, Option<Ipv4Addr>);
+/// One route as this backend sees it: destination, and the gateway (`None`: blackhole; pod
+/// subnets are IPv4, blackholes of either family).
+type RouteKey = (IpCidr, Option<Ipv4Addr>);
 
 /// Programs pod-network routes with rtnetlink.
 #[derive(Debug, Clone, Default)]
@@ -50,13 +51,22 @@ fn connect() -> Result<Handle, RouteError> {
 }
 
 fn message(key: &RouteKey) -> RouteMessage {
-    let (destination, gateway) = key;
-    let builder = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(destination.network(), destination.prefix())
-        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
-    match gateway {
-        Some(gateway) => builder.gateway(*gateway).build(),
-        None => builder.kind(RouteType::BlackHole).build(),
+    let protocol = RouteProtocol::Other(ROUTE_PROTOCOL);
+    match key {
+        (IpCidr::V4(destination), gateway) => {
+            let builder = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(destination.network(), destination.prefix())
+                .protocol(protocol);
+            match gateway {
+                Some(gateway) => builder.gateway(*gateway).build(),
+                None => builder.kind(RouteType::BlackHole).build(),
+            }
+        }
+        (IpCidr::V6(destination), _) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(destination.network(), destination.prefix())
+            .protocol(protocol)
+            .kind(RouteType::BlackHole)
+            .build(),
     }
 }
 
@@ -76,17 +86,20 @@ fn owned_key(route: &RouteMessage) -> Option<RouteKey> {
     }
     let mut destination = None;
     let mut gateway = None;
+    let prefix = route.header.destination_prefix_length;
     for attribute in &route.attributes {
         match attribute {
-            RouteAttribute::Destination(RouteAddress::Inet(ip)) => destination = Some(*ip),
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
+                destination = Ipv4Cidr::parse(&format!("{ip}/{prefix}")).map(IpCidr::V4)
+            }
+            RouteAttribute::Destination(RouteAddress::Inet6(ip)) => {
+                destination = Ipv6Cidr::parse(&format!("{ip}/{prefix}")).map(IpCidr::V6)
+            }
             RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
             _ => {}
         }
     }
-    let cidr = Ipv4Cidr::parse(&format!(
-        "{}/{}",
-        destination?, route.header.destination_prefix_length
-    ))?;
+    let cidr = destination?;
     match route.header.kind {
         RouteType::BlackHole => Some((cidr, None)),
         RouteType::Unicast => Some((cidr, gateway)),
@@ -95,13 +108,24 @@ fn owned_key(route: &RouteMessage) -> Option<RouteKey> {
 }
 
 async fn owned_routes(handle: &Handle) -> Result<Vec<(RouteKey, RouteMessage)>, RouteError> {
-    let routes: Vec<RouteMessage> = handle
+    let mut routes: Vec<RouteMessage> = handle
         .route()
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
         .execute()
         .try_collect()
         .await
         .map_err(|e| netlink_error("list routes", e))?;
+    // A host without IPv6 has no IPv6 routes to list.
+    if std::path::Path::new("/proc/net/if_inet6").exists() {
+        let v6: Vec<RouteMessage> = handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| netlink_error("list IPv6 routes", e))?;
+        routes.extend(v6);
+    }
     Ok(routes
         .into_iter()
         .filter_map(|r| owned_key(&r).map(|k| (k, r)))
@@ -112,7 +136,7 @@ fn desired_keys(desired: &HostRoutes) -> BTreeSet<RouteKey> {
     desired
         .routes
         .iter()
-        .map(|r| (r.destination, Some(r.gateway)))
+        .map(|r| (IpCidr::V4(r.destination), Some(r.gateway)))
         .chain(desired.blackholes.iter().map(|b| (*b, None)))
         .collect()
 }

@@ -6,7 +6,7 @@
 //! leaves host A's table as it was.
 
 use capstan_core::apiserver::ApiServer;
-use capstan_core::cidr::Ipv4Cidr;
+use capstan_core::cidr::{IpCidr, Ipv4Cidr, Ipv6Cidr};
 use capstan_core::controller::InformerFactory;
 use capstan_core::pod_network::{HostRoutes, PodNetwork, PodNetworkConfig, RouteBackend};
 use capstan_core::proxy::testkit::{in_namespace, network_namespaces_available};
@@ -29,7 +29,9 @@ fn blackholed(host: &str, address: &str) -> bool {
         .args(["-n", host, "route", "get", address])
         .output()
         .expect("ip");
-    !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Invalid argument")
+    // IPv4 refuses to route into a blackhole; IPv6 names the blackhole route.
+    (!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Invalid argument"))
+        || String::from_utf8_lossy(&out.stdout).starts_with("blackhole")
 }
 
 fn ip(args: &[&str]) -> String {
@@ -171,11 +173,14 @@ fn block_on<T>(work: impl std::future::Future<Output = T>) -> T {
         .block_on(work)
 }
 
-fn blackholes() -> Vec<Ipv4Cidr> {
-    ["10.244.0.0/16", "10.96.0.0/12"]
+/// The cluster and service ranges, and a dual-stack cluster's IPv6 service range.
+fn blackholes() -> Vec<IpCidr> {
+    let mut ranges: Vec<IpCidr> = ["10.244.0.0/16", "10.96.0.0/12"]
         .iter()
-        .map(|c| Ipv4Cidr::parse(c).expect("cidr"))
-        .collect()
+        .map(|c| Ipv4Cidr::parse(c).expect("cidr").into())
+        .collect();
+    ranges.push(Ipv6Cidr::parse("fd00:10:96::/112").expect("cidr").into());
+    ranges
 }
 
 #[test]
@@ -188,6 +193,7 @@ fn pods_on_two_hosts_reach_each_other_through_host_gw_routes() {
     let before = connect_from(hosts.pod_a(), POD_B);
     assert!(before.is_err(), "no route yet, yet A reached B: {before:?}");
     let table_before = ip(&["-n", hosts.host_a(), "route", "show"]);
+    let table_before_v6 = ip(&["-n", hosts.host_a(), "-6", "route", "show"]);
 
     // Host B: programmed straight from the Nodes.
     let nodes = [
@@ -234,13 +240,15 @@ fn pods_on_two_hosts_reach_each_other_through_host_gw_routes() {
             );
             assert!(ours.contains("blackhole 10.244.0.0/16"), "{ours}");
             assert!(ours.contains("blackhole 10.96.0.0/12"), "{ours}");
+            let ours_v6 = ip(&["-n", &host_a, "-6", "route", "show", "proto", "201"]);
+            assert!(ours_v6.contains("blackhole fd00:10:96::/112"), "{ours_v6}");
             assert_eq!(
                 connect_from(&pod_a, POD_B).as_deref(),
                 Ok("pod-b"),
                 "a pod on host A reaches a pod on host B by pod IP"
             );
             // Addresses nobody owns go nowhere.
-            for nowhere in ["10.244.77.7", "10.96.0.10"] {
+            for nowhere in ["10.244.77.7", "10.96.0.10", "fd00:10:96::a"] {
                 assert!(blackholed(&host_a, nowhere), "{nowhere} is blackholed");
             }
             assert!(
@@ -285,4 +293,6 @@ fn pods_on_two_hosts_reach_each_other_through_host_gw_routes() {
         table_after, table_before,
         "cleanup removes exactly our routes"
     );
+    let table_after_v6 = ip(&["-n", hosts.host_a(), "-6", "route", "show"]);
+    assert_eq!(table_after_v6, table_before_v6, "and our IPv6 blackhole");
 }

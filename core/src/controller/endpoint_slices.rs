@@ -98,9 +98,9 @@ impl EndpointSliceController {
     }
 }
 
-fn endpoint(e: &PodEndpoint) -> Endpoint {
+fn endpoint(e: &PodEndpoint, address: &str) -> Endpoint {
     Endpoint {
-        addresses: vec![e.ip.clone()],
+        addresses: vec![address.to_string()],
         conditions: Some(EndpointConditions {
             ready: Some(e.ready),
             serving: Some(e.serving),
@@ -113,13 +113,43 @@ fn endpoint(e: &PodEndpoint) -> Endpoint {
     }
 }
 
-/// The slices' contents: (ports, endpoints) per slice.
-fn desired_slices(endpoints: &[PodEndpoint]) -> Vec<(Vec<EndpointPort>, Vec<Endpoint>)> {
+/// The address families a Service's slices carry (`spec.ipFamilies`, IPv4 by default), as
+/// slice address types.
+fn address_types(service: &Service) -> Vec<&'static str> {
+    let families = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ip_families.clone())
+        .unwrap_or_default();
+    let mut types: Vec<&'static str> = families
+        .iter()
+        .map(|f| if f == "IPv6" { "IPv6" } else { "IPv4" })
+        .collect();
+    types.dedup();
+    if types.is_empty() {
+        types.push("IPv4");
+    }
+    types
+}
+
+/// The slices' contents for one address type: (ports, endpoints) per slice, each pod at its
+/// address of that family (pods without one are left out).
+fn desired_slices(
+    endpoints: &[PodEndpoint],
+    address_type: &str,
+) -> Vec<(Vec<EndpointPort>, Vec<Endpoint>)> {
     let mut groups: BTreeMap<Vec<ServedPort>, Vec<Endpoint>> = BTreeMap::new();
     for e in endpoints {
+        let Some(address) = e
+            .ips
+            .iter()
+            .find(|ip| ip.contains(':') == (address_type == "IPv6"))
+        else {
+            continue;
+        };
         let mut ports = e.ports.clone();
         ports.sort();
-        groups.entry(ports).or_default().push(endpoint(e));
+        groups.entry(ports).or_default().push(endpoint(e, address));
     }
     let mut slices = Vec::new();
     for (ports, endpoints) in groups {
@@ -168,11 +198,18 @@ impl Reconciler for EndpointSliceController {
             self.slices.by_index(BY_SERVICE, &key.to_string());
         existing.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         let service = self.services.get(key);
-        let wanted = match &service {
+        let wanted: Vec<(&str, Vec<EndpointPort>, Vec<Endpoint>)> = match &service {
             Some(service) => {
                 let pods = self.pods.in_namespace(namespace);
                 match service_endpoints(service, &pods) {
-                    Some(endpoints) => desired_slices(&endpoints),
+                    Some(endpoints) => address_types(service)
+                        .into_iter()
+                        .flat_map(|family| {
+                            desired_slices(&endpoints, family)
+                                .into_iter()
+                                .map(move |(ports, endpoints)| (family, ports, endpoints))
+                        })
+                        .collect(),
                     None => Vec::new(),
                 }
             }
@@ -201,7 +238,8 @@ impl Reconciler for EndpointSliceController {
             controller: Some(true),
             block_owner_deletion: Some(true),
         };
-        // A Service with no selected endpoints still gets one (empty) slice.
+        // A Service with no selected endpoints still gets one (empty) slice, of its first
+        // family.
         let wanted = if wanted.is_empty()
             && service
                 .spec
@@ -209,13 +247,13 @@ impl Reconciler for EndpointSliceController {
                 .and_then(|s| s.selector.as_ref())
                 .is_some_and(|s| !s.is_empty())
         {
-            vec![(Vec::new(), Vec::new())]
+            vec![(address_types(&service)[0], Vec::new(), Vec::new())]
         } else {
             wanted
         };
         let uid = service.metadata.uid.clone().unwrap_or_default();
         let mut kept = Vec::new();
-        for (index, (ports, endpoints)) in wanted.into_iter().enumerate() {
+        for (index, (address_type, ports, endpoints)) in wanted.into_iter().enumerate() {
             let name = slice_name(&key.name, &uid, index);
             let mut slice = EndpointSlice {
                 metadata: kube::api::ObjectMeta {
@@ -225,7 +263,7 @@ impl Reconciler for EndpointSliceController {
                     owner_references: Some(vec![owner.clone()]),
                     ..Default::default()
                 },
-                address_type: "IPv4".into(),
+                address_type: address_type.into(),
                 endpoints,
                 ports: Some(ports),
             };
@@ -235,6 +273,7 @@ impl Reconciler for EndpointSliceController {
                 .find(|s| s.metadata.name.as_deref() == Some(name.as_str()));
             if let Some(current) = current {
                 let same = current.endpoints == slice.endpoints
+                    && current.address_type == slice.address_type
                     && current.ports.clone().unwrap_or_default()
                         == slice.ports.clone().unwrap_or_default()
                     && current.metadata.labels == slice.metadata.labels;

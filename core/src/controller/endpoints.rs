@@ -24,7 +24,10 @@ pub(crate) type ServedPort = (Option<String>, i32, String, Option<String>);
 #[derive(Debug, Clone)]
 pub(crate) struct PodEndpoint {
     pub pod: Arc<Pod>,
+    /// The pod's primary IP (`status.podIP`).
     pub ip: String,
+    /// Every IP of the pod, one per family (`status.podIPs`, else the primary one).
+    pub ips: Vec<String>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -72,6 +75,15 @@ pub(crate) fn service_endpoints(service: &Service, pods: &[Arc<Pod>]) -> Option<
         else {
             continue;
         };
+        let mut ips: Vec<String> = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ips.as_ref())
+            .map(|listed| listed.iter().map(|p| p.ip.clone()).collect())
+            .unwrap_or_default();
+        if !ips.contains(&ip) {
+            ips.insert(0, ip.clone());
+        }
         let terminating = pod.metadata.deletion_timestamp.is_some();
         let serving = pod_facts::is_ready(pod) || publish_not_ready;
         let ports = spec
@@ -95,6 +107,7 @@ pub(crate) fn service_endpoints(service: &Service, pods: &[Arc<Pod>]) -> Option<
             pod: pod.clone(),
             hostname,
             ip,
+            ips,
             ready: serving && !terminating,
             serving,
             terminating,

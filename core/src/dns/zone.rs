@@ -336,4 +336,28 @@ mod tests {
         let empty = ask("web.default.svc.cluster.local", RecordType::AAAA);
         assert!(empty.exists && empty.answers.is_empty());
     }
+
+    #[test]
+    fn a_dual_stack_service_answers_a_and_aaaa() {
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": "dual", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20", "fd00:10:96::20"],
+                "ipFamilies": ["IPv4", "IPv6"], "ports": [{"port": 80}]}}))
+        .unwrap();
+        let zone = ClusterZone::build("cluster.local", &[service], &[]);
+        let name = Name::from_ascii("dual.default.svc.cluster.local").unwrap();
+        let answers = |record_type| -> Vec<String> {
+            zone.lookup(&name, record_type)
+                .answers
+                .iter()
+                .map(|r| match r.data() {
+                    RData::A(a) => a.0.to_string(),
+                    RData::AAAA(aaaa) => aaaa.0.to_string(),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(answers(RecordType::A), ["10.96.0.20"]);
+        assert_eq!(answers(RecordType::AAAA), ["fd00:10:96::20"]);
+    }
 }

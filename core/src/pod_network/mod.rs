@@ -14,7 +14,7 @@ mod runner;
 
 pub use runner::{PodNetwork, PodNetworkConfig, RunningPodNetwork};
 
-use crate::cidr::Ipv4Cidr;
+use crate::cidr::{IpCidr, Ipv4Cidr};
 use k8s_openapi::api::core::v1::Node;
 use std::net::Ipv4Addr;
 
@@ -35,7 +35,7 @@ pub struct HostRoutes {
     /// Routes to the other nodes' pod subnets, sorted.
     pub routes: Vec<PodRoute>,
     /// Ranges routed nowhere (blackhole routes), sorted.
-    pub blackholes: Vec<Ipv4Cidr>,
+    pub blackholes: Vec<IpCidr>,
 }
 
 fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
@@ -64,7 +64,7 @@ impl HostRoutes {
     pub fn build<'a>(
         nodes: impl IntoIterator<Item = &'a Node>,
         local_node: &str,
-        blackholes: &[Ipv4Cidr],
+        blackholes: &[IpCidr],
     ) -> Self {
         let mut routes: Vec<PodRoute> = nodes
             .into_iter()
@@ -145,8 +145,8 @@ mod tests {
             node("f", Some("10.244.2.0/24"), "10.0.0.6"),
         ];
         let blackholes = [
-            Ipv4Cidr::parse("10.96.0.0/12").unwrap(),
-            Ipv4Cidr::parse("10.244.0.0/16").unwrap(),
+            Ipv4Cidr::parse("10.96.0.0/12").unwrap().into(),
+            Ipv4Cidr::parse("10.244.0.0/16").unwrap().into(),
         ];
         let host = HostRoutes::build(&nodes, "a", &blackholes);
         let described: Vec<String> = host

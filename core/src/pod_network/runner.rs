@@ -3,7 +3,7 @@
 //! every `sync_period` (repairing routes changed behind its back).
 
 use super::{HostRoutes, RouteBackend};
-use crate::cidr::Ipv4Cidr;
+use crate::cidr::IpCidr;
 use crate::controller::InformerFactory;
 use k8s_openapi::api::core::v1::Node;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ pub struct PodNetworkConfig {
     /// This host's node (it needs no route to its own subnet).
     pub node_name: String,
     /// Ranges to blackhole: the cluster pod CIDR and the service CIDR.
-    pub blackholes: Vec<Ipv4Cidr>,
+    pub blackholes: Vec<IpCidr>,
     /// The longest time between two full syncs.
     pub sync_period: Duration,
     /// The wait before retrying a failed sync.
@@ -27,7 +27,7 @@ pub struct PodNetworkConfig {
 
 impl PodNetworkConfig {
     /// Settings for `node_name` blackholing `blackholes`, syncing every 30 s.
-    pub fn new(node_name: &str, blackholes: Vec<Ipv4Cidr>) -> Self {
+    pub fn new(node_name: &str, blackholes: Vec<IpCidr>) -> Self {
         PodNetworkConfig {
             node_name: node_name.to_string(),
             blackholes,

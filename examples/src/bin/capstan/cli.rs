@@ -86,7 +86,8 @@ pub struct ControlPlaneArgs {
         default_value = "http://127.0.0.1:2379"
     )]
     pub etcd_endpoints: Vec<String>,
-    /// Cluster IPs of Services come from this range.
+    /// Cluster IPs of Services come from this range; an IPv4 CIDR, and for dual-stack
+    /// Services a comma and an IPv6 CIDR of /108 or longer (`10.96.0.0/12,fd00:10:96::/112`).
     #[arg(long, env = "CAPSTAN_SERVICE_CIDR", default_value = "10.96.0.0/12")]
     pub service_cidr: String,
     /// Pod subnets of nodes come from this range.
@@ -256,7 +257,7 @@ pub struct AgentArgs {
     /// The cluster's pod range (masquerade decisions, forwarding, blackholes).
     #[arg(long, env = "CAPSTAN_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
     pub cluster_cidr: String,
-    /// The cluster's service range (blackholed).
+    /// The cluster's service ranges (blackholed), as given to the server.
     #[arg(long, env = "CAPSTAN_SERVICE_CIDR", default_value = "10.96.0.0/12")]
     pub service_cidr: String,
 }

@@ -4,7 +4,7 @@
 
 use crate::cli::{NodeArgs, PodNetworkMode, ProxyMode, RuntimeChoice};
 use capstan_core::apiserver::ServiceRanges;
-use capstan_core::cidr::Ipv4Cidr;
+use capstan_core::cidr::{IpCidr, Ipv4Cidr};
 use capstan_core::controller::InformerFactory;
 use capstan_core::dns::{ClusterDns, DnsConfig, RunningDns};
 use capstan_core::node::{NodeAgent, NodeConfig, RunningNode};
@@ -156,7 +156,8 @@ async fn open_pod_network(
     let cluster = Ipv4Cidr::parse(setup.cluster_cidr)
         .ok_or_else(|| format!("{:?} is not an IPv4 CIDR", setup.cluster_cidr))?;
     let services = ServiceRanges::parse(setup.service_cidr)?;
-    let blackholes = vec![cluster, services.ipv4];
+    let mut blackholes: Vec<IpCidr> = vec![cluster.into(), services.ipv4.into()];
+    blackholes.extend(services.ipv6.map(IpCidr::from));
     let backend = NetlinkRoutes::new();
     let first = HostRoutes {
         routes: Vec::new(),
@@ -173,12 +174,16 @@ async fn open_pod_network(
     let network = PodNetwork::new(
         informers,
         Arc::new(backend),
-        PodNetworkConfig::new(node_name, blackholes),
+        PodNetworkConfig::new(node_name, blackholes.clone()),
     )
     .start();
     println!(
-        "capstan: pod network: host-gw (routes to other nodes' pod subnets; {} and {} blackholed)",
-        setup.cluster_cidr, setup.service_cidr
+        "capstan: pod network: host-gw (routes to other nodes' pod subnets; {} blackholed)",
+        blackholes
+            .iter()
+            .map(IpCidr::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(Some(network))
 }
