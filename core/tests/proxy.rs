@@ -113,6 +113,28 @@ async fn service_proxy_follows_services_and_endpoint_slices() {
     assert!(proxy.health().is_healthy());
     // `web` and the API server's own `kubernetes` Service.
     assert_eq!(proxy.health().service_ports, 2);
+    // The health endpoint, as kube-proxy's /healthz: 200 with the last sync time.
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let health_port = listener.local_addr().unwrap().port();
+    proxy.serve_health(listener);
+    let healthz = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, health_port)).unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        reply
+    })
+    .await
+    .unwrap();
+    assert!(healthz.starts_with("HTTP/1.0 200"), "{healthz}");
+    let body: serde_json::Value =
+        serde_json::from_str(healthz.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert!(body["lastUpdated"].as_str().is_some(), "{body}");
+    assert_eq!(body["servicePorts"], 2);
     // No endpoints yet: nothing listens on the NodePort.
     assert_eq!(ask(node_port), None);
 

@@ -74,6 +74,16 @@ impl RunningProxy {
         self.health.borrow().clone()
     }
 
+    /// Serves the proxy's `/healthz` on `listener` (kube-proxy serves it on port 10256) until
+    /// the proxy stops.
+    pub fn serve_health(&self, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(super::health::serve_health(
+            listener,
+            self.health.clone(),
+            self.stop.clone(),
+        ))
+    }
+
     /// Waits until the proxy has synced successfully at least `syncs` times.
     pub async fn wait_for_syncs(&self, syncs: u64) {
         let mut health = self.health.clone();

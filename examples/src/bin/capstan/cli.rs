@@ -195,6 +195,14 @@ pub struct NodeArgs {
     /// The service proxy.
     #[arg(long, env = "CAPSTAN_PROXY", value_enum, default_value = "userspace")]
     pub proxy: ProxyMode,
+    /// Where the service proxy serves `/healthz` (its last sync, as kube-proxy on 10256);
+    /// `off` for nowhere.
+    #[arg(
+        long,
+        env = "CAPSTAN_PROXY_HEALTH_LISTEN",
+        default_value = "127.0.0.1:10256"
+    )]
+    pub proxy_health_listen: String,
     /// The pod network across nodes.
     #[arg(long, env = "CAPSTAN_POD_NETWORK", value_enum, default_value = "auto")]
     pub pod_network: PodNetworkMode,

@@ -188,6 +188,23 @@ async fn open_pod_network(
     Ok(Some(network))
 }
 
+/// Serves the proxy's `/healthz` at `listen` (`off`: nowhere). A taken address (another
+/// agent on this host) costs only the endpoint, said on one line.
+async fn serve_proxy_health(proxy: &RunningProxy, listen: &str) {
+    if listen == "off" {
+        return;
+    }
+    match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => {
+            proxy.serve_health(listener);
+            println!("capstan: service proxy health on http://{listen}/healthz");
+        }
+        Err(err) => {
+            println!("capstan: service proxy health: off (cannot listen on {listen}: {err})")
+        }
+    }
+}
+
 impl Node {
     /// Starts the node's components against `client` (and `informers` over it).
     pub async fn start(
@@ -252,6 +269,7 @@ impl Node {
             Some((backend, line)) => {
                 let proxy = ServiceProxy::new(informers, backend, ProxyConfig::default()).start();
                 println!("capstan: service proxy: {line}");
+                serve_proxy_health(&proxy, &args.proxy_health_listen).await;
                 Some(proxy)
             }
             None => None,
