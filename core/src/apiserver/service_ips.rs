@@ -129,8 +129,9 @@ impl IpFamily {
 
 /// Settles a new Service's `ipFamilies` under its `ipFamilyPolicy` on this cluster, as
 /// Kubernetes does: `SingleStack` keeps one family; `PreferDualStack` adds the other family
-/// when the cluster is dual-stack; `RequireDualStack` needs a dual-stack cluster. A family
-/// the cluster has no range for is invalid.
+/// when the cluster is dual-stack (and drops a second family a single-stack cluster lacks);
+/// `RequireDualStack` needs a dual-stack cluster. Any other family the cluster has no range
+/// for is invalid.
 fn settle_ip_families(
     object: &mut Value,
     ranges: &ServiceRanges,
@@ -158,25 +159,10 @@ fn settle_ip_families(
         if families.contains(&parsed) {
             return Err(invalid(Cause::duplicate(field, family)));
         }
-        if ranges.of(parsed).is_none() {
-            return Err(invalid(Cause::invalid(
-                field,
-                family,
-                "not configured on this cluster",
-            )));
-        }
         families.push(parsed);
     }
-    if families.len() > 2 {
-        return Err(invalid(Cause::invalid(
-            "spec.ipFamilies",
-            &Value::Array(listed),
-            "may specify no more than one IP for each IP family",
-        )));
-    }
     let dual = ranges.ipv6.is_some();
-    let primary = families.first().copied().unwrap_or(IpFamily::V4);
-    match policy.as_str() {
+    let prefer = match policy.as_str() {
         Some("SingleStack") if families.len() > 1 => {
             return Err(invalid(Cause::invalid(
                 "spec.ipFamilies",
@@ -184,7 +170,6 @@ fn settle_ip_families(
                 "when spec.ipFamilyPolicy is SingleStack only one ipFamily is allowed",
             )))
         }
-        Some("SingleStack") => families = vec![primary],
         Some("RequireDualStack") if !dual => {
             return Err(invalid(Cause::invalid(
                 "spec.ipFamilyPolicy",
@@ -192,13 +177,8 @@ fn settle_ip_families(
                 "this cluster is not configured for dual-stack services",
             )))
         }
-        Some("PreferDualStack" | "RequireDualStack") => {
-            families = if dual {
-                vec![primary, primary.other()]
-            } else {
-                vec![primary]
-            };
-        }
+        Some("SingleStack") => false,
+        Some("PreferDualStack" | "RequireDualStack") => true,
         _ => {
             return Err(invalid(Cause::not_supported(
                 "spec.ipFamilyPolicy",
@@ -206,7 +186,23 @@ fn settle_ip_families(
                 &["SingleStack", "PreferDualStack", "RequireDualStack"],
             )))
         }
+    };
+    for (i, family) in families.iter().enumerate() {
+        // PreferDualStack on a single-stack cluster keeps its first family only.
+        if ranges.of(*family).is_none() && !(i > 0 && prefer && !dual) {
+            return Err(invalid(Cause::invalid(
+                format!("spec.ipFamilies[{i}]"),
+                &listed[i],
+                "not configured on this cluster",
+            )));
+        }
     }
+    let primary = families.first().copied().unwrap_or(IpFamily::V4);
+    let families = if prefer && dual {
+        vec![primary, primary.other()]
+    } else {
+        vec![primary]
+    };
     object["spec"]["ipFamilies"] = families.iter().map(|f| f.name()).collect();
     Ok(families)
 }
