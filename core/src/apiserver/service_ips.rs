@@ -432,8 +432,20 @@ impl ServiceAllocator {
     }
 
     /// Gives a new Service its cluster IP and node ports (mutating `object`); on failure,
-    /// whatever was claimed is released.
+    /// whatever was claimed is released, and an invalid request names the Service.
     pub async fn allocate_for(&self, object: &mut Value) -> Result<(), ApiError> {
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        self.allocate(object).await.map_err(|err| match err.code {
+            422 => ApiError::invalid("Service", &name, err.details.causes),
+            _ => err,
+        })
+    }
+
+    async fn allocate(&self, object: &mut Value) -> Result<(), ApiError> {
         let spec_type = object
             .pointer("/spec/type")
             .and_then(Value::as_str)
@@ -678,6 +690,11 @@ mod tests {
         assert_eq!(made["spec"]["clusterIPs"].as_array().unwrap().len(), 1);
         let require = serde_json::json!({"ipFamilyPolicy": "RequireDualStack", "ports": ports});
         let err = create(&single, require.clone()).await.unwrap_err();
+        assert!(
+            err.message.starts_with("Service \"s\" is invalid"),
+            "{}",
+            err.message
+        );
         assert!(
             format!("{err:?}").contains("spec.ipFamilyPolicy"),
             "{err:?}"
