@@ -85,6 +85,11 @@ impl ServiceRanges {
     }
 }
 
+/// A 422 for a Service request with one field cause (`allocate_for` names the Service).
+fn invalid(cause: Cause) -> ApiError {
+    ApiError::invalid("Service", "", vec![cause])
+}
+
 /// A Service's IP family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpFamily {
@@ -136,7 +141,6 @@ fn settle_ip_families(
     object: &mut Value,
     ranges: &ServiceRanges,
 ) -> Result<Vec<IpFamily>, ApiError> {
-    let invalid = |cause: Cause| ApiError::invalid("Service", "", vec![cause]);
     let policy = object
         .pointer("/spec/ipFamilyPolicy")
         .cloned()
@@ -327,11 +331,7 @@ impl ServiceAllocator {
         field: &str,
     ) -> Result<IpAddr, ApiError> {
         let invalid = |text: &str, detail: String| {
-            ApiError::invalid(
-                "Service",
-                "",
-                vec![Cause::invalid(field, &Value::String(text.into()), detail)],
-            )
+            invalid(Cause::invalid(field, &Value::String(text.into()), detail))
         };
         let Some((key, size)) = self.ranges.of(family) else {
             return Err(invalid(
@@ -401,7 +401,7 @@ impl ServiceAllocator {
         let (low, high) = self.node_ports;
         if let Some(port) = requested {
             if !(low..=high).contains(&port) {
-                return Err(ApiError::invalid("Service", "", vec![Cause::invalid(field, &Value::from(port), format!("provided port is not in the valid range. The range of valid ports is {low}-{high}"))]));
+                return Err(invalid(Cause::invalid(field, &Value::from(port), format!("provided port is not in the valid range. The range of valid ports is {low}-{high}"))));
             }
         }
         match self
@@ -414,15 +414,11 @@ impl ServiceAllocator {
             .await?
         {
             Some(port) => Ok(port as u16),
-            None => Err(ApiError::invalid(
-                "Service",
-                "",
-                vec![Cause::invalid(
-                    field,
-                    &Value::from(requested.unwrap_or_default()),
-                    "provided port is already allocated",
-                )],
-            )),
+            None => Err(invalid(Cause::invalid(
+                field,
+                &Value::from(requested.unwrap_or_default()),
+                "provided port is already allocated",
+            ))),
         }
     }
 
@@ -462,15 +458,11 @@ impl ServiceAllocator {
             Vec::new()
         } else {
             if requested.len() > families.len() {
-                return Err(ApiError::invalid(
-                    "Service",
-                    "",
-                    vec![Cause::invalid(
-                        "spec.clusterIPs",
-                        &serde_json::json!(requested),
-                        "may not hold more IPs than spec.ipFamilies has families",
-                    )],
-                ));
+                return Err(invalid(Cause::invalid(
+                    "spec.clusterIPs",
+                    &serde_json::json!(requested),
+                    "may not hold more IPs than spec.ipFamilies has families",
+                )));
             }
             let mut ips: Vec<IpAddr> = Vec::new();
             for (i, family) in families.iter().enumerate() {
@@ -581,15 +573,11 @@ fn requested_cluster_ips(object: &Value) -> Result<Vec<String>, ApiError> {
         })
         .unwrap_or_default();
     match (single, listed.first()) {
-        (Some(single), Some(first)) if single != first => Err(ApiError::invalid(
-            "Service",
-            "",
-            vec![Cause::invalid(
-                "spec.clusterIPs",
-                &serde_json::json!(listed),
-                "must match spec.clusterIP in its first element",
-            )],
-        )),
+        (Some(single), Some(first)) if single != first => Err(invalid(Cause::invalid(
+            "spec.clusterIPs",
+            &serde_json::json!(listed),
+            "must match spec.clusterIP in its first element",
+        ))),
         (Some(single), None) => Ok(vec![single.to_string()]),
         _ => Ok(listed),
     }
