@@ -223,6 +223,28 @@ fn random_u32() -> u32 {
     uuid::Uuid::new_v4().as_u128() as u32
 }
 
+/// A random value of `low..=high` not in `taken` (none when the span is empty or full).
+fn free_value(taken: &BTreeSet<u32>, low: u32, high: u32) -> Option<u32> {
+    if high < low {
+        return None;
+    }
+    let span = high - low + 1;
+    let start = random_u32() % span;
+    (0..span)
+        .map(|i| low + (start + i) % span)
+        .find(|v| !taken.contains(v))
+}
+
+/// Where the lower, static band of a range of `size` values ends: Kubernetes' min(max(16,
+/// size/step), cap), none for ranges of 16 or fewer.
+fn static_band(size: u32, step: u32, cap: u32) -> u32 {
+    if size <= 16 {
+        0
+    } else {
+        (size / step).clamp(16, cap)
+    }
+}
+
 impl ServiceAllocator {
     /// An allocator over `ranges` and the inclusive node-port range.
     pub fn new(store: Arc<dyn Store>, ranges: ServiceRanges, node_ports: (u16, u16)) -> Self {
@@ -239,12 +261,13 @@ impl ServiceAllocator {
     }
 
     /// Claims one value in the set stored at `key`: `requested` if free, else a random free
-    /// one among `low..=high`.
+    /// one among `low..=high`, taken from below `static_end` only when every value above it
+    /// is taken (the lower band is kept for values users ask for, as Kubernetes does).
     async fn claim(
         &self,
         key: &str,
-        low: u32,
-        high: u32,
+        (low, high): (u32, u32),
+        static_end: u32,
         requested: Option<u32>,
     ) -> Result<Option<u32>, ApiError> {
         for _ in 0..64 {
@@ -262,11 +285,9 @@ impl ServiceAllocator {
                 Some(value) if taken.contains(&value) => return Ok(None),
                 Some(value) => value,
                 None => {
-                    let span = high - low + 1;
-                    let start = random_u32() % span;
-                    match (0..span)
-                        .map(|i| low + (start + i) % span)
-                        .find(|v| !taken.contains(v))
+                    let split = static_end.clamp(low, high);
+                    match free_value(&taken, split, high)
+                        .or_else(|| free_value(&taken, low, split.saturating_sub(1)))
                     {
                         Some(v) => v,
                         None => return Err(ApiError::internal(format!("range {key} is full"))),
@@ -364,7 +385,10 @@ impl ServiceAllocator {
             None => None,
         };
         // Offsets 0 (network) and size-1 (broadcast) are never handed out; 1 only on request.
-        match self.claim(key, 2, size - 2, wanted).await? {
+        match self
+            .claim(key, (2, size - 2), static_band(size, 16, 256), wanted)
+            .await?
+        {
             Some(offset) => self.ranges.address(family, offset).ok_or_else(|| {
                 ApiError::internal(format!(
                     "allocated offset {offset} is outside {}",
@@ -407,8 +431,8 @@ impl ServiceAllocator {
         match self
             .claim(
                 PORT_KEY,
-                u32::from(low),
-                u32::from(high),
+                (u32::from(low), u32::from(high)),
+                u32::from(low) + static_band(u32::from(high - low) + 1, 32, 128),
                 requested.map(u32::from),
             )
             .await?
@@ -639,6 +663,37 @@ mod tests {
         assert!(b.allocate_node_port(Some(80), "f").await.is_err());
     }
 
+    #[tokio::test]
+    async fn dynamic_addresses_leave_the_static_band_until_the_rest_is_full() {
+        // A /26 has 64 addresses; the first 16 are kept for requested addresses.
+        let allocator = ServiceAllocator::new(
+            Arc::new(MemoryStore::new()),
+            ranges("10.96.0.0/26"),
+            (30000, 32767),
+        );
+        let last_octet = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => v4.octets()[3],
+            IpAddr::V6(_) => panic!("an IPv6 address from an IPv4 range"),
+        };
+        for _ in 16..=62 {
+            let ip = allocator
+                .allocate_ip(IpFamily::V4, None, "f")
+                .await
+                .unwrap();
+            assert!(last_octet(ip) >= 16, "{ip} is in the static band");
+        }
+        let ip = allocator
+            .allocate_ip(IpFamily::V4, None, "f")
+            .await
+            .unwrap();
+        assert!(last_octet(ip) < 16, "{ip}: the upper band is full");
+        // Node ports: 30000..30086 (2768 / 32) are the static band.
+        for _ in 0..200 {
+            let port = allocator.allocate_node_port(None, "f").await.unwrap();
+            assert!(port >= 30086, "{port} is in the static band");
+        }
+    }
+
     #[test]
     fn ranges_parse_one_or_two_families() {
         assert!(ranges("10.96.0.0/12").ipv6.is_none());
@@ -718,7 +773,7 @@ mod tests {
         assert!(format!("{err:?}").contains("spec.clusterIPs[0]"), "{err:?}");
         let twice = serde_json::json!({"ipFamilies": ["IPv4", "IPv4"], "ipFamilyPolicy": "RequireDualStack", "ports": ports});
         assert!(create(&dual, twice).await.is_err());
-        let pinned = serde_json::json!({"ipFamilyPolicy": "RequireDualStack", "clusterIPs": ["10.96.0.20", "fd00:96::20"], "ports": ports});
+        let pinned = serde_json::json!({"ipFamilyPolicy": "RequireDualStack", "clusterIPs": ["10.96.0.10", "fd00:96::a"], "ports": ports});
         let made = create(&dual, pinned.clone()).await.unwrap();
         assert!(
             create(&dual, pinned.clone()).await.is_err(),
