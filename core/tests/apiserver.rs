@@ -697,7 +697,41 @@ async fn deletion_honours_grace_finalizers_and_preconditions() {
         Some(pod("bound")),
     )
     .await;
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/pods/bound/binding",
+            Some(json!({"target": {"kind": "Pod", "name": "n1"}})),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 422, "{body}");
+    assert_eq!(
+        body["details"]["causes"][0]["field"], "target.kind",
+        "{body}"
+    );
+    let before = api
+        .ok(Method::GET, "/api/v1/namespaces/default/pods/bound", None)
+        .await;
     api.ok(Method::POST, "/api/v1/namespaces/default/pods/bound/binding", Some(json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "bound"}, "target": {"kind": "Node", "name": "n1"}}))).await;
+    // The binding sets the node and the PodScheduled condition and nothing else.
+    let after = api
+        .ok(Method::GET, "/api/v1/namespaces/default/pods/bound", None)
+        .await;
+    assert_eq!(after["spec"]["nodeName"], "n1");
+    let scheduled = after["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "PodScheduled"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(scheduled["status"], "True", "{after}");
+    assert_eq!(
+        after["metadata"]["managedFields"], before["metadata"]["managedFields"],
+        "a binding is no field manager's write"
+    );
+    assert_ne!(
+        after["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"]
+    );
     let (status, _) = api
         .call(
             Method::POST,

@@ -842,21 +842,21 @@ async fn create(ctx: &mut Ctx, mut object: Value) -> Result<Value, ApiError> {
     if ctx.dry_run {
         return Ok(object);
     }
-    if is_service {
+    let created = if is_service {
         ctx.state.services.allocate_for(&mut object).await?;
-    }
-    match ctx.state.storage.create(&ctx.kind, object.clone()).await {
-        Ok(created) => {
-            after_create(ctx, &created).await;
-            Ok(created)
-        }
-        Err(err) => {
-            if is_service {
+        match ctx.state.storage.create(&ctx.kind, object.clone()).await {
+            Ok(created) => created,
+            Err(err) => {
                 let _ = ctx.state.services.release_for(&object).await;
+                return Err(err.into());
             }
-            Err(err.into())
         }
-    }
+    } else {
+        // Only a Service's copy is kept (to release its addresses if the write fails).
+        ctx.state.storage.create(&ctx.kind, object).await?
+    };
+    after_create(ctx, &created).await;
+    Ok(created)
 }
 
 /// What a cluster does right after some creates: every namespace gets a `default` service
@@ -902,29 +902,8 @@ async fn replace(ctx: &mut Ctx, name: &str, object: Value) -> Result<Value, ApiE
 pub(crate) async fn write_update(
     ctx: &mut Ctx,
     name: &str,
-    object: Value,
-    old: Value,
-) -> Result<Value, ApiError> {
-    write_update_checked(ctx, name, object, old, true).await
-}
-
-/// An update the server built from the stored object itself (a binding): it was type-checked
-/// and defaulted when it was stored, so only admission and validation run again.
-async fn write_built_update(
-    ctx: &mut Ctx,
-    name: &str,
-    object: Value,
-    old: Value,
-) -> Result<Value, ApiError> {
-    write_update_checked(ctx, name, object, old, false).await
-}
-
-async fn write_update_checked(
-    ctx: &mut Ctx,
-    name: &str,
     mut object: Value,
     old: Value,
-    from_client: bool,
 ) -> Result<Value, ApiError> {
     let body_name = object_name(&object);
     if !body_name.is_empty() && body_name != name {
@@ -957,11 +936,9 @@ async fn write_update_checked(
     {
         object["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
     }
-    if from_client {
-        validate_fields(ctx, &mut object)?;
-        if !status_write {
-            apply_defaults(&ctx.kind, &mut object);
-        }
+    validate_fields(ctx, &mut object)?;
+    if !status_write {
+        apply_defaults(&ctx.kind, &mut object);
     }
     for plugin in &ctx.state.admission.clone() {
         plugin
@@ -1361,6 +1338,14 @@ async fn bind(ctx: &mut Ctx, name: &str, binding: Value) -> Result<Value, ApiErr
             vec![Cause::required("target.name")],
         ));
     };
+    let target_kind = binding.pointer("/target/kind").unwrap_or(&Value::Null);
+    if !matches!(target_kind.as_str(), None | Some("" | "Node")) {
+        return Err(ApiError::invalid(
+            "Binding",
+            name,
+            vec![Cause::not_supported("target.kind", target_kind, &["Node"])],
+        ));
+    }
     // A concurrent write to the pod (a status patch) is no reason to refuse the binding:
     // re-read and retry, as Kubernetes' guaranteed update does.
     let mut attempts = 0;
@@ -1407,11 +1392,14 @@ async fn bind(ctx: &mut Ctx, name: &str, binding: Value) -> Result<Value, ApiErr
                 target["status"]["conditions"] = json!([scheduled]);
             }
         }
-        let saved_sub = ctx.path.subresource.take();
-        let result = write_built_update(ctx, name, target, old).await;
-        ctx.path.subresource = saved_sub;
-        match result {
-            Err(err) if err.reason == "Conflict" && attempts < 5 => continue,
+        if ctx.dry_run {
+            break;
+        }
+        // As Kubernetes' binding storage does, the stored pod is written with just these two
+        // fields changed: no pod admission, validation or field-manager tracking runs (the
+        // Binding itself was checked above).
+        match ctx.state.storage.update_from(&ctx.kind, &old, target).await {
+            Err(StorageError::Conflict { .. }) if attempts < 5 => continue,
             other => {
                 other?;
                 break;

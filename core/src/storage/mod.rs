@@ -10,6 +10,7 @@
 //! they appear in etcd as `/registry/core/pods/default/web`, Kubernetes' layout.
 
 mod error;
+mod index_fields;
 mod key;
 mod object;
 mod ttl_leases;
@@ -56,7 +57,9 @@ pub enum ObjectEvent {
 }
 
 /// A change as [`ObjectStorage::watch_encoded`] reports it: the object (with its
-/// resourceVersion) both decoded and as JSON bytes, the bytes made without re-encoding.
+/// resourceVersion) as JSON bytes, made without re-encoding, beside the parts of it a cache
+/// indexes, decoded: `apiVersion`, `kind`, `metadata` without `managedFields`, and the kind's
+/// selectable fields.
 #[derive(Debug, Clone)]
 pub enum EncodedEvent {
     /// Created.
@@ -356,9 +359,9 @@ impl ObjectStorage {
         }))
     }
 
-    /// [`watch`](Self::watch) for a cache that keeps encoded objects: each object is decoded
-    /// once and its bytes are the stored bytes with the revision spliced in; the previous state
-    /// of a modification is not decoded.
+    /// [`watch`](Self::watch) for a cache that keeps encoded objects: only what a cache indexes
+    /// of each object is decoded (see [`EncodedEvent`]) and its bytes are the stored bytes with
+    /// the revision spliced in; the previous state of a modification is not decoded.
     pub async fn watch_encoded(
         &self,
         kind: &ResourceKind,
@@ -368,18 +371,20 @@ impl ObjectStorage {
     {
         let prefix = object_prefix(kind, namespace)?;
         let stream = self.store.watch(&prefix, revision).await?;
-        Ok(stream.map(|item| {
+        let shape =
+            index_fields::Shape::for_index(kind.field_selectors.iter().map(|f| f.pointer.as_str()));
+        Ok(stream.map(move |item| {
             Ok(match item? {
                 WatchEvent::Created(kv) => {
-                    let (object, bytes) = decode_encoded(&kv, kv.mod_revision)?;
+                    let (object, bytes) = decode_encoded(&shape, &kv, kv.mod_revision)?;
                     EncodedEvent::Added(object, bytes)
                 }
                 WatchEvent::Modified { current, .. } => {
-                    let (object, bytes) = decode_encoded(&current, current.mod_revision)?;
+                    let (object, bytes) = decode_encoded(&shape, &current, current.mod_revision)?;
                     EncodedEvent::Modified(object, bytes)
                 }
                 WatchEvent::Deleted { previous, revision } => {
-                    let (object, bytes) = decode_encoded(&previous, revision)?;
+                    let (object, bytes) = decode_encoded(&shape, &previous, revision)?;
                     EncodedEvent::Deleted(object, bytes)
                 }
                 WatchEvent::Progress(revision) => EncodedEvent::Progress(revision),
@@ -416,25 +421,40 @@ impl ObjectStorage {
     }
 }
 
-/// The stored object at `revision`, decoded and as bytes (spliced when the stored bytes carry
-/// no resourceVersion of their own, re-encoded otherwise).
+/// The stored object at `revision`: the parts `shape` keeps, decoded, and the whole object as
+/// bytes (spliced when the stored bytes carry no resourceVersion of their own, re-encoded
+/// otherwise).
 fn decode_encoded(
+    shape: &index_fields::Shape,
     kv: &crate::store::KeyValue,
     revision: Revision,
 ) -> Result<(Value, bytes::Bytes), StorageError> {
-    let mut object = object::decode_stored(kv)?;
-    let stored_version = object["metadata"].get("resourceVersion").is_some();
-    object::set_resource_version(&mut object, revision);
+    let mut indexed = shape.decode(&kv.value).map_err(|e| StorageError::Corrupt {
+        key: kv.key.clone(),
+        reason: e.to_string(),
+    })?;
+    if !indexed.is_object() {
+        return Err(StorageError::Corrupt {
+            key: kv.key.clone(),
+            reason: "stored value is not a JSON object".into(),
+        });
+    }
+    let stored_version = indexed["metadata"].get("resourceVersion").is_some();
+    object::set_resource_version(&mut indexed, revision);
     let spliced = (!stored_version)
         .then(|| versioned_bytes::with_resource_version(&kv.value, revision))
         .flatten();
     let bytes = match spliced {
         Some(bytes) => bytes,
-        None => serde_json::to_vec(&object)
-            .map(bytes::Bytes::from)
-            .map_err(|e| StorageError::invalid("", &e.to_string()))?,
+        None => {
+            let mut object = object::decode_stored(kv)?;
+            object::set_resource_version(&mut object, revision);
+            serde_json::to_vec(&object)
+                .map(bytes::Bytes::from)
+                .map_err(|e| StorageError::invalid("", &e.to_string()))?
+        }
     };
-    Ok((object, bytes))
+    Ok((indexed, bytes))
 }
 
 fn to_value<K: Serialize>(object: &K) -> Result<Value, StorageError> {
