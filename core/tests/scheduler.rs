@@ -9,7 +9,8 @@ use capstan_core::scheduler::framework::{
     CycleState, FilterPlugin, Plugin, Rejection, ScorePlugin,
 };
 use capstan_core::scheduler::{
-    decide, Decision, NodeInfo, PodInfo, Profile, Scheduler, SchedulerConfig, Snapshot, TieBreaker,
+    decide, decide_cached, Decision, EquivalenceCache, NodeInfo, PodInfo, Profile, Scheduler,
+    SchedulerConfig, Snapshot, TieBreaker,
 };
 use capstan_core::store::MemoryStore;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
@@ -415,6 +416,66 @@ mod invariants {
                 placements
             };
             prop_assert_eq!(run(seed), run(seed));
+        }
+
+        /// The equivalence cache changes no decision: a stream of pods from a few specs
+        /// (placed, some later deleted, nodes resized or cordoned meanwhile) gets the same
+        /// placements and the same refusal messages with the cache as without, and the cache
+        /// is actually used (pods of one spec repeat).
+        #[test]
+        fn the_equivalence_cache_changes_no_decision(
+            nodes in proptest::collection::vec((500i64..4000, any::<bool>(), 0u8..3), 1..12),
+            templates in proptest::collection::vec((50i64..1500, proptest::option::of(0u8..3), any::<bool>()), 1..4),
+            steps in proptest::collection::vec((0usize..4, 0u8..10, 0usize..12, 500i64..4000), 1..60),
+            percentage in prop_oneof![Just(0u32), Just(100u32), 1u32..100],
+            seed in any::<u64>(),
+        ) {
+            let profile = Profile::default_profile().scoring_percentage(percentage);
+            let run = |cached: bool| {
+                let mut snapshot = cluster(&nodes);
+                let mut cache = EquivalenceCache::new();
+                let (mut start, mut ties) = (0, TieBreaker::new(seed));
+                let mut placed: Vec<Arc<PodInfo>> = Vec::new();
+                let mut outcomes = Vec::new();
+                for (i, (template, action, which, cpu)) in steps.iter().enumerate() {
+                    match action {
+                        // Now and then a placed pod goes, or a node is resized or cordoned.
+                        0 if !placed.is_empty() => {
+                            let gone = placed.remove(which % placed.len());
+                            snapshot.remove_pod(&gone.uid);
+                        }
+                        1 => {
+                            let (_, tainted, zone) = nodes[which % nodes.len()];
+                            let mut n = node(
+                                &format!("n{}", which % nodes.len()),
+                                &format!("{cpu}m"),
+                                json!({"zone": format!("z{zone}")}),
+                                if tainted { json!([{"key": "t", "effect": "NoSchedule"}]) } else { json!([]) },
+                            );
+                            n.spec.get_or_insert_with(Default::default).unschedulable = Some(cpu % 5 == 0);
+                            snapshot.upsert_node(Arc::new(n));
+                        }
+                        _ => {}
+                    }
+                    let (pod_cpu, zone, tolerate) = templates[template % templates.len()];
+                    let info = pod_info(i, pod_cpu, zone, tolerate);
+                    let decision = if cached {
+                        decide_cached(&profile, &info, &snapshot, &mut start, &mut ties, &mut cache)
+                    } else {
+                        decide(&profile, &info, &snapshot, &mut start, &mut ties)
+                    };
+                    match decision {
+                        Decision::Fits { node, .. } => {
+                            snapshot.add_pod(&node, info.clone());
+                            placed.push(info);
+                            outcomes.push(Ok(node));
+                        }
+                        Decision::Unschedulable(why) => outcomes.push(Err(why.message)),
+                    }
+                }
+                outcomes
+            };
+            prop_assert_eq!(run(true), run(false));
         }
     }
 }

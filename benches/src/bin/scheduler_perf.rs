@@ -2,29 +2,30 @@
 //! "SchedulingBasic": N nodes (4 cpu, 32 GiB, 110 pods each), 1000 pods already placed, then
 //! P pods to schedule. For each N:
 //!
-//! - `framework-{N}n-{P}p` (and `-allnodes`): the scheduling framework alone, on an in-memory
-//!   snapshot with no API — the upper bound;
+//! - `framework-{N}n-{P}p` (and `-allnodes`): the scheduling framework alone (with the
+//!   scheduler's equivalence cache, as the scheduler runs it), on an in-memory snapshot with no API — the upper bound;
 //! - `api-{N}n-{P}p` (and `-allnodes`): end to end through the in-process API server on the
 //!   embedded store — pods created through the API, the scheduler's informers fed from the
 //!   watch cache, every binding written — timed from the first create until every pod is
 //!   bound, with the framework figure of the same N as its baseline.
 //!
 //! Default node sampling follows percentageOfNodesToScore's adaptive rule; `-allnodes` scores
-//! every node. Peak heap (a counting allocator) is reported per case. Published anchor:
+//! every node. Peak resident memory (VmHWM, reset per case) is reported per case. Published anchor:
 //! kube-scheduler's scheduler_perf threshold for 5000 nodes / 10000 pods is 680 pods/s.
 //! `--quick` runs 500 nodes and 2000 pods for CI; `--nodes N`, `--sampling default|allnodes`
 //! and `--only framework|api` narrow a run while profiling.
 
-use capstan_benches::{concurrently, Bench, Mode};
+use capstan_benches::{concurrently, resident_mib, Bench, Mode};
 use capstan_core::apiserver::ApiServer;
 use capstan_core::scheduler::{
-    decide, Decision, PodInfo, Profile, Scheduler, SchedulerConfig, Snapshot, TieBreaker,
+    decide_cached, Decision, EquivalenceCache, PodInfo, Profile, Scheduler, SchedulerConfig,
+    Snapshot, TieBreaker,
 };
 use capstan_core::store::{EmbeddedStore, EmbeddedStoreConfig};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,44 +33,25 @@ const BENCH: Bench = Bench("scheduler-perf");
 const PLACED: usize = 1000;
 const CONCURRENCY: usize = 64;
 
-#[global_allocator]
-static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+/// The peak resident set of this process during a case: the kernel's high-water mark
+/// (`VmHWM`), reset when the case starts. (Not a counting allocator: its shared counter,
+/// updated on every allocation from both cores, slowed the API path it measured.)
+struct PeakResident;
 
-/// Samples the heap every few milliseconds and keeps the peak.
-struct PeakHeap {
-    peak: Arc<AtomicUsize>,
-    running: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl PeakHeap {
+impl PeakResident {
     fn start() -> Self {
-        let peak = Arc::new(AtomicUsize::new(ALLOCATOR.allocated()));
-        let running = Arc::new(AtomicBool::new(true));
-        let thread = {
-            let peak = peak.clone();
-            let running = running.clone();
-            std::thread::spawn(move || {
-                while running.load(Ordering::Relaxed) {
-                    peak.fetch_max(ALLOCATOR.allocated(), Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            })
-        };
-        PeakHeap {
-            peak,
-            running,
-            thread: Some(thread),
+        // "5" resets the process's peak RSS to its current RSS (Linux >= 4.0).
+        if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
+            eprintln!(
+                "scheduler-perf: cannot reset the peak RSS ({e}); figures include earlier cases"
+            );
         }
+        PeakResident
     }
 
     /// The peak in MiB.
-    fn stop(mut self) -> f64 {
-        self.running.store(false, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.peak.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0)
+    fn stop(self) -> f64 {
+        resident_mib(None, "VmHWM")
     }
 }
 
@@ -98,7 +80,7 @@ fn pod(name: &str, node: Option<String>) -> Pod {
 
 /// The framework alone: pods/s deciding and assuming on an in-memory snapshot.
 fn framework(nodes: usize, pods: usize, percentage: u32) -> (f64, f64) {
-    let heap = PeakHeap::start();
+    let heap = PeakResident::start();
     let profile = Profile::default_profile().scoring_percentage(percentage);
     let mut snapshot = Snapshot::new();
     for i in 0..nodes {
@@ -116,9 +98,13 @@ fn framework(nodes: usize, pods: usize, percentage: u32) -> (f64, f64) {
         .collect();
     let mut start = 0;
     let mut ties = TieBreaker::new(1);
+    // As the scheduler runs it: node-local results remembered for pods of the same spec.
+    let mut cache = EquivalenceCache::new();
     let began = Instant::now();
     for info in infos {
-        match decide(&profile, &info, &snapshot, &mut start, &mut ties) {
+        match decide_cached(
+            &profile, &info, &snapshot, &mut start, &mut ties, &mut cache,
+        ) {
             Decision::Fits { node, .. } => snapshot.add_pod(&node, info),
             Decision::Unschedulable(why) => {
                 panic!("unschedulable in the benchmark: {}", why.message)
@@ -172,7 +158,7 @@ async fn through_api(nodes: usize, pods: usize, percentage: u32) -> (f64, f64) {
     let scheduler = Scheduler::in_process(&server, config).start();
     // Let the scheduler's informers sync before the clock starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let heap = PeakHeap::start();
+    let heap = PeakResident::start();
     let began = Instant::now();
     concurrently(pods, CONCURRENCY, |i| {
         let pod_api = pod_api.clone();
@@ -285,7 +271,7 @@ async fn main() {
             let (framework_rate, framework_peak) = framework(nodes, pods, percentage);
             let case = format!("framework-{nodes}n-{pods}p{suffix}");
             BENCH.figure(&case, "pods_per_s", framework_rate, "pods/s", None);
-            BENCH.figure(&case, "peak_heap_mib", framework_peak, "MiB", None);
+            BENCH.figure(&case, "peak_rss_mib", framework_peak, "MiB", None);
             eprintln!("scheduler-perf: {nodes} nodes{suffix}: through the API");
             let (api_rate, api_peak) = through_api(nodes, pods, percentage).await;
             let case = format!("api-{nodes}n-{pods}p{suffix}");
@@ -296,7 +282,7 @@ async fn main() {
                 "pods/s",
                 Some(framework_rate),
             );
-            BENCH.figure(&case, "peak_heap_mib", api_peak, "MiB", None);
+            BENCH.figure(&case, "peak_rss_mib", api_peak, "MiB", None);
         }
     }
     eprintln!("scheduler-perf: anchor: kube-scheduler's threshold at 5000 nodes / 10000 pods is 680 pods/s");

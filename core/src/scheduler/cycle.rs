@@ -3,6 +3,7 @@
 //! clusters, on rayon's pool), pre-score, score with normalization and weights, and a seeded tie-break. No I/O;
 //! reserving and binding happen around it.
 
+use super::equivalence::{EquivalenceCache, LocalFilter, LocalRefusal};
 use super::framework::{
     Code, CycleState, FilterPlugin, PreScore, Rejection, ScorePlugin, MAX_NODE_SCORE,
 };
@@ -86,42 +87,111 @@ fn summarize(total: usize, rejections: &HashMap<String, Rejection>) -> String {
     }
 }
 
-/// The filters that have something to check for this pod this cycle.
+/// A filter that has something to check for this pod this cycle.
+struct ApplicableFilter<'a> {
+    /// Its plugin's position in the profile.
+    position: usize,
+    filter: &'a dyn FilterPlugin,
+    /// Whether its verdict may be remembered per node ([`Plugin::node_local`]).
+    ///
+    /// [`Plugin::node_local`]: super::framework::Plugin::node_local
+    local: bool,
+}
+
+/// The filters that have something to check for this pod this cycle, in profile order.
 fn applicable_filters<'a>(
     profile: &'a Profile,
     state: &CycleState,
     pod: &PodInfo,
-) -> Vec<&'a dyn FilterPlugin> {
+) -> Vec<ApplicableFilter<'a>> {
     profile
         .plugins
         .iter()
-        .filter_map(|(plugin, _)| plugin.as_filter())
-        .filter(|filter| filter.applies(state, pod))
+        .enumerate()
+        .filter_map(|(position, (plugin, _))| {
+            let filter = plugin.as_filter()?;
+            filter.applies(state, pod).then_some(ApplicableFilter {
+                position,
+                filter,
+                local: plugin.node_local(),
+            })
+        })
         .collect()
 }
 
 fn filter_node(
-    filters: &[&dyn FilterPlugin],
+    filters: &[ApplicableFilter],
     state: &CycleState,
     pod: &PodInfo,
     node: &NodeInfo,
 ) -> Result<(), Rejection> {
-    for filter in filters {
-        filter.filter(state, pod, node)?;
+    for f in filters {
+        f.filter.filter(state, pod, node)?;
     }
     Ok(())
 }
 
-/// Runs every filter, counting the pods nominated to the node (by preemption) of at least the
-/// pod's priority as if they were already there, so the room they were given is not taken.
+/// What the node-local filters say of a node: the first refusal, or a pass.
+fn local_verdict(
+    filters: &[ApplicableFilter],
+    state: &CycleState,
+    pod: &PodInfo,
+    node: &NodeInfo,
+) -> LocalFilter {
+    for f in filters.iter().filter(|f| f.local) {
+        if let Err(rejection) = f.filter.filter(state, pod, node) {
+            return LocalFilter::Fail(Box::new(LocalRefusal {
+                at: f.position,
+                rejection,
+            }));
+        }
+    }
+    LocalFilter::Pass
+}
+
+/// The filters' result given the node-local filters' verdict: the other filters run in
+/// profile order up to the refusing node-local one, so the first refusal is reported as if
+/// every filter had run in order.
+fn with_verdict(
+    filters: &[ApplicableFilter],
+    state: &CycleState,
+    pod: &PodInfo,
+    node: &NodeInfo,
+    verdict: &LocalFilter,
+) -> Result<(), Rejection> {
+    let stop_at = match verdict {
+        LocalFilter::Fail(refusal) => refusal.at,
+        LocalFilter::Pass => usize::MAX,
+    };
+    for f in filters.iter().filter(|f| !f.local && f.position < stop_at) {
+        f.filter.filter(state, pod, node)?;
+    }
+    match verdict {
+        LocalFilter::Pass => Ok(()),
+        LocalFilter::Fail(refusal) => Err(refusal.rejection.clone()),
+    }
+}
+
+/// A node's filtering, when there is more to say than "feasible, nothing new to remember".
+struct Filtered {
+    result: Result<(), Rejection>,
+    /// The node-local verdict, when freshly computed.
+    fresh: Option<LocalFilter>,
+}
+
+/// Runs every filter (taking the node-local verdict from `remembered` when there is one),
+/// counting the pods nominated to the node (by preemption) of at least the pod's priority as
+/// if they were already there, so the room they were given is not taken. `None`: feasible,
+/// from a remembered verdict.
 fn run_filters(
     profile: &Profile,
-    filters: &[&dyn FilterPlugin],
+    filters: &[ApplicableFilter],
     state: &CycleState,
     pod: &PodInfo,
     node: &NodeInfo,
     snapshot: &Snapshot,
-) -> Result<(), Rejection> {
+    remembered: Option<&LocalFilter>,
+) -> Option<Box<Filtered>> {
     if snapshot.has_nominations() {
         let nominated = snapshot.nominated_for(&node.name, pod.priority, &pod.uid);
         if !nominated.is_empty() {
@@ -137,10 +207,40 @@ fn run_filters(
             }
             // The nominated pods may give a skipped filter something to check.
             let with_filters = applicable_filters(profile, &with_state, pod);
-            filter_node(&with_filters, &with_state, pod, &with)?;
+            if let Err(r) = filter_node(&with_filters, &with_state, pod, &with) {
+                return Some(Box::new(Filtered {
+                    result: Err(r),
+                    fresh: None,
+                }));
+            }
         }
     }
-    filter_node(filters, state, pod, node)
+    match remembered {
+        Some(verdict) => match with_verdict(filters, state, pod, node, verdict) {
+            Ok(()) => None,
+            Err(r) => Some(Box::new(Filtered {
+                result: Err(r),
+                fresh: None,
+            })),
+        },
+        None => {
+            let verdict = local_verdict(filters, state, pod, node);
+            Some(Box::new(Filtered {
+                result: with_verdict(filters, state, pod, node, &verdict),
+                fresh: Some(verdict),
+            }))
+        }
+    }
+}
+
+/// A scorer that has something to say for this pod this cycle.
+struct ApplicableScorer<'a> {
+    /// Its plugin's position in the profile.
+    position: usize,
+    scorer: &'a dyn ScorePlugin,
+    weight: i64,
+    /// Whether its scores may be remembered per node.
+    local: bool,
 }
 
 /// The deterministic tie-break between equally scored nodes (splitmix64): the same seed and
@@ -171,8 +271,34 @@ pub fn decide(
     start: &mut usize,
     ties: &mut TieBreaker,
 ) -> Decision {
+    decide_with(profile, pod, snapshot, start, ties, None)
+}
+
+/// [`decide`], reusing the node-local plugins' results remembered in `cache` (one per profile)
+/// for nodes unchanged since a pod with the same spec was decided, and remembering new ones.
+/// The decision is the same as [`decide`]'s.
+pub fn decide_cached(
+    profile: &Profile,
+    pod: &PodInfo,
+    snapshot: &Snapshot,
+    start: &mut usize,
+    ties: &mut TieBreaker,
+    cache: &mut EquivalenceCache,
+) -> Decision {
+    decide_with(profile, pod, snapshot, start, ties, Some(cache))
+}
+
+fn decide_with(
+    profile: &Profile,
+    pod: &PodInfo,
+    snapshot: &Snapshot,
+    start: &mut usize,
+    ties: &mut TieBreaker,
+    mut cache: Option<&mut EquivalenceCache>,
+) -> Decision {
     let nodes = snapshot.nodes();
     let total = nodes.len();
+    let plugins = profile.plugins.len();
     let mut state = CycleState::default();
     let unschedulable = |rejections: HashMap<String, Rejection>, extra: Option<Rejection>| {
         let mut plugins: HashSet<String> = rejections.values().map(|r| r.plugin.clone()).collect();
@@ -202,47 +328,71 @@ pub fn decide(
     if total == 0 {
         return unschedulable(HashMap::new(), None);
     }
+    let class = cache.as_deref_mut().map(|c| {
+        c.ensure(total, plugins);
+        c.class_of(pod)
+    });
+    let generations = snapshot.generations();
     let wanted = feasible_nodes_to_find(total, profile.percentage_of_nodes_to_score);
     let begin = *start % total;
     let order = |i: usize| (begin + i) % total;
+    let filters = applicable_filters(profile, &state, pod);
+    let outcomes: Vec<(usize, Option<Box<Filtered>>)> = {
+        let remembered_in = cache.as_deref();
+        let filter_at = |index: usize| {
+            let node = &nodes[index];
+            let remembered = remembered_in
+                .zip(class)
+                .and_then(|(cache, c)| cache.verdict(index, c, generations[index]));
+            run_filters(profile, &filters, &state, pod, node, snapshot, remembered)
+        };
+        let feasible =
+            |outcome: &Option<Box<Filtered>>| outcome.as_ref().is_none_or(|f| f.result.is_ok());
+        if wanted >= total && total >= PARALLEL_FROM {
+            // Every node is wanted (scoring all nodes of a large cluster): filter them all in
+            // parallel, then record in rotation order.
+            let mut by_index: Vec<Option<Box<Filtered>>> = (0..total)
+                .into_par_iter()
+                .with_min_len(MIN_CHUNK)
+                .map(filter_at)
+                .collect();
+            (0..total)
+                .map(|i| (order(i), by_index[order(i)].take()))
+                .collect()
+        } else {
+            let mut outcomes = Vec::new();
+            let mut found = 0;
+            for i in 0..total {
+                if found >= wanted {
+                    break;
+                }
+                let outcome = filter_at(order(i));
+                if feasible(&outcome) {
+                    found += 1;
+                }
+                outcomes.push((order(i), outcome));
+            }
+            outcomes
+        }
+    };
+    let evaluated = outcomes.len();
     let mut feasible: Vec<usize> = Vec::new();
     let mut rejections: HashMap<String, Rejection> = HashMap::new();
-    let mut evaluated = 0;
-    let mut record =
-        |index: usize, result: Result<(), Rejection>, feasible: &mut Vec<usize>| match result {
+    for (index, outcome) in outcomes {
+        let Some(filtered) = outcome else {
+            feasible.push(index);
+            continue;
+        };
+        if let (Some(cache), Some(class), Some(fresh)) =
+            (cache.as_deref_mut(), class, filtered.fresh)
+        {
+            cache.store_verdict(index, class, generations[index], fresh);
+        }
+        match filtered.result {
             Ok(()) => feasible.push(index),
             Err(r) => {
                 rejections.insert(nodes[index].name.clone(), r);
             }
-        };
-    let filters = applicable_filters(profile, &state, pod);
-    let filter_at = |i: usize| {
-        let index = order(i);
-        (
-            index,
-            run_filters(profile, &filters, &state, pod, &nodes[index], snapshot),
-        )
-    };
-    if wanted >= total && total >= PARALLEL_FROM {
-        // Every node is wanted (scoring all nodes of a large cluster): filter them all in
-        // parallel, then record in rotation order.
-        let results: Vec<(usize, Result<(), Rejection>)> = (0..total)
-            .into_par_iter()
-            .with_min_len(MIN_CHUNK)
-            .map(filter_at)
-            .collect();
-        evaluated = total;
-        for (index, result) in results {
-            record(index, result, &mut feasible);
-        }
-    } else {
-        for i in 0..total {
-            if feasible.len() >= wanted {
-                break;
-            }
-            evaluated += 1;
-            let (index, result) = filter_at(i);
-            record(index, result, &mut feasible);
         }
     }
     *start = begin + evaluated;
@@ -260,61 +410,92 @@ pub fn decide(
     }
     let mut totals = vec![0i64; candidates.len()];
     if candidates.len() > 1 {
-        let scorers: Vec<(&dyn ScorePlugin, i64)> = profile
+        let scorers: Vec<ApplicableScorer> = profile
             .plugins
             .iter()
-            .filter_map(|(plugin, weight)| {
+            .enumerate()
+            .filter_map(|(position, (plugin, weight))| {
                 let scorer = plugin.as_score()?;
-                (*weight != 0 && !skipped.contains(plugin.name()) && scorer.applies(pod))
-                    .then_some((scorer, *weight))
+                (*weight != 0 && !skipped.contains(plugin.name()) && scorer.applies(pod)).then_some(
+                    ApplicableScorer {
+                        position,
+                        scorer,
+                        weight: *weight,
+                        local: plugin.node_local(),
+                    },
+                )
             })
             .collect();
         // One row per candidate, one column per scorer, filled in a single pass over the
         // candidates (in parallel on large clusters).
         let width = scorers.len().max(1);
         let mut table = vec![0i64; candidates.len() * width];
-        let fill = |(row, node): (&mut [i64], &&NodeInfo)| {
-            for (cell, (scorer, _)) in row.iter_mut().zip(&scorers) {
-                *cell = scorer.score(&state, pod, node);
+        // Rows with a node-local score computed (not remembered) this cycle.
+        let mut fresh = vec![false; candidates.len()];
+        {
+            let remembered_in = cache.as_deref().zip(class);
+            let fill = |((row, fresh), &index): ((&mut [i64], &mut bool), &usize)| {
+                let node = &nodes[index];
+                for (cell, s) in row.iter_mut().zip(&scorers) {
+                    let remembered = remembered_in.filter(|_| s.local).and_then(|(cache, c)| {
+                        cache.score(index, c, generations[index], s.position)
+                    });
+                    *cell = match remembered {
+                        Some(score) => score,
+                        None => {
+                            *fresh |= s.local;
+                            s.scorer.score(&state, pod, node)
+                        }
+                    };
+                }
+            };
+            if candidates.len() >= PARALLEL_FROM {
+                table
+                    .par_chunks_mut(width)
+                    .zip(fresh.par_iter_mut())
+                    .zip(feasible.par_iter())
+                    .with_min_len(MIN_CHUNK)
+                    .for_each(fill);
+            } else {
+                table
+                    .chunks_mut(width)
+                    .zip(fresh.iter_mut())
+                    .zip(feasible.iter())
+                    .for_each(fill);
             }
-        };
-        if candidates.len() >= PARALLEL_FROM {
-            table
-                .par_chunks_mut(width)
-                .zip(candidates.par_iter())
-                .with_min_len(MIN_CHUNK)
-                .for_each(fill);
-        } else {
-            table
-                .chunks_mut(width)
-                .zip(candidates.iter())
-                .for_each(fill);
+        }
+        if let (Some(cache), Some(class)) = (cache, class) {
+            let rows = table.chunks(width).zip(&feasible).zip(&fresh);
+            for ((row, &index), _) in rows.filter(|(_, fresh)| **fresh) {
+                let local = scorers
+                    .iter()
+                    .zip(row)
+                    .filter(|(s, _)| s.local)
+                    .map(|(s, score)| (s.position, *score));
+                cache.store_scores(index, class, generations[index], local);
+            }
         }
         let mut column = vec![0i64; candidates.len()];
-        for (j, (scorer, weight)) in scorers.iter().enumerate() {
+        for (j, s) in scorers.iter().enumerate() {
             for (cell, row) in column.iter_mut().zip(table.chunks(width)) {
                 *cell = row[j];
             }
-            scorer.normalize(&state, pod, &mut column);
-            for (t, s) in totals.iter_mut().zip(&column) {
-                *t += (*s).clamp(0, MAX_NODE_SCORE) * weight;
+            s.scorer.normalize(&state, pod, &mut column);
+            for (t, score) in totals.iter_mut().zip(&column) {
+                *t += (*score).clamp(0, MAX_NODE_SCORE) * s.weight;
             }
         }
     }
-    // The best score; ties broken at random (reservoir sampling), reproducibly by seed.
-    let mut best = 0;
-    let mut seen = 0u64;
-    for (i, total) in totals.iter().enumerate() {
-        if *total > totals[best] {
-            best = i;
-            seen = 1;
-        } else if *total == totals[best] {
-            seen += 1;
-            if ties.next().is_multiple_of(seen) {
-                best = i;
-            }
-        }
-    }
+    // The best score; ties broken at random, reproducibly by seed.
+    let top = totals.iter().copied().max().unwrap_or(0);
+    let tied = totals.iter().filter(|t| **t == top).count().max(1);
+    let pick = (ties.next() % tied as u64) as usize;
+    let best = totals
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| **t == top)
+        .nth(pick)
+        .map_or(0, |(i, _)| i);
     Decision::Fits {
         node: candidates[best].name.clone(),
         state: Box::new(CycleStateHolder(state)),

@@ -341,6 +341,14 @@ pub trait Plugin: Send + Sync {
     fn as_post_bind(&self) -> Option<&dyn PostBindPlugin> {
         None
     }
+    /// Whether this plugin's filter and score results are functions of the pod's spec and the
+    /// one [`NodeInfo`] alone — not of the cycle state, other nodes, or pods on other nodes —
+    /// so the scheduler may reuse them for a pod with the same spec on a node that has not
+    /// changed since (its [`EquivalenceCache`](super::EquivalenceCache)). `false` unless the
+    /// plugin says so; a plugin that says so wrongly gets stale results.
+    fn node_local(&self) -> bool {
+        false
+    }
     /// Cluster events that may make a pod this plugin rejected schedulable.
     fn events_to_register(&self) -> Vec<ClusterEvent> {
         vec![

@@ -12,6 +12,7 @@
 //! bindings, pod conditions and Events.
 
 mod cycle;
+mod equivalence;
 pub mod framework;
 mod node_info;
 pub mod plugins;
@@ -21,7 +22,8 @@ mod queue;
 mod resources;
 mod snapshot;
 
-pub use cycle::{decide, CycleStateHolder, Decision, TieBreaker, Unschedulable};
+pub use cycle::{decide, decide_cached, CycleStateHolder, Decision, TieBreaker, Unschedulable};
+pub use equivalence::EquivalenceCache;
 pub use framework::{ClusterEvent, Plugin};
 pub use node_info::NodeInfo;
 pub use pod_info::{HostPort, PodInfo};
@@ -488,6 +490,8 @@ impl Shared {
     ) {
         let mut start = 0usize;
         let mut ties = cycle::TieBreaker::new(seed);
+        // One per profile: node-local results for pods of the same spec.
+        let mut caches: HashMap<String, EquivalenceCache> = HashMap::new();
         while !stop.is_cancelled() {
             let Some(attempt) = self.queue.pop(Duration::from_millis(200)) else {
                 continue;
@@ -504,7 +508,8 @@ impl Shared {
                 self.queue.done(&pod.key);
                 continue;
             }
-            let decision = decide(profile, &pod, &snapshot, &mut start, &mut ties);
+            let cache = caches.entry(profile.scheduler_name.clone()).or_default();
+            let decision = decide_cached(profile, &pod, &snapshot, &mut start, &mut ties, cache);
             drop(snapshot);
             match decision {
                 Decision::Fits { node, state, .. } => {

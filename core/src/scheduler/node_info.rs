@@ -6,7 +6,16 @@ use super::pod_info::{HostPort, PodInfo};
 use super::resources::Resources;
 use k8s_openapi::api::core::v1::{Node, Taint};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// The source of node generations: every change to any [`NodeInfo`] takes the next one, so a
+/// generation names one state of one node.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    NEXT_GENERATION.fetch_add(1, Ordering::Relaxed)
+}
 
 /// A node and what is on it.
 #[derive(Debug, Clone)]
@@ -32,6 +41,8 @@ pub struct NodeInfo {
     pub affinity_pods: usize,
     /// `spec.unschedulable`, read once per Node update (filters ask for every node).
     cordoned: bool,
+    /// This state's generation (see [`NodeInfo::generation`]).
+    generation: u64,
 }
 
 impl NodeInfo {
@@ -48,6 +59,7 @@ impl NodeInfo {
             taints: Vec::new(),
             affinity_pods: 0,
             cordoned: false,
+            generation: next_generation(),
         };
         info.set_node(node);
         info
@@ -55,6 +67,7 @@ impl NodeInfo {
 
     /// Replaces the Node (its allocatable, taints, images, labels), keeping the pods.
     pub fn set_node(&mut self, node: Arc<Node>) {
+        self.generation = next_generation();
         self.allocatable = Resources::of_node(&node);
         self.taints = node
             .spec
@@ -88,6 +101,14 @@ impl NodeInfo {
         self.node.metadata.labels.as_ref()
     }
 
+    /// Names this state of the node: unique among all nodes, and changed by every
+    /// [`set_node`](Self::set_node), [`add_pod`](Self::add_pod) and
+    /// [`remove_pod`](Self::remove_pod) (results computed from the node stay valid while it
+    /// is the same).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Whether `spec.unschedulable` is set.
     pub fn unschedulable(&self) -> bool {
         self.cordoned
@@ -96,6 +117,7 @@ impl NodeInfo {
     /// Counts a pod on this node (replacing an older state of the same pod).
     pub fn add_pod(&mut self, pod: Arc<PodInfo>) {
         self.remove_pod(&pod.uid);
+        self.generation = next_generation();
         self.requested.add(&pod.requests);
         if pod.has_pod_affinity() {
             self.affinity_pods += 1;
@@ -109,6 +131,7 @@ impl NodeInfo {
     /// Stops counting a pod; returns it when it was counted.
     pub fn remove_pod(&mut self, uid: &str) -> Option<Arc<PodInfo>> {
         let pod = self.pods.remove(uid)?;
+        self.generation = next_generation();
         self.requested.sub(&pod.requests);
         if pod.has_pod_affinity() {
             self.affinity_pods -= 1;

@@ -13,6 +13,9 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     nodes: Vec<NodeInfo>,
+    /// Each node's generation, by the same index (read for every node every cycle, so kept
+    /// apart from the large `NodeInfo`s).
+    generations: Vec<u64>,
     by_name: HashMap<String, usize>,
     /// Pod uid -> node name and pod, for every placed pod (also those on nodes not known yet).
     placed: HashMap<String, (String, Arc<PodInfo>)>,
@@ -34,6 +37,11 @@ impl Snapshot {
         &self.nodes
     }
 
+    /// Each node's [`NodeInfo::generation`], by index in [`nodes`](Self::nodes).
+    pub fn generations(&self) -> &[u64] {
+        &self.generations
+    }
+
     /// A node by name.
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
         self.by_name.get(name).map(|&i| &self.nodes[i])
@@ -48,7 +56,10 @@ impl Snapshot {
     pub fn upsert_node(&mut self, node: Arc<Node>) {
         let name = node.metadata.name.clone().unwrap_or_default();
         match self.by_name.get(&name) {
-            Some(&i) => self.nodes[i].set_node(node),
+            Some(&i) => {
+                self.nodes[i].set_node(node);
+                self.generations[i] = self.nodes[i].generation();
+            }
             None => {
                 let mut info = NodeInfo::new(node);
                 for (placed_on, pod) in self.placed.values() {
@@ -57,6 +68,7 @@ impl Snapshot {
                     }
                 }
                 self.by_name.insert(name, self.nodes.len());
+                self.generations.push(info.generation());
                 self.nodes.push(info);
             }
         }
@@ -69,6 +81,7 @@ impl Snapshot {
         };
         // Its pods stay placed (on a node that is gone) until they are deleted.
         self.nodes.swap_remove(index);
+        self.generations.swap_remove(index);
         if let Some(moved) = self.nodes.get(index) {
             self.by_name.insert(moved.name.clone(), index);
         }
@@ -82,6 +95,7 @@ impl Snapshot {
             .insert(pod.uid.clone(), (node.to_string(), pod.clone()));
         if let Some(&i) = self.by_name.get(node) {
             self.nodes[i].add_pod(pod);
+            self.generations[i] = self.nodes[i].generation();
         }
     }
 
@@ -90,6 +104,7 @@ impl Snapshot {
         let (node, pod) = self.placed.remove(uid)?;
         if let Some(&i) = self.by_name.get(&node) {
             self.nodes[i].remove_pod(uid);
+            self.generations[i] = self.nodes[i].generation();
         }
         Some(pod)
     }

@@ -15,6 +15,9 @@ impl Plugin for BalancedAllocation {
     fn name(&self) -> &str {
         NAME
     }
+    fn node_local(&self) -> bool {
+        true
+    }
     fn as_score(&self) -> Option<&dyn ScorePlugin> {
         Some(self)
     }

@@ -17,6 +17,9 @@ impl Plugin for ImageLocality {
     fn name(&self) -> &str {
         NAME
     }
+    fn node_local(&self) -> bool {
+        true
+    }
     fn as_score(&self) -> Option<&dyn ScorePlugin> {
         Some(self)
     }

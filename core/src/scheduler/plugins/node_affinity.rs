@@ -93,6 +93,9 @@ impl Plugin for NodeAffinity {
     fn name(&self) -> &str {
         NAME
     }
+    fn node_local(&self) -> bool {
+        true
+    }
     fn as_filter(&self) -> Option<&dyn FilterPlugin> {
         Some(self)
     }

@@ -13,6 +13,9 @@ impl Plugin for NodeName {
     fn name(&self) -> &str {
         NAME
     }
+    fn node_local(&self) -> bool {
+        true
+    }
     fn as_filter(&self) -> Option<&dyn FilterPlugin> {
         Some(self)
     }

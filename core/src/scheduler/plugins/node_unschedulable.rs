@@ -16,6 +16,9 @@ impl Plugin for NodeUnschedulable {
     fn name(&self) -> &str {
         NAME
     }
+    fn node_local(&self) -> bool {
+        true
+    }
     fn as_filter(&self) -> Option<&dyn FilterPlugin> {
         Some(self)
     }
