@@ -26,6 +26,10 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The allocator the `capstan` binary runs with, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BENCH: &str = "api-perf";
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 const WATCHERS: usize = 1000;

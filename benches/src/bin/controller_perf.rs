@@ -38,7 +38,7 @@ fn deployment(i: usize) -> Deployment {
 /// Counts live heap bytes, so cache memory is measured exactly rather than through RSS (which
 /// freed-but-kept allocator pages blur).
 #[global_allocator]
-static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+static ALLOCATOR: cap::Cap<mimalloc::MiMalloc> = cap::Cap::new(mimalloc::MiMalloc, usize::MAX);
 
 /// Live heap bytes of this process.
 fn heap_bytes() -> f64 {

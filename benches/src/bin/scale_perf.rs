@@ -30,6 +30,10 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The allocator the `capstan` binary runs with, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BENCH: Bench = Bench("scale-perf");
 /// Replicas per Deployment.
 const PER_DEPLOYMENT: usize = 1000;

@@ -29,6 +29,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The allocator the `capstan` binary runs with, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BENCH: Bench = Bench("scheduler-perf");
 const PLACED: usize = 1000;
 const CONCURRENCY: usize = 64;

@@ -278,6 +278,11 @@ async fn sim(args: SimArgs, shutdown: CancellationToken) -> Result<(), String> {
     Ok(())
 }
 
+/// mimalloc: faster than glibc's allocator under the API server's many small allocations
+/// freed on other threads, and it returns freed memory to the system.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let args = match config_file::expand(std::env::args().collect()) {
