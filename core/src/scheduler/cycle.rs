@@ -1,7 +1,9 @@
 //! One scheduling cycle's decision, as a pure function of a profile, a pod and a snapshot:
 //! pre-filter, filter (over nodes, stopping once enough are feasible, in parallel on large
-//! clusters, on rayon's pool), pre-score, score with normalization and weights, and a seeded tie-break. No I/O;
-//! reserving and binding happen around it.
+//! clusters, on rayon's pool), pre-score, score with normalization and weights, and a seeded
+//! tie-break. [`decide_cached`] takes the node-local plugins' verdicts and raw scores from an
+//! [`EquivalenceCache`] where a node is unchanged since a pod of the same spec was decided, and
+//! decides exactly as [`decide`] does. No I/O; reserving and binding happen around it.
 
 use super::equivalence::{EquivalenceCache, LocalFilter, LocalRefusal};
 use super::framework::{

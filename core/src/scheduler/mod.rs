@@ -4,7 +4,9 @@
 //! in the API server's process) into an incrementally updated [`Snapshot`], takes pods from a
 //! [`SchedulingQueue`] one at a time on a dedicated thread, and runs the [`framework`]'s
 //! extension points of the pod's [`Profile`]: filters (in parallel on large clusters, stopping
-//! once enough nodes are feasible), scores, a seeded tie-break, then *assume* — the placement
+//! once enough nodes are feasible), scores, a seeded tie-break — reusing, per profile, the
+//! node-local plugins' results for nodes unchanged since a pod of the same spec was decided
+//! ([`EquivalenceCache`]) — then *assume* — the placement
 //! is counted in the snapshot at once so the next pod sees it — and an asynchronous bind. A
 //! failed bind un-assumes and requeues the pod; a pod that fits nowhere gets a
 //! `FailedScheduling` Event with every reason and the `PodScheduled=False` condition, and waits

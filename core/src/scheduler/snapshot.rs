@@ -24,6 +24,9 @@ pub struct Snapshot {
     /// Pending pods nominated to a node by preemption: node -> uid -> pod. Pods of lower or
     /// equal priority must leave them their room.
     nominated: HashMap<String, HashMap<String, Arc<PodInfo>>>,
+    /// Counted pods with (anti-)affinity terms, over every node: when none, inter-pod affinity
+    /// has nothing to look for among placed pods.
+    affinity_pods: usize,
 }
 
 impl Snapshot {
@@ -35,6 +38,11 @@ impl Snapshot {
     /// All nodes.
     pub fn nodes(&self) -> &[NodeInfo] {
         &self.nodes
+    }
+
+    /// How many pods counted on the nodes have inter-pod (anti-)affinity terms.
+    pub fn affinity_pods(&self) -> usize {
+        self.affinity_pods
     }
 
     /// Each node's [`NodeInfo::generation`], by index in [`nodes`](Self::nodes).
@@ -67,6 +75,7 @@ impl Snapshot {
                         info.add_pod(pod.clone());
                     }
                 }
+                self.affinity_pods += info.affinity_pods;
                 self.by_name.insert(name, self.nodes.len());
                 self.generations.push(info.generation());
                 self.nodes.push(info);
@@ -80,6 +89,7 @@ impl Snapshot {
             return;
         };
         // Its pods stay placed (on a node that is gone) until they are deleted.
+        self.affinity_pods -= self.nodes[index].affinity_pods;
         self.nodes.swap_remove(index);
         self.generations.swap_remove(index);
         if let Some(moved) = self.nodes.get(index) {
@@ -94,7 +104,9 @@ impl Snapshot {
         self.placed
             .insert(pod.uid.clone(), (node.to_string(), pod.clone()));
         if let Some(&i) = self.by_name.get(node) {
+            self.affinity_pods -= self.nodes[i].affinity_pods;
             self.nodes[i].add_pod(pod);
+            self.affinity_pods += self.nodes[i].affinity_pods;
             self.generations[i] = self.nodes[i].generation();
         }
     }
@@ -103,7 +115,9 @@ impl Snapshot {
     pub fn remove_pod(&mut self, uid: &str) -> Option<Arc<PodInfo>> {
         let (node, pod) = self.placed.remove(uid)?;
         if let Some(&i) = self.by_name.get(&node) {
+            self.affinity_pods -= self.nodes[i].affinity_pods;
             self.nodes[i].remove_pod(uid);
+            self.affinity_pods += self.nodes[i].affinity_pods;
             self.generations[i] = self.nodes[i].generation();
         }
         Some(pod)
@@ -160,5 +174,60 @@ impl Snapshot {
     /// Whether there are no nodes.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+    use serde_json::json;
+
+    fn node(name: &str) -> Arc<Node> {
+        Arc::new(serde_json::from_value(json!({"metadata": {"name": name}})).expect("a node"))
+    }
+
+    fn pod(uid: &str, affinity: bool) -> Arc<PodInfo> {
+        let mut spec = json!({"containers": [{"name": "c", "image": "i"}]});
+        if affinity {
+            spec["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": "a"}}, "topologyKey": "kubernetes.io/hostname"}
+            ]}});
+        }
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": uid, "namespace": "default", "uid": uid},
+            "spec": spec,
+        }))
+        .expect("a pod");
+        Arc::new(PodInfo::new(Arc::new(pod)))
+    }
+
+    fn counted(snapshot: &Snapshot) -> usize {
+        snapshot.nodes().iter().map(|n| n.affinity_pods).sum()
+    }
+
+    #[test]
+    fn the_affinity_pod_count_follows_pods_and_nodes() {
+        let mut s = Snapshot::new();
+        s.upsert_node(node("a"));
+        s.upsert_node(node("b"));
+        s.add_pod("a", pod("p1", true));
+        s.add_pod("a", pod("p2", false));
+        s.add_pod("b", pod("p3", true));
+        assert_eq!((s.affinity_pods(), counted(&s)), (2, 2));
+        // Moving a pod, and placing one on a node not known yet.
+        s.add_pod("b", pod("p1", true));
+        s.add_pod("c", pod("p4", true));
+        assert_eq!((s.affinity_pods(), counted(&s)), (2, 2));
+        s.upsert_node(node("c"));
+        assert_eq!((s.affinity_pods(), counted(&s)), (3, 3));
+        s.remove_node("b");
+        assert_eq!((s.affinity_pods(), counted(&s)), (1, 1));
+        s.upsert_node(node("b"));
+        assert_eq!((s.affinity_pods(), counted(&s)), (3, 3));
+        s.remove_pod("p3");
+        s.remove_pod("p4");
+        s.remove_pod("p2");
+        assert_eq!((s.affinity_pods(), counted(&s)), (1, 1));
     }
 }

@@ -204,7 +204,13 @@ impl PreFilterPlugin for InterPodAffinity {
             ..Default::default()
         };
         let only_existing = s.affinity.is_empty() && s.anti_affinity.is_empty();
-        for node in snapshot.nodes() {
+        // Only placed pods' terms to honour, and no placed pod has any: nothing to walk.
+        let nodes = if only_existing && snapshot.affinity_pods() == 0 {
+            &[]
+        } else {
+            snapshot.nodes()
+        };
+        for node in nodes {
             if only_existing && node.affinity_pods == 0 {
                 continue;
             }
