@@ -3,7 +3,7 @@
 //! store alone of a Kubernetes control plane — started in the same run. Target: under 60 MB
 //! (a k3s server idles at about 1.4 GB with its workload).
 
-use capstan_benches::{resident_mib, Bench};
+use crate::{resident_mib, Bench};
 use capstan_store_etcd::testkit::LocalEtcd;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
