@@ -478,6 +478,101 @@ mod invariants {
             prop_assert_eq!(run(true), run(false));
         }
     }
+
+    /// The same on a cluster large enough for the cycle's large-cluster paths (nodes settled
+    /// from remembered verdicts in one pass, the rest filtered and scored in parallel; only
+    /// changed nodes rescored): every placement and refusal equal with and without the cache,
+    /// scoring every node and with default sampling.
+    #[test]
+    fn the_equivalence_cache_changes_no_decision_on_a_large_cluster() {
+        // A small deterministic generator (splitmix64) for the cluster and the stream.
+        let mut state = 7u64;
+        let mut next = move |below: u64| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)) % below
+        };
+        let nodes: Vec<(i64, bool, u8)> = (0..1500)
+            .map(|_| (500 + next(3500) as i64, next(10) == 0, next(3) as u8))
+            .collect();
+        let templates = [
+            (100i64, None, false),
+            (700, Some(1u8), false),
+            (300, None, true),
+        ];
+        let steps: Vec<(usize, u64, usize, i64)> = (0..300)
+            .map(|_| {
+                let template = next(templates.len() as u64) as usize;
+                (
+                    template,
+                    next(12),
+                    next(1500) as usize,
+                    500 + next(3500) as i64,
+                )
+            })
+            .collect();
+        for percentage in [100u32, 0] {
+            let profile = Profile::default_profile().scoring_percentage(percentage);
+            let run = |cached: bool| {
+                let mut snapshot = cluster(&nodes);
+                let mut cache = EquivalenceCache::new();
+                let (mut start, mut ties) = (0, TieBreaker::new(11));
+                let mut placed: Vec<Arc<PodInfo>> = Vec::new();
+                let mut outcomes = Vec::new();
+                for (i, (template, action, which, cpu)) in steps.iter().enumerate() {
+                    match action {
+                        0 if !placed.is_empty() => {
+                            let gone = placed.remove(which % placed.len());
+                            snapshot.remove_pod(&gone.uid);
+                        }
+                        1 => {
+                            let (_, tainted, zone) = nodes[*which];
+                            let mut n = node(
+                                &format!("n{which}"),
+                                &format!("{cpu}m"),
+                                json!({"zone": format!("z{zone}")}),
+                                if tainted {
+                                    json!([{"key": "t", "effect": "NoSchedule"}])
+                                } else {
+                                    json!([])
+                                },
+                            );
+                            n.spec.get_or_insert_with(Default::default).unschedulable =
+                                Some(cpu % 5 == 0);
+                            snapshot.upsert_node(Arc::new(n));
+                        }
+                        _ => {}
+                    }
+                    let (pod_cpu, zone, tolerate) = templates[*template];
+                    let info = pod_info(i, pod_cpu, zone, tolerate);
+                    let decision = if cached {
+                        decide_cached(
+                            &profile, &info, &snapshot, &mut start, &mut ties, &mut cache,
+                        )
+                    } else {
+                        decide(&profile, &info, &snapshot, &mut start, &mut ties)
+                    };
+                    match decision {
+                        Decision::Fits { node, .. } => {
+                            snapshot.add_pod(&node, info.clone());
+                            placed.push(info);
+                            outcomes.push(Ok(node));
+                        }
+                        Decision::Unschedulable(why) => outcomes.push(Err(why.message)),
+                    }
+                }
+                outcomes
+            };
+            let (with, without) = (run(true), run(false));
+            assert!(
+                with.iter().filter(|o| o.is_ok()).count() > 200,
+                "most pods fit"
+            );
+            assert_eq!(with, without, "percentage {percentage}");
+        }
+    }
 }
 
 mod placement_rules {

@@ -3,9 +3,12 @@
 //! clusters, on rayon's pool), pre-score, score with normalization and weights, and a seeded
 //! tie-break. [`decide_cached`] takes the node-local plugins' verdicts and raw scores from an
 //! [`EquivalenceCache`] where a node is unchanged since a pod of the same spec was decided, and
-//! decides exactly as [`decide`] does. No I/O; reserving and binding happen around it.
+//! decides exactly as [`decide`] does: remembered results are copied in by whole columns and
+//! only the nodes that changed (usually the one that took the previous pod) are filtered and
+//! scored again, in parallel only when they are many. No I/O; reserving and binding happen
+//! around it.
 
-use super::equivalence::{EquivalenceCache, LocalFilter, LocalRefusal};
+use super::equivalence::{EquivalenceCache, LocalFilter, LocalRefusal, UNSCORED};
 use super::framework::{
     Code, CycleState, FilterPlugin, PreScore, Rejection, ScorePlugin, MAX_NODE_SCORE,
 };
@@ -351,16 +354,44 @@ fn decide_with(
         let feasible =
             |outcome: &Option<Box<Filtered>>| outcome.as_ref().is_none_or(|f| f.result.is_ok());
         if wanted >= total && total >= PARALLEL_FROM {
-            // Every node is wanted (scoring all nodes of a large cluster): filter them all in
-            // parallel, then record in rotation order.
-            let mut by_index: Vec<Option<Box<Filtered>>> = (0..total)
-                .into_par_iter()
-                .with_min_len(MIN_CHUNK)
-                .map(filter_at)
-                .collect();
-            (0..total)
-                .map(|i| (order(i), by_index[order(i)].take()))
-                .collect()
+            // Every node is wanted (scoring all nodes of a large cluster). A remembered verdict
+            // settles a node when every filter is node-local and no pod is nominated anywhere;
+            // the other nodes are filtered afterwards, in parallel when they are many.
+            let settles = !snapshot.has_nominations() && filters.iter().all(|f| f.local);
+            let mut outcomes: Vec<(usize, Option<Box<Filtered>>)> = Vec::with_capacity(total);
+            let mut unsettled: Vec<usize> = Vec::new();
+            for i in 0..total {
+                let index = order(i);
+                let remembered = remembered_in
+                    .filter(|_| settles)
+                    .zip(class)
+                    .and_then(|(cache, c)| cache.verdict(index, c, generations[index]));
+                let outcome = match remembered {
+                    Some(LocalFilter::Pass) => None,
+                    Some(LocalFilter::Fail(refusal)) => Some(Box::new(Filtered {
+                        result: Err(refusal.rejection.clone()),
+                        fresh: None,
+                    })),
+                    None => {
+                        unsettled.push(i);
+                        None
+                    }
+                };
+                outcomes.push((index, outcome));
+            }
+            let filtered: Vec<Option<Box<Filtered>>> = if unsettled.len() >= PARALLEL_FROM {
+                unsettled
+                    .par_iter()
+                    .with_min_len(MIN_CHUNK)
+                    .map(|&i| filter_at(order(i)))
+                    .collect()
+            } else {
+                unsettled.iter().map(|&i| filter_at(order(i))).collect()
+            };
+            for (i, outcome) in unsettled.into_iter().zip(filtered) {
+                outcomes[i].1 = outcome;
+            }
+            outcomes
         } else {
             let mut outcomes = Vec::new();
             let mut found = 0;
@@ -428,62 +459,83 @@ fn decide_with(
                 )
             })
             .collect();
-        // One row per candidate, one column per scorer, filled in a single pass over the
-        // candidates (in parallel on large clusters).
-        let width = scorers.len().max(1);
-        let mut table = vec![0i64; candidates.len() * width];
+        // One column per scorer, one cell per candidate: remembered node-local scores are
+        // copied in, the rest computed (in parallel when they are many), then each column is
+        // normalized in place and added to the totals.
+        let n = candidates.len();
+        let mut columns = vec![UNSCORED; scorers.len() * n];
         // Rows with a node-local score computed (not remembered) this cycle.
-        let mut fresh = vec![false; candidates.len()];
-        {
-            let remembered_in = cache.as_deref().zip(class);
-            let fill = |((row, fresh), &index): ((&mut [i64], &mut bool), &usize)| {
-                let node = &nodes[index];
-                for (cell, s) in row.iter_mut().zip(&scorers) {
-                    let remembered = remembered_in.filter(|_| s.local).and_then(|(cache, c)| {
-                        cache.score(index, c, generations[index], s.position)
-                    });
-                    *cell = match remembered {
-                        Some(score) => score,
-                        None => {
-                            *fresh |= s.local;
-                            s.scorer.score(&state, pod, node)
+        let mut fresh = vec![false; n];
+        let remembered_in = cache.as_deref().zip(class);
+        // Per candidate: whether the cache holds its node's results for this class.
+        let held: Vec<bool> = match remembered_in {
+            Some((cache, c)) => feasible
+                .iter()
+                .map(|&index| cache.holds(index, c, generations[index]))
+                .collect(),
+            None => Vec::new(),
+        };
+        for (s, column) in scorers.iter().zip(columns.chunks_mut(n)) {
+            let remembered = remembered_in
+                .filter(|_| s.local)
+                .and_then(|(cache, _)| cache.scores_of(s.position));
+            // The rows to compute, when few; `None`: every row.
+            let mut missing: Option<Vec<usize>> = None;
+            if let Some(scores) = remembered {
+                let mut rows = Vec::new();
+                for (row, (cell, &index)) in column.iter_mut().zip(&feasible).enumerate() {
+                    *cell = if held[row] { scores[index] } else { UNSCORED };
+                    if *cell == UNSCORED {
+                        rows.push(row);
+                    }
+                }
+                if rows.len() < PARALLEL_FROM {
+                    missing = Some(rows);
+                }
+            }
+            match missing {
+                Some(rows) => {
+                    for row in rows {
+                        column[row] = s.scorer.score(&state, pod, &nodes[feasible[row]]);
+                        fresh[row] |= s.local;
+                    }
+                }
+                None => {
+                    if s.local {
+                        for (f, cell) in fresh.iter_mut().zip(column.iter()) {
+                            *f |= *cell == UNSCORED;
+                        }
+                    }
+                    let compute = |(cell, &index): (&mut i64, &usize)| {
+                        if *cell == UNSCORED {
+                            *cell = s.scorer.score(&state, pod, &nodes[index]);
                         }
                     };
+                    if n >= PARALLEL_FROM {
+                        column
+                            .par_iter_mut()
+                            .zip(feasible.par_iter())
+                            .with_min_len(MIN_CHUNK)
+                            .for_each(compute);
+                    } else {
+                        column.iter_mut().zip(&feasible).for_each(compute);
+                    }
                 }
-            };
-            if candidates.len() >= PARALLEL_FROM {
-                table
-                    .par_chunks_mut(width)
-                    .zip(fresh.par_iter_mut())
-                    .zip(feasible.par_iter())
-                    .with_min_len(MIN_CHUNK)
-                    .for_each(fill);
-            } else {
-                table
-                    .chunks_mut(width)
-                    .zip(fresh.iter_mut())
-                    .zip(feasible.iter())
-                    .for_each(fill);
             }
         }
         if let (Some(cache), Some(class)) = (cache, class) {
-            let rows = table.chunks(width).zip(&feasible).zip(&fresh);
-            for ((row, &index), _) in rows.filter(|(_, fresh)| **fresh) {
+            for (row, &index) in feasible.iter().enumerate().filter(|(row, _)| fresh[*row]) {
                 let local = scorers
                     .iter()
-                    .zip(row)
+                    .zip(columns.chunks(n))
                     .filter(|(s, _)| s.local)
-                    .map(|(s, score)| (s.position, *score));
+                    .map(|(s, column)| (s.position, column[row]));
                 cache.store_scores(index, class, generations[index], local);
             }
         }
-        let mut column = vec![0i64; candidates.len()];
-        for (j, s) in scorers.iter().enumerate() {
-            for (cell, row) in column.iter_mut().zip(table.chunks(width)) {
-                *cell = row[j];
-            }
-            s.scorer.normalize(&state, pod, &mut column);
-            for (t, score) in totals.iter_mut().zip(&column) {
+        for (s, column) in scorers.iter().zip(columns.chunks_mut(n)) {
+            s.scorer.normalize(&state, pod, column);
+            for (t, score) in totals.iter_mut().zip(column.iter()) {
                 *t += (*score).clamp(0, MAX_NODE_SCORE) * s.weight;
             }
         }

@@ -4,8 +4,8 @@
 //! [`NodeInfo::generation`](super::NodeInfo::generation)). Pods of one ReplicaSet, Job or
 //! StatefulSet share a spec, so after the first of them a cycle re-evaluates only the nodes
 //! that changed since — usually the one that took the previous pod — instead of every node.
-//! Results are kept in flat arrays by node index, so a cycle that reuses them reads memory in
-//! order.
+//! Results are kept in flat arrays by node index, one column per plugin, so a cycle that
+//! reuses them reads memory in order.
 
 use super::framework::Rejection;
 use super::pod_info::PodInfo;
@@ -15,7 +15,7 @@ use std::collections::HashMap;
 const MAX_CLASSES: usize = 4096;
 
 /// A score not computed yet.
-const UNSCORED: i64 = i64::MIN;
+pub(crate) const UNSCORED: i64 = i64::MIN;
 
 /// Per-node results of the node-local plugins for pods of one spec. Keep one per profile
 /// (plugin sets and arguments differ between profiles) and pass it to
@@ -29,7 +29,8 @@ pub struct EquivalenceCache {
     held: Vec<(u64, u64)>,
     /// Per node index: the node-local filters' verdict, when known.
     verdicts: Vec<Option<LocalFilter>>,
-    /// Per node index, `width` raw scores by plugin position ([`UNSCORED`]: not known).
+    /// Raw scores, one column of `held.len()` nodes per plugin position ([`UNSCORED`]: not
+    /// known).
     scores: Vec<i64>,
     /// Plugins in the profile.
     width: usize,
@@ -76,21 +77,29 @@ impl EquivalenceCache {
     /// Makes room for `nodes` nodes of a profile of `plugins` plugins (forgetting everything
     /// when the profile's width changed).
     pub(crate) fn ensure(&mut self, nodes: usize, plugins: usize) {
-        if self.width != plugins {
+        if self.width != plugins || self.held.len() < nodes {
+            // Columns are as long as the node count: growing starts over (nodes are added
+            // rarely; forgotten results are recomputed once).
             self.held.clear();
-            self.verdicts.clear();
-            self.scores.clear();
-            self.width = plugins;
-        }
-        if self.held.len() < nodes {
             self.held.resize(nodes, (0, 0));
+            self.verdicts.clear();
             self.verdicts.resize(nodes, None);
+            self.scores.clear();
             self.scores.resize(nodes * plugins, UNSCORED);
+            self.width = plugins;
         }
     }
 
-    fn holds(&self, index: usize, class: u64, generation: u64) -> bool {
+    /// Whether the node at `index` holds results for this class and node generation.
+    pub(crate) fn holds(&self, index: usize, class: u64, generation: u64) -> bool {
         self.held.get(index) == Some(&(generation, class))
+    }
+
+    /// The raw scores of the plugin at `position`, by node index: meaningful only for nodes
+    /// that [`holds`](Self::holds) for the class at hand ([`UNSCORED`]: not known).
+    pub(crate) fn scores_of(&self, position: usize) -> Option<&[i64]> {
+        let nodes = self.held.len();
+        (position < self.width).then(|| &self.scores[position * nodes..(position + 1) * nodes])
     }
 
     /// The node-local verdict on the node at `index`, when remembered for this class and node
@@ -108,22 +117,6 @@ impl EquivalenceCache {
         }
     }
 
-    /// The raw score of the plugin at `position` for the node at `index`, when remembered for
-    /// this class and node generation.
-    pub(crate) fn score(
-        &self,
-        index: usize,
-        class: u64,
-        generation: u64,
-        position: usize,
-    ) -> Option<i64> {
-        if !self.holds(index, class, generation) || position >= self.width {
-            return None;
-        }
-        let score = *self.scores.get(index * self.width + position)?;
-        (score != UNSCORED).then_some(score)
-    }
-
     /// Makes the node at `index` hold results for this class and generation, forgetting
     /// others. False when `index` is out of range.
     fn claim(&mut self, index: usize, class: u64, generation: u64) -> bool {
@@ -133,8 +126,10 @@ impl EquivalenceCache {
         if *held != (generation, class) {
             *held = (generation, class);
             self.verdicts[index] = None;
-            let row = index * self.width;
-            self.scores[row..row + self.width].fill(UNSCORED);
+            let nodes = self.held.len();
+            for position in 0..self.width {
+                self.scores[position * nodes + index] = UNSCORED;
+            }
         }
         true
     }
@@ -161,9 +156,9 @@ impl EquivalenceCache {
         scores: impl Iterator<Item = (usize, i64)>,
     ) {
         if self.claim(index, class, generation) {
-            let row = index * self.width;
+            let nodes = self.held.len();
             for (position, score) in scores.filter(|(p, _)| *p < self.width) {
-                self.scores[row + position] = score;
+                self.scores[position * nodes + index] = score;
             }
         }
     }
