@@ -468,12 +468,19 @@ fn decide_with(
         let mut fresh = vec![false; n];
         let remembered_in = cache.as_deref().zip(class);
         // Per candidate: whether the cache holds its node's results for this class.
-        let held: Vec<bool> = match remembered_in {
-            Some((cache, c)) => feasible
-                .iter()
-                .map(|&index| cache.holds(index, c, generations[index]))
+        let unheld: Vec<usize> = match remembered_in {
+            Some((cache, c)) => (0..n)
+                .filter(|&row| !cache.holds(feasible[row], c, generations[feasible[row]]))
                 .collect(),
             None => Vec::new(),
+        };
+        // The rows of `fresh` set, in the order they were set.
+        let mut fresh_rows: Vec<usize> = Vec::new();
+        let mut mark_fresh = |row: usize, fresh: &mut [bool]| {
+            if !fresh[row] {
+                fresh[row] = true;
+                fresh_rows.push(row);
+            }
         };
         for (s, column) in scorers.iter().zip(columns.chunks_mut(n)) {
             let remembered = remembered_in
@@ -482,13 +489,13 @@ fn decide_with(
             // The rows to compute, when few; `None`: every row.
             let mut missing: Option<Vec<usize>> = None;
             if let Some(scores) = remembered {
-                let mut rows = Vec::new();
-                for (row, (cell, &index)) in column.iter_mut().zip(&feasible).enumerate() {
-                    *cell = if held[row] { scores[index] } else { UNSCORED };
-                    if *cell == UNSCORED {
-                        rows.push(row);
-                    }
+                for (cell, &index) in column.iter_mut().zip(&feasible) {
+                    *cell = scores.get(index).copied().unwrap_or(UNSCORED);
                 }
+                for &row in &unheld {
+                    column[row] = UNSCORED;
+                }
+                let rows: Vec<usize> = (0..n).filter(|&row| column[row] == UNSCORED).collect();
                 if rows.len() < PARALLEL_FROM {
                     missing = Some(rows);
                 }
@@ -497,13 +504,15 @@ fn decide_with(
                 Some(rows) => {
                     for row in rows {
                         column[row] = s.scorer.score(&state, pod, &nodes[feasible[row]]);
-                        fresh[row] |= s.local;
+                        if s.local {
+                            mark_fresh(row, &mut fresh);
+                        }
                     }
                 }
                 None => {
                     if s.local {
-                        for (f, cell) in fresh.iter_mut().zip(column.iter()) {
-                            *f |= *cell == UNSCORED;
+                        for row in (0..n).filter(|&row| column[row] == UNSCORED) {
+                            mark_fresh(row, &mut fresh);
                         }
                     }
                     let compute = |(cell, &index): (&mut i64, &usize)| {
@@ -524,7 +533,8 @@ fn decide_with(
             }
         }
         if let (Some(cache), Some(class)) = (cache, class) {
-            for (row, &index) in feasible.iter().enumerate().filter(|(row, _)| fresh[*row]) {
+            for row in fresh_rows {
+                let index = feasible[row];
                 let local = scorers
                     .iter()
                     .zip(columns.chunks(n))
