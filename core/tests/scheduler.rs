@@ -375,6 +375,66 @@ mod invariants {
             .all(|f: &dyn FilterPlugin| f.filter(&CycleState::default(), pod, node).is_ok())
     }
 
+    /// Decides a stream of pods (`templates`: cpu, zone selector, toleration) on a cluster
+    /// (`nodes`: cpu, tainted, zone), with or without the equivalence cache. Each step
+    /// (template, action, which, cpu) may first delete a placed pod (action 0) or resize,
+    /// retaint or cordon a node (action 1). Returns each pod's node or refusal message.
+    fn decide_stream(
+        profile: &Profile,
+        nodes: &[(i64, bool, u8)],
+        templates: &[(i64, Option<u8>, bool)],
+        steps: &[(usize, u8, usize, i64)],
+        seed: u64,
+        cached: bool,
+    ) -> Vec<Result<String, String>> {
+        let mut snapshot = cluster(nodes);
+        let mut cache = EquivalenceCache::new();
+        let (mut start, mut ties) = (0, TieBreaker::new(seed));
+        let mut placed: Vec<Arc<PodInfo>> = Vec::new();
+        let mut outcomes = Vec::new();
+        for (i, (template, action, which, cpu)) in steps.iter().enumerate() {
+            match action {
+                0 if !placed.is_empty() => {
+                    let gone = placed.remove(which % placed.len());
+                    snapshot.remove_pod(&gone.uid);
+                }
+                1 => {
+                    let (_, tainted, zone) = nodes[which % nodes.len()];
+                    let taints = if tainted {
+                        json!([{"key": "t", "effect": "NoSchedule"}])
+                    } else {
+                        json!([])
+                    };
+                    let mut n = node(
+                        &format!("n{}", which % nodes.len()),
+                        &format!("{cpu}m"),
+                        json!({"zone": format!("z{zone}")}),
+                        taints,
+                    );
+                    n.spec.get_or_insert_with(Default::default).unschedulable = Some(cpu % 5 == 0);
+                    snapshot.upsert_node(Arc::new(n));
+                }
+                _ => {}
+            }
+            let (pod_cpu, zone, tolerate) = templates[template % templates.len()];
+            let info = pod_info(i, pod_cpu, zone, tolerate);
+            let decision = if cached {
+                decide_cached(profile, &info, &snapshot, &mut start, &mut ties, &mut cache)
+            } else {
+                decide(profile, &info, &snapshot, &mut start, &mut ties)
+            };
+            match decision {
+                Decision::Fits { node, .. } => {
+                    snapshot.add_pod(&node, info.clone());
+                    placed.push(info);
+                    outcomes.push(Ok(node));
+                }
+                Decision::Unschedulable(why) => outcomes.push(Err(why.message)),
+            }
+        }
+        outcomes
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
 
@@ -431,50 +491,7 @@ mod invariants {
             seed in any::<u64>(),
         ) {
             let profile = Profile::default_profile().scoring_percentage(percentage);
-            let run = |cached: bool| {
-                let mut snapshot = cluster(&nodes);
-                let mut cache = EquivalenceCache::new();
-                let (mut start, mut ties) = (0, TieBreaker::new(seed));
-                let mut placed: Vec<Arc<PodInfo>> = Vec::new();
-                let mut outcomes = Vec::new();
-                for (i, (template, action, which, cpu)) in steps.iter().enumerate() {
-                    match action {
-                        // Now and then a placed pod goes, or a node is resized or cordoned.
-                        0 if !placed.is_empty() => {
-                            let gone = placed.remove(which % placed.len());
-                            snapshot.remove_pod(&gone.uid);
-                        }
-                        1 => {
-                            let (_, tainted, zone) = nodes[which % nodes.len()];
-                            let mut n = node(
-                                &format!("n{}", which % nodes.len()),
-                                &format!("{cpu}m"),
-                                json!({"zone": format!("z{zone}")}),
-                                if tainted { json!([{"key": "t", "effect": "NoSchedule"}]) } else { json!([]) },
-                            );
-                            n.spec.get_or_insert_with(Default::default).unschedulable = Some(cpu % 5 == 0);
-                            snapshot.upsert_node(Arc::new(n));
-                        }
-                        _ => {}
-                    }
-                    let (pod_cpu, zone, tolerate) = templates[template % templates.len()];
-                    let info = pod_info(i, pod_cpu, zone, tolerate);
-                    let decision = if cached {
-                        decide_cached(&profile, &info, &snapshot, &mut start, &mut ties, &mut cache)
-                    } else {
-                        decide(&profile, &info, &snapshot, &mut start, &mut ties)
-                    };
-                    match decision {
-                        Decision::Fits { node, .. } => {
-                            snapshot.add_pod(&node, info.clone());
-                            placed.push(info);
-                            outcomes.push(Ok(node));
-                        }
-                        Decision::Unschedulable(why) => outcomes.push(Err(why.message)),
-                    }
-                }
-                outcomes
-            };
+            let run = |cached| decide_stream(&profile, &nodes, &templates, &steps, seed, cached);
             prop_assert_eq!(run(true), run(false));
         }
     }
@@ -502,12 +519,12 @@ mod invariants {
             (700, Some(1u8), false),
             (300, None, true),
         ];
-        let steps: Vec<(usize, u64, usize, i64)> = (0..300)
+        let steps: Vec<(usize, u8, usize, i64)> = (0..300)
             .map(|_| {
                 let template = next(templates.len() as u64) as usize;
                 (
                     template,
-                    next(12),
+                    next(12) as u8,
                     next(1500) as usize,
                     500 + next(3500) as i64,
                 )
@@ -515,56 +532,7 @@ mod invariants {
             .collect();
         for percentage in [100u32, 0] {
             let profile = Profile::default_profile().scoring_percentage(percentage);
-            let run = |cached: bool| {
-                let mut snapshot = cluster(&nodes);
-                let mut cache = EquivalenceCache::new();
-                let (mut start, mut ties) = (0, TieBreaker::new(11));
-                let mut placed: Vec<Arc<PodInfo>> = Vec::new();
-                let mut outcomes = Vec::new();
-                for (i, (template, action, which, cpu)) in steps.iter().enumerate() {
-                    match action {
-                        0 if !placed.is_empty() => {
-                            let gone = placed.remove(which % placed.len());
-                            snapshot.remove_pod(&gone.uid);
-                        }
-                        1 => {
-                            let (_, tainted, zone) = nodes[*which];
-                            let mut n = node(
-                                &format!("n{which}"),
-                                &format!("{cpu}m"),
-                                json!({"zone": format!("z{zone}")}),
-                                if tainted {
-                                    json!([{"key": "t", "effect": "NoSchedule"}])
-                                } else {
-                                    json!([])
-                                },
-                            );
-                            n.spec.get_or_insert_with(Default::default).unschedulable =
-                                Some(cpu % 5 == 0);
-                            snapshot.upsert_node(Arc::new(n));
-                        }
-                        _ => {}
-                    }
-                    let (pod_cpu, zone, tolerate) = templates[*template];
-                    let info = pod_info(i, pod_cpu, zone, tolerate);
-                    let decision = if cached {
-                        decide_cached(
-                            &profile, &info, &snapshot, &mut start, &mut ties, &mut cache,
-                        )
-                    } else {
-                        decide(&profile, &info, &snapshot, &mut start, &mut ties)
-                    };
-                    match decision {
-                        Decision::Fits { node, .. } => {
-                            snapshot.add_pod(&node, info.clone());
-                            placed.push(info);
-                            outcomes.push(Ok(node));
-                        }
-                        Decision::Unschedulable(why) => outcomes.push(Err(why.message)),
-                    }
-                }
-                outcomes
-            };
+            let run = |cached| decide_stream(&profile, &nodes, &templates, &steps, 11, cached);
             let (with, without) = (run(true), run(false));
             assert!(
                 with.iter().filter(|o| o.is_ok()).count() > 200,
