@@ -467,7 +467,7 @@ fn decide_with(
         // Rows with a node-local score computed (not remembered) this cycle.
         let mut fresh = vec![false; n];
         let remembered_in = cache.as_deref().zip(class);
-        // Per candidate: whether the cache holds its node's results for this class.
+        // The candidates (rows) whose node the cache holds no results for, for this class.
         let unheld: Vec<usize> = match remembered_in {
             Some((cache, c)) => (0..n)
                 .filter(|&row| !cache.holds(feasible[row], c, generations[feasible[row]]))
