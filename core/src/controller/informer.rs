@@ -160,7 +160,7 @@ where
         resource: (String, String, String),
         stop: CancellationToken,
     ) -> Self {
-        Self::start_local_decoding(server, resource, stop, decode::<K>)
+        Self::start_local_decoding(server, resource, stop, decode_object::<K>)
     }
 
     /// [`start_local`](Self::start_local) with the objects read by `decode`.
@@ -410,7 +410,11 @@ fn decode_metadata(bytes: &[u8]) -> Option<DynamicObject> {
         api_version,
         kind,
         mut metadata,
-    } = decode(bytes)?;
+    } = decode(
+        super::managed_fields_text::without_managed_fields(bytes)
+            .as_deref()
+            .unwrap_or(bytes),
+    )?;
     metadata.managed_fields = None;
     let types = match (api_version, kind) {
         (Some(api_version), Some(kind)) => Some(TypeMeta { api_version, kind }),
@@ -421,6 +425,13 @@ fn decode_metadata(bytes: &[u8]) -> Option<DynamicObject> {
         metadata,
         data: serde_json::Value::Object(Default::default()),
     })
+}
+
+/// Decodes a whole object without its managed fields (see [`without_managed_fields`]); the
+/// text's `managedFields` member is cut before decoding, not decoded and dropped.
+fn decode_object<K: Resource + DeserializeOwned>(bytes: &[u8]) -> Option<K> {
+    let trimmed = super::managed_fields_text::without_managed_fields(bytes);
+    decode(trimmed.as_deref().unwrap_or(bytes)).map(without_managed_fields)
 }
 
 fn decode<K: DeserializeOwned>(bytes: &[u8]) -> Option<K> {
@@ -541,7 +552,7 @@ impl InformerFactory {
         self.shared(
             (TypeId::of::<K>(), String::new()),
             resource,
-            decode::<K>,
+            decode_object::<K>,
             || Api::all(self.inner.client.clone()),
         )
     }

@@ -27,6 +27,7 @@ mod horizontal_pod_autoscaler;
 mod informer;
 mod job;
 mod leader_election;
+mod managed_fields_text;
 mod manager;
 mod metadata_patch;
 mod node_ipam;

@@ -40,6 +40,43 @@ impl ReplicaSetController {
         }
     }
 
+    /// The pods a ReplicaSet may own or adopt: those referring to it and, of the others, those
+    /// carrying its selector's first `matchLabels` pair — found through the owner and label
+    /// indexes instead of a scan of the namespace (every pod the selector matches carries that
+    /// pair). A selector without `matchLabels` scans the namespace.
+    fn candidates(
+        &self,
+        namespace: &str,
+        uid: &str,
+        selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    ) -> Vec<Arc<Pod>> {
+        let Some((key, value)) = selector.match_labels.as_ref().and_then(|m| m.iter().next())
+        else {
+            return self.pods.in_namespace(namespace);
+        };
+        let mut pods = self.pods.owned_by(uid);
+        pods.retain(|p| p.metadata.namespace.as_deref() == Some(namespace));
+        let owned: std::collections::HashSet<&str> = pods
+            .iter()
+            .filter_map(|p| p.metadata.name.as_deref())
+            .collect();
+        let labelled: Vec<Arc<Pod>> = self
+            .pods
+            .by_index(super::cache::BY_LABEL, &format!("{key}={value}"))
+            .into_iter()
+            .filter(|p| {
+                p.metadata.namespace.as_deref() == Some(namespace)
+                    && !p
+                        .metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| owned.contains(n))
+            })
+            .collect();
+        pods.extend(labelled);
+        pods
+    }
+
     /// The informer keys each change affects (for [`super::triggers::enqueue_changes`]).
     pub(crate) fn triggers(
         &self,
@@ -304,14 +341,15 @@ impl Reconciler for ReplicaSetController {
         let deleting = rs.metadata.deletion_timestamp.is_some();
         let pods_api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), namespace);
         let mut owned = Vec::new();
-        for pod in self.pods.in_namespace(namespace) {
+        for pod in self.candidates(namespace, &uid, &spec.selector) {
             if !pod_facts::is_active(&pod) {
                 continue;
             }
-            let labels = pod.metadata.labels.clone().unwrap_or_default();
-            let matches = selector
-                .as_ref()
-                .is_some_and(|s| !s.is_everything() && s.matches(&labels));
+            let labels = pod.metadata.labels.as_ref();
+            let matches = selector.as_ref().is_some_and(|s| {
+                !s.is_everything()
+                    && s.matches_with(|k| labels.and_then(|l| l.get(k)).map(String::as_str))
+            });
             match controller_of(&pod.metadata) {
                 Some(r) if r.uid == uid => {
                     if matches {

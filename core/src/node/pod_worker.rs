@@ -291,10 +291,9 @@ impl PodWorker {
                     }
                     Some((ContainerState::Running { .. }, info)) => {
                         let id = info.id.clone();
-                        self.waiting.remove(&container.name);
-                        let (is_started, is_ready, wake) =
-                            self.run_probes(&sandbox, &id, container).await;
-                        readiness.insert(container.name.clone(), (is_started, is_ready));
+                        let wake = self
+                            .observe_running(&sandbox, &id, container, &mut readiness)
+                            .await;
                         next = next.min(wake);
                     }
                     Some((
@@ -333,6 +332,26 @@ impl PodWorker {
         } else {
             instances
         };
+        // Containers this sync started and found running are probed now, as the next sync
+        // would: a container without a readiness probe is ready at once, so a started pod's
+        // status goes out once, Running and Ready, instead of twice.
+        if self.started_in_sync && initialized {
+            for container in &spec.containers {
+                if readiness.contains_key(&container.name) {
+                    continue;
+                }
+                let Some(info) = instances.get(&container.name).and_then(|v| v.first()) else {
+                    continue;
+                };
+                if matches!(info.state, ContainerState::Running { .. }) {
+                    let id = info.id.clone();
+                    let wake = self
+                        .observe_running(&sandbox, &id, container, &mut readiness)
+                        .await;
+                    next = next.min(wake);
+                }
+            }
+        }
         let app_states: Vec<Option<&ContainerState>> = spec
             .containers
             .iter()
@@ -624,6 +643,21 @@ impl PodWorker {
 
     /// Runs the probes that are due; returns (started, ready, when to look again). A failed
     /// liveness or startup probe stops the container, which the restart policy then handles.
+    /// A running container: no longer waiting, probed, its (started, ready) recorded in
+    /// `readiness`; returns when its probes want the next sync.
+    async fn observe_running(
+        &mut self,
+        sandbox: &SandboxInfo,
+        id: &str,
+        container: &Container,
+        readiness: &mut HashMap<String, (bool, bool)>,
+    ) -> Duration {
+        self.waiting.remove(&container.name);
+        let (is_started, is_ready, wake) = self.run_probes(sandbox, id, container).await;
+        readiness.insert(container.name.clone(), (is_started, is_ready));
+        wake
+    }
+
     async fn run_probes(
         &mut self,
         sandbox: &SandboxInfo,

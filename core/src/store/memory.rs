@@ -183,6 +183,15 @@ fn check_revision(state: &State, requested: Revision) -> Result<(), StoreError> 
     check_readable(requested, state.revision, state.compacted)
 }
 
+/// The logged events after `revision`, oldest first: the log is in revision order, so the
+/// start is found by binary search rather than by scanning the whole history.
+fn events_after(
+    log: &VecDeque<WatchEvent>,
+    revision: Revision,
+) -> impl Iterator<Item = &WatchEvent> {
+    log.range(log.partition_point(|e| e.revision() <= revision)..)
+}
+
 #[async_trait]
 impl Store for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
@@ -205,7 +214,7 @@ impl Store for MemoryStore {
             .range((lower, std::ops::Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(_, kv)| Ok(kv.clone()));
-        let overlay = state_before(state.log.iter().filter(|e| e.revision() > revision), |k| {
+        let overlay = state_before(events_after(&state.log, revision), |k| {
             in_list_range(k, prefix, start_after)
         });
         let (items, more) = merge_page(current, overlay, options.limit)?;
@@ -328,10 +337,7 @@ impl Store for MemoryStore {
         let state = self.inner.lock();
         check_revision(&state, after_revision)?;
         self.inner.hub.subscribe(prefix, after_revision, || {
-            Ok(state
-                .log
-                .iter()
-                .filter(|e| e.revision() > after_revision)
+            Ok(events_after(&state.log, after_revision)
                 .filter(|e| e.key().is_some_and(|k| k.starts_with(prefix)))
                 .cloned()
                 .collect())
