@@ -369,8 +369,9 @@ async fn watch_pods(shared: Arc<AgentShared>, cancel: CancellationToken) {
             }
             event = events.next() => {
                 let Some(event) = event else { return };
+                // The agent never reads managed fields; a pod it holds goes without them.
                 let event = match event {
-                    Ok(event) => event,
+                    Ok(event) => event.modify(|pod| pod.metadata.managed_fields = None),
                     Err(err) => {
                         tracing::warn!(node = %shared.config.name, "pod watch failed: {err}");
                         tokio::time::sleep(Duration::from_millis(500)).await;
