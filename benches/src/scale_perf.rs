@@ -1,6 +1,6 @@
 //! `scale-perf`: the whole orchestrator at scale in one process, composed as `capstan sim` is —
 //! the API server on the memory store, the controller manager, the scheduler and N node agents
-//! on the simulated runtime. Deployments totalling P replicas are created at once; the figures
+//! on the simulated runtime, all reading one set of shared informers. Deployments totalling P replicas are created at once; the figures
 //! are the time until every pod is Running (`all_running_s`), the p99 latency of a probe
 //! reading through the API every 100 ms during the run (`api_p99_ms`), and the process's peak
 //! RSS (`peak_rss_mib`). A progress line goes to stderr every five seconds. No baseline
@@ -18,7 +18,7 @@ use capstan_core::apiserver::ApiServer;
 use capstan_core::controller::{
     ControllerManager, ControllerManagerConfig, Informer, InformerFactory,
 };
-use capstan_core::node::{NodeAgent, NodeConfig};
+use capstan_core::node::{NodeAgent, NodeConfig, SharedPodFeed};
 use capstan_core::runtime::sim::SimRuntime;
 use capstan_core::scheduler::{Scheduler, SchedulerConfig};
 use capstan_core::store::MemoryStore;
@@ -72,15 +72,19 @@ async fn run_case(nodes: usize, pods: usize) {
         .build()
         .await
         .expect("server");
+    // One set of informers for the whole process, as `capstan sim` composes it.
+    let informers = InformerFactory::in_process(&server);
     let controllers =
-        ControllerManager::in_process(&server, ControllerManagerConfig::default()).start();
-    let scheduler = Scheduler::in_process(&server, SchedulerConfig::default()).start();
+        ControllerManager::with_informers(&informers, ControllerManagerConfig::default()).start();
+    let scheduler = Scheduler::with_informers(&informers, SchedulerConfig::default()).start();
     let capacity: std::collections::BTreeMap<String, String> =
         [("cpu", "32"), ("memory", "128Gi"), ("pods", "110")]
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
     let dir = tempfile::tempdir().expect("tempdir");
+    // The agents take their pods from the shared pod informer, routed by node.
+    let feed = SharedPodFeed::new(&informers);
     let mut agents = Vec::with_capacity(nodes);
     for i in 0..nodes {
         let name = format!("sim-node-{i}");
@@ -89,6 +93,7 @@ async fn run_case(nodes: usize, pods: usize) {
         config.root_dir = dir.path().join(&name);
         agents.push(
             NodeAgent::new(server.client(), Arc::new(SimRuntime::default()), config)
+                .with_pod_feed(&feed)
                 .start()
                 .await
                 .expect("node agent"),
@@ -113,8 +118,7 @@ async fn run_case(nodes: usize, pods: usize) {
             latencies
         })
     };
-    // Progress is counted in an informer's cache (fed by the watch cache), not by listing.
-    let informers = InformerFactory::in_process(&server);
+    // Progress is counted in the shared pod informer's cache, not by listing.
     let watched: Informer<Pod> = informers.informer();
     watched.wait_synced().await;
     let deployments: Api<Deployment> = Api::default_namespaced(client.clone());
@@ -156,10 +160,10 @@ async fn run_case(nodes: usize, pods: usize) {
     BENCH.figure(&case, "all_running_s", all_running.as_secs_f64(), "s", None);
     BENCH.figure(&case, "api_p99_ms", p99, "ms", None);
     BENCH.figure(&case, "peak_rss_mib", peak_rss_mib(), "MiB", None);
-    informers.stop();
     futures::future::join_all(agents.into_iter().map(|a| a.stop())).await;
     scheduler.stop().await;
     controllers.stop().await;
+    informers.stop();
 }
 
 /// Runs the harness with the command line's arguments.

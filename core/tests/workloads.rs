@@ -5,9 +5,9 @@
 
 use capstan_core::apiserver::ApiServer;
 use capstan_core::controller::{
-    AutoscalerConfig, ControllerManager, ControllerManagerConfig, JobConfig,
+    AutoscalerConfig, ControllerManager, ControllerManagerConfig, InformerFactory, JobConfig,
 };
-use capstan_core::node::{NodeAgent, NodeConfig, RunningNode};
+use capstan_core::node::{NodeAgent, NodeConfig, RunningNode, SharedPodFeed};
 use capstan_core::runtime::sim::{SimConfig, SimRuntime};
 use capstan_core::scheduler::{Scheduler, SchedulerConfig};
 use capstan_core::store::MemoryStore;
@@ -22,6 +22,7 @@ use std::time::Duration;
 
 pub struct Cluster {
     _server: ApiServer,
+    _informers: InformerFactory,
     pub client: kube::Client,
     controllers: Option<capstan_core::controller::RunningControllers>,
     scheduler: Option<capstan_core::scheduler::RunningScheduler>,
@@ -85,8 +86,12 @@ pub async fn cluster(nodes: usize) -> Cluster {
         },
         ..Default::default()
     };
-    let controllers = ControllerManager::in_process(&server, config).start();
-    let scheduler = Scheduler::in_process(&server, SchedulerConfig::default()).start();
+    // Composed as `capstan sim` is: one set of informers for every component, the agents'
+    // pods routed from the shared pod informer.
+    let informers = InformerFactory::in_process(&server);
+    let controllers = ControllerManager::with_informers(&informers, config).start();
+    let scheduler = Scheduler::with_informers(&informers, SchedulerConfig::default()).start();
+    let feed = SharedPodFeed::new(&informers);
     let mut running = Vec::new();
     let mut dirs = Vec::new();
     for i in 0..nodes {
@@ -99,6 +104,7 @@ pub async fn cluster(nodes: usize) -> Cluster {
             ..SimConfig::default()
         });
         let node = NodeAgent::new(client.clone(), Arc::new(runtime), config)
+            .with_pod_feed(&feed)
             .start()
             .await
             .unwrap();
@@ -107,6 +113,7 @@ pub async fn cluster(nodes: usize) -> Cluster {
     }
     Cluster {
         _server: server,
+        _informers: informers,
         client,
         controllers: Some(controllers),
         scheduler: Some(scheduler),

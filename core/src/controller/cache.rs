@@ -18,6 +18,20 @@ pub const BY_NAMESPACE: &str = "namespace";
 pub const BY_OWNER: &str = "owner";
 /// The name of the built-in index by label pair, values written `key=value`.
 pub const BY_LABEL: &str = "label";
+/// The name of the index of pods by `spec.nodeName` (see [`pods_by_node`]).
+pub const BY_POD_NODE: &str = "pod-node-name";
+
+/// The index function of [`BY_POD_NODE`]: a pod's node, once it is bound to one.
+pub fn pods_by_node() -> IndexFn<k8s_openapi::api::core::v1::Pod> {
+    Arc::new(|p| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty())
+            .into_iter()
+            .collect()
+    })
+}
 
 struct Index<K> {
     function: IndexFn<K>,

@@ -1,14 +1,16 @@
 //! The controller manager: runs the built-in controllers over one set of shared informers,
 //! optionally only while holding a leader-election Lease (so several replicas can run and one
-//! works).
+//! works). The informers are its own, started afresh each term, or — composed in one process
+//! with other components — a factory it shares with them.
 
 use super::runner::{run_workers, ReconcileCounters, Reconciler};
 use super::{
     AutoscalerConfig, AutoscalerController, ControllerContext, CronJobController,
     DaemonSetController, DeploymentController, DisruptionController, EndpointSliceController,
-    EndpointsController, GarbageCollector, JobConfig, JobController, LeaderElectionConfig,
-    LeaderElector, NodeIpamConfig, NodeIpamController, NodeLifecycleConfig,
-    NodeLifecycleController, QueueConfig, ReplicaSetController, StatefulSetController, WorkQueue,
+    EndpointsController, EventRecorder, GarbageCollector, InformerFactory, JobConfig,
+    JobController, LeaderElectionConfig, LeaderElector, NodeIpamConfig, NodeIpamController,
+    NodeLifecycleConfig, NodeLifecycleController, QueueConfig, ReplicaSetController,
+    StatefulSetController, WorkQueue,
 };
 use crate::apiserver::ApiServer;
 use std::sync::Arc;
@@ -55,9 +57,10 @@ impl Default for ControllerManagerConfig {
 /// Runs ReplicaSet, Deployment, garbage collector, Endpoints, EndpointSlice and node lifecycle
 /// controllers against an API.
 pub struct ControllerManager {
-    client: kube::Client,
-    /// Set when running in the API server's process: informers read its watch cache.
-    server: Option<ApiServer>,
+    /// Where informers come from: a template for each term's own factory, or the shared one.
+    informers: InformerFactory,
+    /// Whether `informers` is shared (used as is, never stopped here).
+    shares_informers: bool,
     config: ControllerManagerConfig,
 }
 
@@ -108,8 +111,8 @@ impl ControllerManager {
     /// A manager writing and reading through `client`.
     pub fn new(client: kube::Client, config: ControllerManagerConfig) -> Self {
         ControllerManager {
-            client,
-            server: None,
+            informers: InformerFactory::new(client),
+            shares_informers: false,
             config,
         }
     }
@@ -118,8 +121,19 @@ impl ControllerManager {
     /// writes through its in-process client.
     pub fn in_process(server: &ApiServer, config: ControllerManagerConfig) -> Self {
         ControllerManager {
-            client: server.client(),
-            server: Some(server.clone()),
+            informers: InformerFactory::in_process(server),
+            shares_informers: false,
+            config,
+        }
+    }
+
+    /// A manager reading from `informers`, shared with other components of the process (a
+    /// scheduler, node agents) so each kind is cached once; writes go through its client. The
+    /// informers outlive leadership terms and are stopped by their owner, not by the manager.
+    pub fn with_informers(informers: &InformerFactory, config: ControllerManagerConfig) -> Self {
+        ControllerManager {
+            informers: informers.clone(),
+            shares_informers: true,
             config,
         }
     }
@@ -135,18 +149,26 @@ impl ControllerManager {
             let stop = stop.clone();
             let counters = counters.clone();
             let config = self.config.clone();
-            let client = self.client.clone();
-            let server = self.server.clone();
+            let informers = self.informers.clone();
+            let shared = self.shares_informers;
             tokio::spawn(async move {
+                let term_informers = move || {
+                    if shared {
+                        informers.clone()
+                    } else {
+                        informers.fresh()
+                    }
+                };
                 match config.leader_election.clone() {
-                    None => run_term(client, server, config, counters, stop).await,
+                    None => run_term(term_informers(), shared, config, counters, stop).await,
                     Some(election) => {
-                        let elector = LeaderElector::new(client.clone(), election);
+                        let client = term_informers().client().clone();
+                        let elector = LeaderElector::new(client, election);
                         elector
                             .run(stop, move |term| {
                                 run_term(
-                                    client.clone(),
-                                    server.clone(),
+                                    term_informers(),
+                                    shared,
                                     config.clone(),
                                     counters.clone(),
                                     term,
@@ -168,17 +190,20 @@ impl ControllerManager {
 /// Connects a controller's informers to its queue.
 type Triggers<'a> = &'a dyn Fn(&Arc<WorkQueue<super::ObjectKey>>) -> Vec<JoinHandle<()>>;
 
-/// One term: fresh informers and every controller, until `stop`.
+/// One term: every controller over `informers` (stopped at the end unless `shared`), until
+/// `stop`.
 async fn run_term(
-    client: kube::Client,
-    server: Option<ApiServer>,
+    informers: InformerFactory,
+    shared: bool,
     config: ControllerManagerConfig,
     counters: ControllerCounters,
     stop: CancellationToken,
 ) {
-    let ctx = match &server {
-        Some(server) => ControllerContext::in_process(server, &config.component),
-        None => ControllerContext::new(client, &config.component),
+    let client = informers.client().clone();
+    let ctx = ControllerContext {
+        recorder: EventRecorder::new(client.clone(), &config.component),
+        client,
+        informers,
     };
     let counter = |name: &str| {
         counters
@@ -233,7 +258,9 @@ async fn run_term(
         GarbageCollector::new(&ctx).run(config.workers, stop.clone()),
     ));
     stop.cancelled().await;
-    ctx.informers.stop();
+    if !shared {
+        ctx.informers.stop();
+    }
     for task in tasks {
         let _ = task.await;
     }

@@ -41,7 +41,7 @@ mod status_patch;
 mod triggers;
 mod work_queue;
 
-pub use cache::{IndexFn, BY_LABEL, BY_NAMESPACE, BY_OWNER};
+pub use cache::{pods_by_node, IndexFn, BY_LABEL, BY_NAMESPACE, BY_OWNER, BY_POD_NODE};
 pub use controller_revision::REVISION_HASH;
 pub use cron_job::{CronJobController, Schedule};
 pub use daemon_set::DaemonSetController;

@@ -6,6 +6,7 @@
 //! or after the shortest matching `tolerationSeconds` since the taint was added, so their
 //! controllers replace them elsewhere.
 
+use super::cache::{pods_by_node, BY_POD_NODE};
 use super::informer::{Change, Informer};
 use super::runner::{Action, Reconciler};
 use super::{ControllerContext, ControllerError, EventType, ObjectKey, WorkQueue};
@@ -24,7 +25,6 @@ pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 /// The taint of a node reporting `Ready=False`.
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 const LEASE_NAMESPACE: &str = "kube-node-lease";
-const BY_NODE: &str = "pod-node-name";
 
 /// Settings of the [`NodeLifecycleController`].
 #[derive(Debug, Clone)]
@@ -94,17 +94,7 @@ impl NodeLifecycleController {
     /// A controller over the context's shared informers.
     pub fn new(ctx: &ControllerContext, config: NodeLifecycleConfig) -> Self {
         let pods: Informer<Pod> = ctx.informers.informer();
-        pods.add_index(
-            BY_NODE,
-            Arc::new(|p: &Pod| {
-                p.spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.clone())
-                    .filter(|n| !n.is_empty())
-                    .into_iter()
-                    .collect()
-            }),
-        );
+        pods.add_index(BY_POD_NODE, pods_by_node());
         NodeLifecycleController {
             ctx: ctx.clone(),
             nodes: ctx.informers.informer(),
@@ -209,7 +199,7 @@ impl NodeLifecycleController {
             &format!("Node {name} status is now: NodeNotReady"),
         );
         // Its pods are no longer known to be ready.
-        for pod in self.pods.by_index(BY_NODE, &name) {
+        for pod in self.pods.by_index(BY_POD_NODE, &name) {
             let Some(status) = pod.status.as_ref() else {
                 continue;
             };
@@ -310,7 +300,7 @@ impl NodeLifecycleController {
             return Ok(None);
         }
         let mut next: Option<Duration> = None;
-        for pod in self.pods.by_index(BY_NODE, node) {
+        for pod in self.pods.by_index(BY_POD_NODE, node) {
             if pod.metadata.deletion_timestamp.is_some() {
                 continue;
             }

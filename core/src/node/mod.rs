@@ -21,6 +21,7 @@
 mod admission;
 mod dns_policy;
 mod environment;
+mod pod_feed;
 mod pod_status;
 mod pod_worker;
 mod probes;
@@ -28,14 +29,14 @@ mod registration;
 mod server;
 mod volumes;
 
+pub use pod_feed::SharedPodFeed;
 pub use registration::await_pod_cidr;
 pub use server::{ExecFrame, StatsSummary};
 
 use crate::runtime::{labels, ContainerRuntime, RuntimeError};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
-use kube::runtime::watcher;
+use pod_feed::{PodEvent, PodSource};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -198,6 +199,7 @@ pub struct NodeAgent {
     client: kube::Client,
     runtime: Arc<dyn ContainerRuntime>,
     config: NodeConfig,
+    pod_feed: Option<SharedPodFeed>,
 }
 
 /// A started node agent; [`RunningNode::stop`] stops it (containers keep running, so a new
@@ -258,7 +260,15 @@ impl NodeAgent {
             client,
             runtime,
             config,
+            pod_feed: None,
         }
+    }
+
+    /// Takes the pods bound to this node from `feed`, shared by the node agents of a process
+    /// that also runs the API server, instead of watching them itself.
+    pub fn with_pod_feed(mut self, feed: &SharedPodFeed) -> Self {
+        self.pod_feed = Some(feed.clone());
+        self
     }
 
     /// Binds the agent's server, registers the Node, and starts the heartbeat, the pod watch
@@ -298,7 +308,7 @@ impl NodeAgent {
             tokio::spawn(server::serve(listener, shared.clone(), cancel.clone())),
             tokio::spawn(heartbeat(shared.clone(), cancel.clone())),
             tokio::spawn(server::collect_stats(shared.clone(), cancel.clone())),
-            tokio::spawn(watch_pods(shared, cancel.clone())),
+            tokio::spawn(watch_pods(shared, self.pod_feed, cancel.clone())),
         ];
         Ok(RunningNode {
             cancel,
@@ -336,14 +346,21 @@ fn pod_key(pod: &Pod) -> String {
     )
 }
 
-/// Watches the pods bound to this node and keeps one worker per pod.
-async fn watch_pods(shared: Arc<AgentShared>, cancel: CancellationToken) {
-    let api: Api<Pod> = Api::all(shared.client.clone());
-    let config =
-        watcher::Config::default().fields(&format!("spec.nodeName={}", shared.config.name));
-    let mut events = watcher(api, config).boxed();
+/// Follows the pods bound to this node (from `feed` when given, else its own watch) and keeps
+/// one worker per pod.
+async fn watch_pods(
+    shared: Arc<AgentShared>,
+    feed: Option<SharedPodFeed>,
+    cancel: CancellationToken,
+) {
+    let mut source = match feed {
+        Some(feed) => tokio::select! {
+            _ = cancel.cancelled() => return,
+            source = feed.subscribe(&shared.config.name) => source,
+        },
+        None => PodSource::watch(shared.client.clone(), &shared.config.name),
+    };
     let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
-    let mut listing: Option<Vec<Arc<Pod>>> = None;
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let runtime_events = shared.runtime.events();
     let mut runtime_events = runtime_events.fuse();
@@ -367,11 +384,10 @@ async fn watch_pods(shared: Arc<AgentShared>, cancel: CancellationToken) {
                     }
                 }
             }
-            event = events.next() => {
+            event = source.next() => {
                 let Some(event) = event else { return };
-                // The agent never reads managed fields; a pod it holds goes without them.
                 let event = match event {
-                    Ok(event) => event.modify(|pod| pod.metadata.managed_fields = None),
+                    Ok(event) => event,
                     Err(err) => {
                         tracing::warn!(node = %shared.config.name, "pod watch failed: {err}");
                         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -379,14 +395,7 @@ async fn watch_pods(shared: Arc<AgentShared>, cancel: CancellationToken) {
                     }
                 };
                 match event {
-                    watcher::Event::Init => listing = Some(Vec::new()),
-                    watcher::Event::InitApply(pod) => {
-                        if let Some(list) = listing.as_mut() {
-                            list.push(Arc::new(pod));
-                        }
-                    }
-                    watcher::Event::InitDone => {
-                        let pods = listing.take().unwrap_or_default();
+                    PodEvent::Listing(pods) => {
                         let present: std::collections::HashSet<String> =
                             pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
                         for (uid, worker) in &workers {
@@ -409,12 +418,11 @@ async fn watch_pods(shared: Arc<AgentShared>, cancel: CancellationToken) {
                             remove_orphans(&shared, &present).await;
                         }
                     }
-                    watcher::Event::Apply(pod) => {
-                        let pod = Arc::new(pod);
+                    PodEvent::Applied(pod) => {
                         shared.pods.lock().unwrap_or_else(|p| p.into_inner()).insert(pod_key(&pod), pod.clone());
                         dispatch(&shared, &mut workers, pod, &done_tx, &cancel);
                     }
-                    watcher::Event::Delete(pod) => {
+                    PodEvent::Deleted(pod) => {
                         shared.pods.lock().unwrap_or_else(|p| p.into_inner()).remove(&pod_key(&pod));
                         if let Some(worker) = pod.metadata.uid.as_ref().and_then(|uid| workers.get(uid)) {
                             let _ = worker.pod.send(None);

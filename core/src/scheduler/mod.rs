@@ -99,6 +99,8 @@ struct Shared {
 /// The scheduler; [`Scheduler::start`] runs it.
 pub struct Scheduler {
     informers: InformerFactory,
+    /// Whether `informers` is shared with other components (used as is, never stopped here).
+    shares_informers: bool,
     config: SchedulerConfig,
 }
 
@@ -216,6 +218,7 @@ impl Scheduler {
     pub fn new(client: kube::Client, config: SchedulerConfig) -> Self {
         Scheduler {
             informers: InformerFactory::new(client),
+            shares_informers: false,
             config,
         }
     }
@@ -224,16 +227,30 @@ impl Scheduler {
     pub fn in_process(server: &ApiServer, config: SchedulerConfig) -> Self {
         Scheduler {
             informers: InformerFactory::in_process(server),
+            shares_informers: false,
+            config,
+        }
+    }
+
+    /// A scheduler reading from `informers`, shared with other components of the process (a
+    /// controller manager, node agents) so each kind is cached once; it binds through their
+    /// client. The informers outlive leadership terms and are stopped by their owner.
+    pub fn with_informers(informers: &InformerFactory, config: SchedulerConfig) -> Self {
+        Scheduler {
+            informers: informers.clone(),
+            shares_informers: true,
             config,
         }
     }
 
     /// Schedules only while holding the `election` Lease (several replicas, one at work). Each
-    /// term starts afresh from the API; losing the Lease stops scheduling at once.
+    /// term starts afresh from the API (from the shared informers' caches, when shared); losing
+    /// the Lease stops scheduling at once.
     pub fn start_elected(self, election: LeaderElectionConfig) -> ElectedScheduler {
         let stop = CancellationToken::new();
         let client = self.informers.client().clone();
         let local = self.informers.clone();
+        let shares_informers = self.shares_informers;
         let config = self.config;
         let task = {
             let stop = stop.clone();
@@ -242,7 +259,12 @@ impl Scheduler {
                 elector
                     .run(stop, move |term| {
                         let scheduler = Scheduler {
-                            informers: local.fresh(),
+                            informers: if shares_informers {
+                                local.clone()
+                            } else {
+                                local.fresh()
+                            },
+                            shares_informers,
                             config: config.clone(),
                         };
                         async move {
@@ -362,12 +384,15 @@ impl Scheduler {
                 .spawn(move || shared.schedule_loop(runtime, stop, seed))
                 .ok()
         };
-        // The informers stop with the scheduler.
+        // The informers run while the scheduler does; its own stop with it.
         let informers = self.informers.clone();
+        let shares_informers = self.shares_informers;
         let stopped = stop.clone();
         tasks.push(tokio::spawn(async move {
             stopped.cancelled().await;
-            informers.stop();
+            if !shares_informers {
+                informers.stop();
+            }
         }));
         RunningScheduler {
             stop,

@@ -17,8 +17,8 @@ use capstan_core::authz::{
 };
 use capstan_core::cidr::Ipv4Cidr;
 use capstan_core::controller::{
-    ControllerManager, ControllerManagerConfig, LeaderElectionConfig, NodeIpamConfig,
-    NodeLifecycleConfig, RunningControllers,
+    ControllerManager, ControllerManagerConfig, InformerFactory, LeaderElectionConfig,
+    NodeIpamConfig, NodeLifecycleConfig, RunningControllers,
 };
 use capstan_core::pki::{write_file, ClusterCa, IssuedCertificate};
 use capstan_core::scheduler::{ElectedScheduler, Scheduler, SchedulerConfig};
@@ -35,6 +35,9 @@ pub struct ControlPlane {
     pub ca: Option<Arc<ClusterCa>>,
     /// The API server (in-process clients and informers come from it).
     pub server: ApiServer,
+    /// Informers fed from the server's watch cache, shared by the scheduler, the controller
+    /// manager and the in-process node's components, so each kind is cached once.
+    pub informers: InformerFactory,
     /// The URL clients use (`https://…`, or `http://…` when insecure).
     pub url: String,
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -319,8 +322,9 @@ impl ControlPlane {
             "capstan: API server listening on {url} (store: {})",
             args.store
         );
-        let controllers = ControllerManager::in_process(
-            &server,
+        let informers = InformerFactory::in_process(&server);
+        let controllers = ControllerManager::with_informers(
+            &informers,
             ControllerManagerConfig {
                 leader_election: Some(LeaderElectionConfig::new(
                     "kube-system",
@@ -344,13 +348,15 @@ impl ControlPlane {
             String::new()
         };
         println!("capstan: controller manager started (replicasets, deployments, daemonsets, statefulsets, jobs, cronjobs, autoscalers, disruption budgets, garbage collector, endpoints, endpointslices, node lifecycle{ipam})");
-        let scheduler = Scheduler::in_process(&server, SchedulerConfig::default()).start_elected(
-            LeaderElectionConfig::new("kube-system", SCHEDULER_LEASE, identity),
-        );
+        let scheduler =
+            Scheduler::with_informers(&informers, SchedulerConfig::default()).start_elected(
+                LeaderElectionConfig::new("kube-system", SCHEDULER_LEASE, identity),
+            );
         println!("capstan: scheduler started (default profile)");
         Ok(ControlPlane {
             ca,
             server,
+            informers,
             url,
             serving,
             stop_serving,
@@ -371,6 +377,7 @@ impl ControlPlane {
         let served = self.serving.await;
         self.scheduler.stop().await;
         self.controllers.stop().await;
+        self.informers.stop();
         served
             .map_err(|e| format!("server task failed: {e}"))?
             .map_err(|e| format!("server error: {e}"))

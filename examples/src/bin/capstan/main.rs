@@ -90,7 +90,7 @@ async fn up(args: UpArgs, shutdown: CancellationToken) -> Result<(), String> {
         &identity(args.node.node_name.as_deref()),
     )
     .await?;
-    let informers = InformerFactory::in_process(&control.server);
+    let informers = control.informers.clone();
     let server_tls = node_server_tls(control.ca.as_deref(), &args.node.node_ip.to_string())?;
     let node = Node::start(
         control.server.client(),
@@ -112,7 +112,6 @@ async fn up(args: UpArgs, shutdown: CancellationToken) -> Result<(), String> {
     );
     shutdown.cancelled().await;
     node.stop().await;
-    informers.stop();
     control.stop().await?;
     println!("capstan: stopped");
     Ok(())
@@ -238,6 +237,8 @@ async fn sim(args: SimArgs, shutdown: CancellationToken) -> Result<(), String> {
     let control = ControlPlane::start(&args.control, false, false, &identity(None)).await?;
     // Simulated nodes' servers share one serving certificate (they all listen on loopback).
     let server_tls = node_server_tls(control.ca.as_deref(), "127.0.0.1")?;
+    // The simulated nodes take their pods from the control plane's pod informer, routed by node.
+    let feed = capstan_core::node::SharedPodFeed::new(&control.informers);
     let mut agents = Vec::with_capacity(args.nodes);
     for i in 0..args.nodes {
         let name = format!("sim-node-{i}");
@@ -250,6 +251,7 @@ async fn sim(args: SimArgs, shutdown: CancellationToken) -> Result<(), String> {
             std::sync::Arc::new(capstan_core::runtime::sim::SimRuntime::default()),
             config,
         )
+        .with_pod_feed(&feed)
         .start()
         .await
         .map_err(|e| format!("cannot start {name}: {e}"))?;
