@@ -10,8 +10,8 @@
 
 use super::selection::Selection;
 use crate::registry::ResourceKind;
-use crate::storage::{EncodedEvent, ObjectStorage};
-use crate::store::Revision;
+use crate::storage::{EncodedEvent, ObjectStorage, StorageError};
+use crate::store::{Revision, StoreError};
 use axum::body::Bytes;
 use futures::StreamExt;
 use serde_json::Value;
@@ -392,23 +392,41 @@ impl KindCache {
             };
             cache.progress.send_replace(revision);
             drop(cache);
-            match storage.watch_encoded(&kind, None, revision).await {
-                Ok(stream) => {
-                    let mut stream = stream.boxed();
-                    while let Some(item) = stream.next().await {
-                        let Some(cache) = weak.upgrade() else { return };
-                        match item {
-                            Ok(event) => cache.apply(event),
-                            Err(err) => {
-                                tracing::debug!(kind = %kind.plural, error = %err, "watch cache lost its store watch; relisting");
-                                break;
-                            }
+            let mut from = revision;
+            // Follows the store; a watch that fell behind resumes from the last change applied
+            // (the store replays what followed from its history), so a burst of writes costs
+            // no relist, and no reset of every watcher of the kind. Relists only when the
+            // store no longer has that history.
+            loop {
+                let stream = match storage.watch_encoded(&kind, None, from).await {
+                    Ok(stream) => stream,
+                    Err(err) => {
+                        tracing::warn!(kind = %kind.plural, error = %err, "watch cache could not watch; relisting");
+                        break;
+                    }
+                };
+                let mut stream = stream.boxed();
+                let mut lagged = false;
+                while let Some(item) = stream.next().await {
+                    let Some(cache) = weak.upgrade() else { return };
+                    match item {
+                        Ok(event) => cache.apply(event),
+                        Err(StorageError::Store(StoreError::WatchLagged { .. })) => {
+                            lagged = true;
+                            break;
+                        }
+                        Err(err) => {
+                            tracing::debug!(kind = %kind.plural, error = %err, "watch cache lost its store watch; relisting");
+                            break;
                         }
                     }
                 }
-                Err(err) => {
-                    tracing::warn!(kind = %kind.plural, error = %err, "watch cache could not watch; relisting")
+                let Some(cache) = weak.upgrade() else { return };
+                if !lagged {
+                    break;
                 }
+                from = cache.lock().revision;
+                tracing::debug!(kind = %kind.plural, revision = from, "watch cache fell behind the store; resuming");
             }
             let Some(cache) = weak.upgrade() else { return };
             cache.reset();
@@ -711,6 +729,58 @@ mod tests {
         assert!(
             node_feed.live.try_recv().is_err(),
             "the node-indexed watcher sees only its node's pods"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cache_behind_the_store_resumes_and_keeps_its_watchers() {
+        // The store buffers 4 changes per watch; 300 written without yielding overflow it.
+        let memory = MemoryStore::with_config(crate::store::memory::MemoryStoreConfig {
+            watch_buffer: 4,
+            ..Default::default()
+        });
+        let store: Arc<dyn Store> = Arc::new(memory.clone());
+        let storage = ObjectStorage::new(store);
+        let cache = WatchCache::new(
+            storage.clone(),
+            CacheConfig {
+                history: 1000,
+                watcher_buffer: 1000,
+            },
+        );
+        let maps = Registry::with_builtins()
+            .get("", "v1", "configmaps")
+            .unwrap()
+            .clone();
+        let (mut watcher, _) = cache
+            .subscribe(&maps, everything(), None, false, Start::Now)
+            .await
+            .unwrap();
+        for i in 0..300 {
+            storage
+                .create(
+                    &maps,
+                    json!({"metadata": {"name": format!("m{i}"), "namespace": "default"}}),
+                )
+                .await
+                .unwrap();
+        }
+        // Every change reaches the watcher, in order, with no break (a relist would have
+        // reset the cache and closed it).
+        for i in 0..300 {
+            let delivery = tokio::time::timeout(Duration::from_secs(5), watcher.live.recv())
+                .await
+                .expect("a change within 5 s");
+            let Some(Delivery::Event("ADDED", o)) = delivery else {
+                panic!("expected m{i} ADDED")
+            };
+            assert_eq!(o.value()["metadata"]["name"], format!("m{i}"));
+        }
+        assert_eq!(cache.watcher_count(&maps), 1);
+        assert_eq!(
+            memory.watcher_count(),
+            1,
+            "the cache watches the store again"
         );
     }
 

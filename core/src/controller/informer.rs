@@ -323,19 +323,22 @@ fn without_managed_fields<K: Resource>(mut object: K) -> K {
     object
 }
 
+/// An object as the cache keeps it: without managed fields, its lists trimmed.
+fn kept_form<K: Resource + 'static>(object: K) -> K {
+    super::compact::trim(without_managed_fields(object))
+}
+
 fn apply_event<K>(shared: &Shared<K>, event: watcher::Event<K>, listing: &mut Option<Vec<K>>)
 where
-    K: Resource + Clone,
+    K: Resource + Clone + 'static,
 {
     let send = |change: Change<K>| {
         let _ = shared.changes.send(change);
     };
     let event = match event {
-        watcher::Event::InitApply(object) => {
-            watcher::Event::InitApply(without_managed_fields(object))
-        }
-        watcher::Event::Apply(object) => watcher::Event::Apply(without_managed_fields(object)),
-        watcher::Event::Delete(object) => watcher::Event::Delete(without_managed_fields(object)),
+        watcher::Event::InitApply(object) => watcher::Event::InitApply(kept_form(object)),
+        watcher::Event::Apply(object) => watcher::Event::Apply(kept_form(object)),
+        watcher::Event::Delete(object) => watcher::Event::Delete(kept_form(object)),
         other => other,
     };
     match event {
@@ -452,7 +455,7 @@ fn apply_local<K>(
     decode: Decoder<K>,
 ) -> Option<Revision>
 where
-    K: Resource + Clone + DeserializeOwned,
+    K: Resource + Clone + DeserializeOwned + 'static,
 {
     let (object, deleted) = match event {
         LocalEvent::Bookmark(revision) => return Some(revision),

@@ -11,6 +11,7 @@
 //! reads the current state of its object, so missed, repeated or reordered changes are harmless.
 
 mod cache;
+mod compact;
 mod controller_revision;
 mod cron_job;
 mod daemon_set;

@@ -109,7 +109,8 @@ pub struct NodeConfig {
     pub lease_renew_interval: Duration,
     /// How often the node's conditions are posted.
     pub status_interval: Duration,
-    /// How often every pod is synced even without a change.
+    /// How often every pod is synced even without a change (kubelet's `--sync-frequency`,
+    /// whose default is also a minute; containers' exits and probes wake a pod sooner).
     pub resync_period: Duration,
     /// How often configMap and secret volumes are re-read.
     pub volume_refresh: Duration,
@@ -142,7 +143,7 @@ impl NodeConfig {
             lease_duration: Duration::from_secs(40),
             lease_renew_interval: Duration::from_secs(10),
             status_interval: Duration::from_secs(60),
-            resync_period: Duration::from_secs(10),
+            resync_period: Duration::from_secs(60),
             volume_refresh: Duration::from_secs(30),
             initial_backoff: Duration::from_secs(10),
             max_backoff: Duration::from_secs(300),
@@ -446,7 +447,15 @@ fn dispatch(
     };
     if let Some(worker) = workers.get(&uid) {
         if !worker.pod.is_closed() {
-            let _ = worker.pod.send(Some(pod));
+            // A listing repeats pods the worker already has: those wake nobody.
+            let unchanged = worker.pod.borrow().as_ref().is_some_and(|current| {
+                Arc::ptr_eq(current, &pod)
+                    || (pod.metadata.resource_version.is_some()
+                        && current.metadata.resource_version == pod.metadata.resource_version)
+            });
+            if !unchanged {
+                let _ = worker.pod.send(Some(pod));
+            }
             return;
         }
     }

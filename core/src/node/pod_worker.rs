@@ -54,7 +54,9 @@ struct PodWorker {
     backoff: HashMap<String, Duration>,
     waiting: HashMap<String, Waiting>,
     volumes: Option<(BTreeMap<String, PathBuf>, Instant)>,
-    last_status: Option<Value>,
+    /// The status last written, as compact JSON text (a fraction of a `Value`'s memory; a
+    /// node keeps one per pod).
+    last_status: Option<Box<str>>,
     start_time: Option<String>,
     terminal_cleanup_done: bool,
     /// Whether this sync started a container (the status then reads the runtime again).
@@ -81,7 +83,8 @@ pub(crate) async fn run(
         last_status: pod
             .status
             .as_ref()
-            .and_then(|s| serde_json::to_value(s).ok()),
+            .and_then(|s| serde_json::to_string(s).ok())
+            .map(String::into_boxed_str),
         start_time: pod
             .status
             .as_ref()
@@ -232,7 +235,19 @@ impl PodWorker {
         let instances = self.instances().await?;
         self.started_in_sync = false;
         let mut next = self.shared.config.resync_period;
-        let spec = self.pod.spec.clone().unwrap_or_default();
+        // Volumes filled from the API (ConfigMaps, Secrets, the downward API) are re-read on
+        // their own period.
+        if self
+            .volumes
+            .as_ref()
+            .is_some_and(|(paths, _)| !paths.is_empty())
+        {
+            next = next.min(self.shared.config.volume_refresh);
+        }
+        // The pod (an `Arc`) is held for the sync, so its spec is read in place, not copied.
+        let pod = self.pod.clone();
+        let no_spec = k8s_openapi::api::core::v1::PodSpec::default();
+        let spec = pod.spec.as_ref().unwrap_or(&no_spec);
         let policy = restart_policy(&self.pod).to_string();
 
         // Init containers, in order; each must succeed before the next starts.
@@ -395,7 +410,7 @@ impl PodWorker {
         } else {
             "Pending"
         };
-        self.write_status(&spec, &sandbox, &instances, phase, initialized, &readiness)
+        self.write_status(spec, &sandbox, &instances, phase, initialized, &readiness)
             .await?;
         Ok(Next::After(next))
     }
@@ -834,8 +849,9 @@ impl PodWorker {
         let containers_ready = statuses.iter().all(|s| s["ready"] == json!(true));
         let now = time_string(SystemTime::now());
         let terminal = matches!(phase, "Succeeded" | "Failed");
+        let last_status = self.last_status_value();
         let conditions = pod_status::conditions(
-            self.last_status.as_ref(),
+            last_status.as_ref(),
             &[
                 ("PodReadyToStartContainers", self.sandbox.is_some(), None),
                 ("Initialized", initialized, None),
@@ -881,14 +897,28 @@ impl PodWorker {
         self.patch_status(status).await
     }
 
+    /// The status last written, decoded.
+    fn last_status_value(&self) -> Option<Value> {
+        self.last_status
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok())
+    }
+
     async fn patch_status(&mut self, status: Value) -> Result<(), NodeError> {
-        if self.last_status.as_ref() == Some(&status) {
+        let text = status.to_string().into_boxed_str();
+        if self.last_status.as_ref() == Some(&text) {
+            return Ok(());
+        }
+        // The same status written in another member order.
+        let last = self.last_status_value();
+        if last.as_ref() == Some(&status) {
+            self.last_status = Some(text);
             return Ok(());
         }
         // A merge patch replaces lists whole; fields we no longer report are nulled.
-        let mut patch = status.clone();
+        let mut patch = status;
         if let (Some(old), Some(new)) = (
-            self.last_status.as_ref().and_then(Value::as_object),
+            last.as_ref().and_then(Value::as_object),
             patch.as_object_mut(),
         ) {
             for key in old.keys() {
@@ -907,7 +937,7 @@ impl PodWorker {
             .await
         {
             Ok(_) => {
-                self.last_status = Some(status);
+                self.last_status = Some(text);
                 Ok(())
             }
             Err(kube::Error::Api(response)) if response.code == 404 => {
