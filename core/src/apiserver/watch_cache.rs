@@ -664,6 +664,32 @@ mod tests {
     use crate::store::{MemoryStore, Store};
     use serde_json::json;
 
+    /// Storage over `memory` and a watch cache over it keeping `history` changes and
+    /// buffering `watcher_buffer` per watcher.
+    fn cache_over(
+        memory: &MemoryStore,
+        history: usize,
+        watcher_buffer: usize,
+    ) -> (ObjectStorage, WatchCache) {
+        let store: Arc<dyn Store> = Arc::new(memory.clone());
+        let storage = ObjectStorage::new(store);
+        let cache = WatchCache::new(
+            storage.clone(),
+            CacheConfig {
+                history,
+                watcher_buffer,
+            },
+        );
+        (storage, cache)
+    }
+
+    fn kind(plural: &str) -> Arc<ResourceKind> {
+        Registry::with_builtins()
+            .get("", "v1", plural)
+            .unwrap()
+            .clone()
+    }
+
     fn everything() -> Selection {
         Selection::from_parts(LabelSelector::everything(), FieldSelector::everything())
     }
@@ -671,19 +697,8 @@ mod tests {
     #[tokio::test]
     async fn one_store_watch_serves_many_watchers_indexed_by_node() {
         let memory = MemoryStore::new();
-        let store: Arc<dyn Store> = Arc::new(memory.clone());
-        let storage = ObjectStorage::new(store);
-        let cache = WatchCache::new(
-            storage.clone(),
-            CacheConfig {
-                history: 100,
-                watcher_buffer: 100,
-            },
-        );
-        let pods = Registry::with_builtins()
-            .get("", "v1", "pods")
-            .unwrap()
-            .clone();
+        let (storage, cache) = cache_over(&memory, 100, 100);
+        let pods = kind("pods");
         let mut feeds = Vec::new();
         for _ in 0..20 {
             feeds.push(
@@ -739,19 +754,8 @@ mod tests {
             watch_buffer: 4,
             ..Default::default()
         });
-        let store: Arc<dyn Store> = Arc::new(memory.clone());
-        let storage = ObjectStorage::new(store);
-        let cache = WatchCache::new(
-            storage.clone(),
-            CacheConfig {
-                history: 1000,
-                watcher_buffer: 1000,
-            },
-        );
-        let maps = Registry::with_builtins()
-            .get("", "v1", "configmaps")
-            .unwrap()
-            .clone();
+        let (storage, cache) = cache_over(&memory, 1000, 1000);
+        let maps = kind("configmaps");
         let (mut watcher, _) = cache
             .subscribe(&maps, everything(), None, false, Start::Now)
             .await
