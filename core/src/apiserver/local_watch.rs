@@ -43,6 +43,13 @@ impl Drop for LocalWatch {
     }
 }
 
+/// Changes an in-process watcher (one of the process's own informers) may leave undelivered
+/// before the watch cache closes it. A closed informer re-lists every object of its kind, and
+/// under load (tens of thousands of pod workers on two cores) its task can wait long enough for
+/// a remote client's buffer to fill; its deliveries are pointers to cached objects, and the
+/// channel takes memory only for what is pending.
+const IN_PROCESS_BUFFER: usize = 65_536;
+
 fn local(delivery: Delivery) -> LocalEvent {
     match delivery {
         Delivery::Event("ADDED", o) => LocalEvent::Added(o.bytes.clone()),
@@ -75,7 +82,7 @@ impl ApiServer {
         let (Subscription { initial, live }, revision) = self
             .state
             .cache
-            .subscribe(&kind, selection, None, true, start)
+            .subscribe_buffered(&kind, selection, None, true, start, IN_PROCESS_BUFFER)
             .await
             .map_err(|_| match after {
                 Some(rv) => ApiError::expired(format!("too old resource version: {rv}")),
@@ -96,5 +103,56 @@ impl ApiServer {
             live: rx,
             forward,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::ApiConfig;
+    use crate::store::MemoryStore;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, PostParams};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn an_in_process_watcher_outlasts_a_remote_watchers_buffer() {
+        // Remote watchers may fall 4 changes behind; this one falls 1500 behind (well past the
+        // hand-over channel too) before it reads, and still gets every change.
+        let server = ApiServer::builder(Arc::new(MemoryStore::default()))
+            .config(ApiConfig {
+                watch_buffer: 4,
+                ..ApiConfig::default()
+            })
+            .build()
+            .await
+            .expect("server");
+        let maps: Api<ConfigMap> = Api::default_namespaced(server.client());
+        let mut watch = server
+            .watch_local("", "v1", "configmaps", None)
+            .await
+            .expect("watch");
+        let before = watch.initial.len();
+        for i in 0..1500 {
+            let map: ConfigMap = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("m{i}"), "namespace": "default"},
+            }))
+            .expect("a config map");
+            maps.create(&PostParams::default(), &map)
+                .await
+                .expect("create");
+        }
+        let mut added = 0;
+        while added < 1500 {
+            match tokio::time::timeout(Duration::from_secs(5), watch.live.recv())
+                .await
+                .expect("a change within 5 s")
+            {
+                Some(LocalEvent::Added(_)) => added += 1,
+                Some(_) => {}
+                None => panic!("the watch was closed after {added} of 1500 (initial {before})"),
+            }
+        }
     }
 }

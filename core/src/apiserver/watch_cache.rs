@@ -552,6 +552,22 @@ impl WatchCache {
         bookmarks: bool,
         start: Start,
     ) -> Result<(Subscription, Revision), CacheMiss> {
+        let buffer = self.config.watcher_buffer;
+        self.subscribe_buffered(kind, selection, namespace, bookmarks, start, buffer)
+            .await
+    }
+
+    /// [`subscribe`](Self::subscribe), with room for `buffer` undelivered changes before the
+    /// watcher counts as fallen behind and is closed.
+    pub(crate) async fn subscribe_buffered(
+        &self,
+        kind: &Arc<ResourceKind>,
+        selection: Selection,
+        namespace: Option<String>,
+        bookmarks: bool,
+        start: Start,
+        buffer: usize,
+    ) -> Result<(Subscription, Revision), CacheMiss> {
         let cache = self.kind_cache(kind);
         if !self.ready(&cache, 0).await {
             return Err(CacheMiss::NotReady);
@@ -577,7 +593,7 @@ impl WatchCache {
         };
         let selection = Arc::new(selection);
         let node = selection.pinned_node().map(str::to_string);
-        let (tx, live) = mpsc::channel(self.config.watcher_buffer);
+        let (tx, live) = mpsc::channel(buffer.max(1));
         let watcher = Watcher {
             selection: selection.clone(),
             namespace: namespace.clone(),
