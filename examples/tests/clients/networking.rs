@@ -917,6 +917,20 @@ fn the_cluster_survives_a_lost_server_and_a_lost_host() {
             "agent joined",
         );
     }
+    // Both nodes are Ready before the spread is asserted: ScheduleAnyway may place both
+    // replicas on one host while the other is still not ready.
+    lab.kubectl(
+        &kubectl,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "node/host-a",
+            "node/host-b",
+            "--timeout=60s",
+        ],
+        None,
+    )
+    .expect("both hosts' nodes become Ready");
     // Two replicas, one per host; they leave an unreachable node after two seconds.
     let web = format!(
         r#"apiVersion: apps/v1
