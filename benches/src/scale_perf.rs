@@ -169,6 +169,14 @@ async fn run_case(nodes: usize, pods: usize) {
 /// Runs the harness with the command line's arguments.
 #[tokio::main]
 pub async fn main() {
+    // Warnings (a relisting informer, a failing sync) go to stderr beside the progress lines;
+    // RUST_LOG picks more.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let mode = Mode::from_args();
     let args: Vec<String> = std::env::args().collect();
     let value_of = |flag: &str| {

@@ -4,6 +4,7 @@
 //! watch sees every object of its kind and skips authentication and authorization: it is for
 //! trusted code in the server's own process, never for requests from outside.
 
+use super::pending_deliveries::PendingDeliveries;
 use super::selection::Selection;
 use super::watch_cache::{Delivery, Start, Subscription};
 use super::{ApiError, ApiServer};
@@ -44,17 +45,18 @@ impl Drop for LocalWatch {
 }
 
 /// Changes an in-process watcher (one of the process's own informers) may leave undelivered
-/// before the watch cache closes it. A closed informer re-lists every object of its kind, and
-/// under load (tens of thousands of pod workers on two cores) its task can wait long enough for
-/// a remote client's buffer to fill; its deliveries are pointers to cached objects, and the
-/// channel takes memory only for what is pending.
-const IN_PROCESS_BUFFER: usize = 65_536;
+/// before the watch cache closes it: in effect, no limit. A closed informer re-lists every
+/// object of its kind (150,000 pods decoded a second time, beside the copies it holds), and
+/// under load (tens of thousands of pod workers on two cores) the task taking deliveries over
+/// can wait seconds for its turn; the deliveries are pointers to cached objects, the channel
+/// takes memory only for what is pending, and the hand-over coalesces them per object.
+const IN_PROCESS_BUFFER: usize = 1 << 22;
 
 fn local(delivery: Delivery) -> LocalEvent {
     match delivery {
-        Delivery::Event("ADDED", o) => LocalEvent::Added(o.bytes.clone()),
-        Delivery::Event("DELETED", o) => LocalEvent::Deleted(o.bytes.clone()),
-        Delivery::Event(_, o) => LocalEvent::Modified(o.bytes.clone()),
+        Delivery::Event("ADDED", o) => LocalEvent::Added(o.bytes.to_bytes()),
+        Delivery::Event("DELETED", o) => LocalEvent::Deleted(o.bytes.to_bytes()),
+        Delivery::Event(_, o) => LocalEvent::Modified(o.bytes.to_bytes()),
         Delivery::Bookmark(revision) => LocalEvent::Bookmark(revision),
     }
 }
@@ -90,10 +92,27 @@ impl ApiServer {
             })?;
         let (tx, rx) = mpsc::channel(1024);
         let mut live = live;
+        // Hands deliveries over as the watcher takes them; meanwhile the cache's are taken in
+        // at once and coalesced, so a slow watcher neither fills the cache's buffer (and is
+        // closed, and relists) nor decodes states already replaced.
         let forward = tokio::spawn(async move {
-            while let Some(delivery) = live.recv().await {
-                if tx.send(local(delivery)).await.is_err() {
+            let mut pending = PendingDeliveries::default();
+            let mut open = true;
+            loop {
+                if pending.is_empty() && !open {
                     return;
+                }
+                tokio::select! {
+                    delivery = live.recv(), if open => match delivery {
+                        Some(delivery) => pending.push(delivery),
+                        None => open = false,
+                    },
+                    permit = tx.reserve(), if !pending.is_empty() => {
+                        let Ok(permit) = permit else { return };
+                        if let Some(delivery) = pending.pop() {
+                            permit.send(local(delivery));
+                        }
+                    }
                 }
             }
         });

@@ -25,6 +25,7 @@ mod metrics;
 mod node_proxy;
 mod node_tls;
 mod openapi;
+mod pending_deliveries;
 mod port_forward;
 mod protobuf;
 mod protobuf_rbac;

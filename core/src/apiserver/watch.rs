@@ -150,7 +150,7 @@ impl CachedWatch {
                 line.extend_from_slice(b"{\"type\":\"");
                 line.extend_from_slice(event_type.as_bytes());
                 line.extend_from_slice(b"\",\"object\":");
-                line.extend_from_slice(&object.bytes);
+                object.bytes.write_to(&mut line);
                 line.push(b'}');
             }
             Delivery::Bookmark(revision) => {

@@ -10,9 +10,8 @@
 
 use super::selection::Selection;
 use crate::registry::ResourceKind;
-use crate::storage::{EncodedEvent, ObjectStorage, StorageError};
+use crate::storage::{EncodedEvent, ObjectBytes, ObjectStorage, StorageError};
 use crate::store::{Revision, StoreError};
-use axum::body::Bytes;
 use futures::StreamExt;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -36,20 +35,20 @@ pub(crate) struct CachedObject {
     key: String,
     /// The namespace, if namespaced.
     namespace: Option<String>,
-    /// The object's JSON, with its resourceVersion.
-    pub bytes: Bytes,
+    /// The object's JSON, with its resourceVersion (sharing the store's bytes when it can).
+    pub bytes: ObjectBytes,
     labels: BTreeMap<String, String>,
     fields: Vec<(String, String)>,
 }
 
 impl CachedObject {
-    fn new(kind: &ResourceKind, object: &Value) -> Self {
-        let bytes = Bytes::from(serde_json::to_vec(object).unwrap_or_default());
+    pub(super) fn new(kind: &ResourceKind, object: &Value) -> Self {
+        let bytes = ObjectBytes::complete(crate::storage::exact_json(object).unwrap_or_default());
         Self::with_bytes(kind, object, bytes)
     }
 
     /// `object` whose JSON (with its resourceVersion) is `bytes`.
-    fn with_bytes(kind: &ResourceKind, object: &Value, bytes: Bytes) -> Self {
+    fn with_bytes(kind: &ResourceKind, object: &Value, bytes: ObjectBytes) -> Self {
         let meta = &object["metadata"];
         let namespace = meta["namespace"].as_str().map(str::to_string);
         let name = meta["name"].as_str().unwrap_or_default();
@@ -83,6 +82,11 @@ impl CachedObject {
         }
     }
 
+    /// `namespace/name` or `name`.
+    pub(super) fn key(&self) -> &str {
+        &self.key
+    }
+
     fn field(&self, name: &str) -> Option<String> {
         self.fields
             .iter()
@@ -103,7 +107,7 @@ impl CachedObject {
 
     /// The object as JSON.
     pub(crate) fn value(&self) -> Value {
-        serde_json::from_slice(&self.bytes).unwrap_or(Value::Null)
+        serde_json::from_slice(&self.bytes.to_bytes()).unwrap_or(Value::Null)
     }
 }
 

@@ -189,6 +189,10 @@ where
                 let mut feed = match subscribed {
                     Ok(feed) => feed,
                     Err(err) if err.code == 410 => {
+                        tracing::warn!(
+                            %plural,
+                            "an in-process informer fell behind the watch cache's history; relisting"
+                        );
                         last = None;
                         continue;
                     }

@@ -56,22 +56,18 @@ impl ReplicaSetController {
         };
         let mut pods = self.pods.owned_by(uid);
         pods.retain(|p| p.metadata.namespace.as_deref() == Some(namespace));
-        let owned: std::collections::HashSet<&str> = pods
-            .iter()
-            .filter_map(|p| p.metadata.name.as_deref())
-            .collect();
+        // Labelled pods that reference `uid` are in `pods` already.
+        let references_owner = |p: &Pod| {
+            p.metadata
+                .owner_references
+                .as_ref()
+                .is_some_and(|refs| refs.iter().any(|r| r.uid == uid))
+        };
         let labelled: Vec<Arc<Pod>> = self
             .pods
             .by_index(super::cache::BY_LABEL, &format!("{key}={value}"))
             .into_iter()
-            .filter(|p| {
-                p.metadata.namespace.as_deref() == Some(namespace)
-                    && !p
-                        .metadata
-                        .name
-                        .as_deref()
-                        .is_some_and(|n| owned.contains(n))
-            })
+            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace) && !references_owner(p))
             .collect();
         pods.extend(labelled);
         pods
@@ -403,10 +399,10 @@ impl Reconciler for ReplicaSetController {
         let fully_labeled = owned
             .iter()
             .filter(|p| {
-                let labels = p.metadata.labels.clone().unwrap_or_default();
+                let labels = p.metadata.labels.as_ref();
                 template_labels
                     .iter()
-                    .all(|(k, v)| labels.get(k) == Some(v))
+                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
             })
             .count() as i32;
         let ready = owned.iter().filter(|p| pod_facts::is_ready(p)).count() as i32;

@@ -375,8 +375,10 @@ async fn watch_pods(
                 }
             }
             Some(event) = runtime_events.next() => {
+                // A container starts only when its pod's worker starts it (and reads its
+                // status in the same sync): only exits are news to a worker.
                 let id = match &event {
-                    crate::runtime::RuntimeEvent::Started { container_id } => container_id,
+                    crate::runtime::RuntimeEvent::Started { .. } => continue,
                     crate::runtime::RuntimeEvent::Exited { container_id, .. } => container_id,
                 };
                 if let Ok(info) = shared.runtime.container_status(id).await {

@@ -34,6 +34,10 @@ pub const CPU_MILLIS: &str = "sim.capstan.dev/cpu-millis";
 /// Annotation: the memory a simulated container uses, in bytes.
 pub const MEMORY_BYTES: &str = "sim.capstan.dev/memory-bytes";
 
+/// Runtime events buffered for a slow subscriber (the node agent); older ones are dropped, and
+/// the agent's periodic resync covers them.
+const EVENT_BUFFER: usize = 256;
+
 /// Settings of a [`SimRuntime`].
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -113,7 +117,8 @@ impl SimRuntime {
         SimRuntime {
             config: Arc::new(config),
             state: Arc::new(Mutex::new(SimState::default())),
-            events: broadcast::channel(1024).0,
+            // Each slot is preallocated: 1024 per simulated node was ~55 KB, times thousands.
+            events: broadcast::channel(EVENT_BUFFER).0,
         }
     }
 

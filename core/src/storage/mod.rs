@@ -18,6 +18,8 @@ mod versioned_bytes;
 
 pub use error::StorageError;
 pub use key::{object_key, object_prefix};
+pub(crate) use object::exact_json;
+pub use versioned_bytes::ObjectBytes;
 
 use crate::registry::ResourceKind;
 use crate::store::{ListOptions, Revision, Store, StoreError, WatchEvent};
@@ -63,11 +65,11 @@ pub enum ObjectEvent {
 #[derive(Debug, Clone)]
 pub enum EncodedEvent {
     /// Created.
-    Added(Value, bytes::Bytes),
+    Added(Value, ObjectBytes),
     /// Changed (the state before is not decoded: a cache knows it).
-    Modified(Value, bytes::Bytes),
+    Modified(Value, ObjectBytes),
     /// Deleted (the last state, with the deletion's resourceVersion).
-    Deleted(Value, bytes::Bytes),
+    Deleted(Value, ObjectBytes),
     /// Everything up to this revision has been delivered.
     Progress(Revision),
 }
@@ -428,7 +430,7 @@ fn decode_encoded(
     shape: &index_fields::Shape,
     kv: &crate::store::KeyValue,
     revision: Revision,
-) -> Result<(Value, bytes::Bytes), StorageError> {
+) -> Result<(Value, ObjectBytes), StorageError> {
     let mut indexed = shape.decode(&kv.value).map_err(|e| StorageError::Corrupt {
         key: kv.key.clone(),
         reason: e.to_string(),
@@ -442,15 +444,15 @@ fn decode_encoded(
     let stored_version = indexed["metadata"].get("resourceVersion").is_some();
     object::set_resource_version(&mut indexed, revision);
     let spliced = (!stored_version)
-        .then(|| versioned_bytes::with_resource_version(&kv.value, revision))
+        .then(|| ObjectBytes::stored(kv.value.clone(), revision))
         .flatten();
     let bytes = match spliced {
         Some(bytes) => bytes,
         None => {
             let mut object = object::decode_stored(kv)?;
             object::set_resource_version(&mut object, revision);
-            serde_json::to_vec(&object)
-                .map(bytes::Bytes::from)
+            object::exact_json(&object)
+                .map(ObjectBytes::complete)
                 .map_err(|e| StorageError::invalid("", &e.to_string()))?
         }
     };

@@ -46,13 +46,36 @@ pub(super) fn encode(object: &mut Value) -> Result<Bytes, StorageError> {
     // The revision is the store's, not part of the value: taken out while serializing (no copy
     // of the object), put back after.
     let version = metadata_mut(object)?.remove("resourceVersion");
-    let bytes = serde_json::to_vec(&*object);
+    let bytes = exact_json(&*object);
     if let Some(version) = version {
         metadata_mut(object)?.insert("resourceVersion".into(), version);
     }
-    bytes
-        .map(Bytes::from)
-        .map_err(|e| StorageError::invalid("", &e.to_string()))
+    bytes.map_err(|e| StorageError::invalid("", &e.to_string()))
+}
+
+/// Largest serialization buffer kept for the thread's next object.
+const KEPT_BUFFER: usize = 1 << 20;
+
+/// `value`'s JSON in an allocation of its exact length. Stored values live as long as the
+/// store keeps them: serializing straight into a growing `Vec` leaves up to half of each one
+/// unused (and allocators shrink in place), so each is written into a buffer the thread
+/// reuses, then copied out.
+pub(crate) fn exact_json(value: &Value) -> Result<Bytes, serde_json::Error> {
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with(|buffer| {
+        let Ok(mut buffer) = buffer.try_borrow_mut() else {
+            return serde_json::to_vec(value).map(|v| Bytes::copy_from_slice(&v));
+        };
+        buffer.clear();
+        let written = serde_json::to_writer(&mut *buffer, value);
+        let bytes = written.map(|()| Bytes::copy_from_slice(&buffer));
+        if buffer.capacity() > KEPT_BUFFER {
+            *buffer = Vec::new();
+        }
+        bytes
+    })
 }
 
 /// The object stored in a key-value, with its resourceVersion.

@@ -1,28 +1,92 @@
 //! An object's JSON with its `metadata.resourceVersion`, made from the stored bytes (which
 //! leave the revision out) by splicing the field in after the `{` that opens the top-level
-//! `metadata` object — no decode and re-encode of the whole object. Callers must know the
+//! `metadata` object — no decode and re-encode of the whole object, and, held as
+//! [`ObjectBytes`], no second copy of it beside the store's. Callers must know the
 //! stored bytes have no `resourceVersion` of their own (else the result would hold it twice).
 
 use crate::store::Revision;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 /// `stored` with `"resourceVersion":"<revision>"` added to its top-level metadata; `None` when
 /// `stored` has no top-level `metadata` object.
-pub(super) fn with_resource_version(stored: &[u8], revision: Revision) -> Option<Bytes> {
-    let at = metadata_body_start(stored)?;
-    let empty = stored[at..]
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|b| *b == b'}');
-    let field = format!(
-        "\"resourceVersion\":\"{revision}\"{}",
-        if empty { "" } else { "," }
-    );
-    let mut out = BytesMut::with_capacity(stored.len() + field.len());
-    out.put_slice(&stored[..at]);
-    out.put_slice(field.as_bytes());
-    out.put_slice(&stored[at..]);
-    Some(out.freeze())
+#[cfg(test)]
+fn with_resource_version(stored: &[u8], revision: Revision) -> Option<Bytes> {
+    ObjectBytes::stored(Bytes::copy_from_slice(stored), revision).map(|o| o.to_bytes())
+}
+
+/// An object's JSON with its resourceVersion, held as the bytes the store keeps plus where to
+/// splice the revision in. A cache of objects then shares each object's bytes with the store
+/// (one copy of every object in memory, not two); the versioned JSON is written out when it is
+/// sent.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectBytes {
+    bytes: Bytes,
+    splice: Option<Splice>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Splice {
+    /// Just after the `{` opening the top-level `metadata`.
+    at: usize,
+    revision: Revision,
+    /// Whether the metadata object is empty (the field then takes no trailing comma).
+    empty: bool,
+}
+
+impl ObjectBytes {
+    /// JSON that already carries its resourceVersion.
+    pub fn complete(bytes: Bytes) -> Self {
+        ObjectBytes {
+            bytes,
+            splice: None,
+        }
+    }
+
+    /// Stored JSON without a resourceVersion, to be written with `revision`; `None` when it has
+    /// no top-level `metadata` object.
+    pub(super) fn stored(bytes: Bytes, revision: Revision) -> Option<Self> {
+        let at = metadata_body_start(&bytes)?;
+        let empty = bytes[at..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'}');
+        Some(ObjectBytes {
+            bytes,
+            splice: Some(Splice {
+                at,
+                revision,
+                empty,
+            }),
+        })
+    }
+
+    /// Appends the versioned JSON to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let Some(splice) = self.splice else {
+            out.extend_from_slice(&self.bytes);
+            return;
+        };
+        out.reserve(self.bytes.len() + 40);
+        out.extend_from_slice(&self.bytes[..splice.at]);
+        out.extend_from_slice(b"\"resourceVersion\":\"");
+        out.extend_from_slice(splice.revision.to_string().as_bytes());
+        out.extend_from_slice(if splice.empty {
+            &b"\""[..]
+        } else {
+            &b"\","[..]
+        });
+        out.extend_from_slice(&self.bytes[splice.at..]);
+    }
+
+    /// The versioned JSON (shared, not copied, when nothing is spliced).
+    pub fn to_bytes(&self) -> Bytes {
+        if self.splice.is_none() {
+            return self.bytes.clone();
+        }
+        let mut out = Vec::new();
+        self.write_to(&mut out);
+        Bytes::from(out)
+    }
 }
 
 /// The offset just after the `{` opening the value of the top-level key `metadata`.
@@ -85,6 +149,20 @@ mod tests {
         let mut expected = object.clone();
         expected["metadata"]["resourceVersion"] = json!("42");
         assert_eq!(spliced(&object, 42), expected);
+    }
+
+    #[test]
+    fn keeps_the_stored_bytes_and_splices_when_written() {
+        let stored = Bytes::from_static(br#"{"kind":"Pod","metadata":{"name":"x"}}"#);
+        let object = ObjectBytes::stored(stored.clone(), 9).unwrap();
+        assert_eq!(object.bytes.as_ptr(), stored.as_ptr(), "shared, not copied");
+        let mut out = b"[".to_vec();
+        object.write_to(&mut out);
+        let expected = br#"{"kind":"Pod","metadata":{"resourceVersion":"9","name":"x"}}"#;
+        assert_eq!(&out[1..], &expected[..]);
+        assert_eq!(&object.to_bytes()[..], &expected[..]);
+        let complete = ObjectBytes::complete(stored.clone());
+        assert_eq!(complete.to_bytes().as_ptr(), stored.as_ptr());
     }
 
     #[test]
