@@ -10,6 +10,7 @@
 pub mod api_perf;
 mod concurrently;
 pub mod controller_perf;
+mod cpu_time;
 mod etcd_endpoints;
 mod figure;
 pub mod podstart_perf;
@@ -20,6 +21,7 @@ pub mod scheduler_perf;
 pub mod store_perf;
 
 pub use concurrently::concurrently;
+pub use cpu_time::cpu_seconds;
 pub use etcd_endpoints::etcd_endpoints;
 pub use figure::{Bench, Figure, Mode};
 pub use resident::resident_mib;

@@ -15,7 +15,7 @@
 //! `--quick` runs 500 nodes and 2000 pods for CI; `--nodes N`, `--sampling default|allnodes`
 //! and `--only framework|api` narrow a run while profiling.
 
-use crate::{concurrently, resident_mib, Bench, Mode};
+use crate::{concurrently, cpu_seconds, resident_mib, Bench, Mode};
 use capstan_core::apiserver::ApiServer;
 use capstan_core::scheduler::{
     decide_cached, Decision, EquivalenceCache, PodInfo, Profile, Scheduler, SchedulerConfig,
@@ -159,6 +159,7 @@ async fn through_api(nodes: usize, pods: usize, percentage: u32) -> (f64, f64) {
     // Let the scheduler's informers sync before the clock starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let heap = PeakResident::start();
+    let cpu_before = cpu_seconds();
     let began = Instant::now();
     concurrently(pods, CONCURRENCY, |i| {
         let pod_api = pod_api.clone();
@@ -188,6 +189,12 @@ async fn through_api(nodes: usize, pods: usize, percentage: u32) -> (f64, f64) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = pods as f64 / began.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    eprintln!(
+        "scheduler-perf: {:.2} CPU seconds for {pods} pods ({:.0} us a pod: create, schedule, bind)",
+        cpu,
+        cpu * 1e6 / pods as f64
+    );
     let peak = heap.stop();
     // Every binding is in the API (read after the clock stopped, so no extra watcher competes
     // with the scheduler during the run).

@@ -362,6 +362,73 @@ async fn bad_input_gets_a_status_and_changes_nothing() {
     );
 }
 
+/// Admission lookups and bindings start from the watch cache, which trails storage by the
+/// writes in flight: a namespace created a moment ago is found (storage is asked before a
+/// namespace is reported missing), and a binding from a stale cached pod neither loses the write
+/// the cache has not seen nor binds a pod twice.
+#[tokio::test]
+async fn reads_through_the_watch_cache_never_act_on_a_stale_copy() {
+    let api = api().await;
+    for i in 0..20 {
+        let namespace = format!("fresh-{i}");
+        api.ok(
+            Method::POST,
+            "/api/v1/namespaces",
+            Some(json!({"metadata": {"name": namespace}})),
+        )
+        .await;
+        // Straight after the namespace: the cache has most likely not applied it yet.
+        api.ok(
+            Method::POST,
+            &format!("/api/v1/namespaces/{namespace}/pods"),
+            Some(pod("p")),
+        )
+        .await;
+        let pod_uri = format!("/api/v1/namespaces/{namespace}/pods/p");
+        let (status, body) = api
+            .send(
+                Method::PATCH,
+                &pod_uri,
+                "application/merge-patch+json",
+                Some(json!({"metadata": {"annotations": {"written": format!("{i}")}}})),
+            )
+            .await;
+        assert!(status.is_success(), "{status} {body}");
+        // Two bindings at once, from a cache that may not hold the annotation yet.
+        let binding_uri = format!("/api/v1/namespaces/{namespace}/pods/p/binding");
+        let bind = |node: &'static str| {
+            api.call(
+                Method::POST,
+                &binding_uri,
+                Some(json!({"target": {"kind": "Node", "name": node}})),
+            )
+        };
+        let ((first, _), (second, _)) = tokio::join!(bind("n1"), bind("n2"));
+        let mut codes = [first.as_u16(), second.as_u16()];
+        codes.sort();
+        assert_eq!(codes, [201, 409], "exactly one binding wins");
+        let bound = api.ok(Method::GET, &pod_uri, None).await;
+        assert!(
+            matches!(bound["spec"]["nodeName"].as_str(), Some("n1" | "n2")),
+            "{bound}"
+        );
+        assert_eq!(
+            bound["metadata"]["annotations"]["written"],
+            format!("{i}"),
+            "the write before the binding is kept"
+        );
+    }
+    // A namespace that does not exist is still refused.
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/never-made/pods",
+            Some(pod("p")),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 404);
+}
+
 #[tokio::test]
 async fn lists_page_consistently_and_select() {
     let api = api().await;

@@ -2,6 +2,7 @@
 //! decoding and defaulting and before storage. Embedders add their own plugins; the built-ins
 //! are NamespaceLifecycle, PriorityClass and ServiceAccount.
 
+use super::watch_cache::WatchCache;
 use super::{ApiError, UserInfo};
 use crate::registry::{Registry, ResourceKind};
 use crate::storage::{ObjectStorage, StorageError};
@@ -38,8 +39,11 @@ pub struct AdmissionRequest<'a> {
     pub user: &'a UserInfo,
     /// Whether nothing will be persisted.
     pub dry_run: bool,
-    /// Read access to stored objects.
+    /// Read access to stored objects, straight from storage.
     pub storage: &'a ObjectStorage,
+    /// Read access to stored objects through the API server's watch cache (cheaper; may trail
+    /// storage by the writes in flight).
+    pub reads: CachedReads<'a>,
     /// The served kinds.
     pub registry: &'a Registry,
 }
@@ -50,6 +54,47 @@ impl AdmissionRequest<'_> {
         self.operation == Operation::Create
             && self.kind.group.is_empty()
             && self.kind.plural == "pods"
+    }
+}
+
+/// Reads for admission plugins served from the API server's watch cache once it has caught up
+/// with storage, else from storage, as Kubernetes' admission plugins read through informer
+/// listers: an object the cache does not hold yet (just created) is looked up in storage
+/// before it is reported missing.
+#[derive(Clone, Copy)]
+pub struct CachedReads<'a> {
+    storage: &'a ObjectStorage,
+    cache: &'a WatchCache,
+}
+
+impl<'a> CachedReads<'a> {
+    pub(super) fn new(storage: &'a ObjectStorage, cache: &'a WatchCache) -> Self {
+        CachedReads { storage, cache }
+    }
+
+    /// One object of `kind`.
+    pub async fn get(
+        &self,
+        kind: &Arc<ResourceKind>,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, StorageError> {
+        let key = match namespace.filter(|_| kind.namespaced) {
+            Some(namespace) => format!("{namespace}/{name}"),
+            None => name.to_string(),
+        };
+        match self.cache.peek(kind, &key) {
+            Some(Some(object)) => Ok(object),
+            _ => self.storage.get(kind, namespace, name).await,
+        }
+    }
+
+    /// Every object of `kind` (in every namespace).
+    pub async fn list(&self, kind: &Arc<ResourceKind>) -> Result<Vec<Value>, StorageError> {
+        match self.cache.peek_all(kind) {
+            Some(objects) => Ok(objects),
+            None => Ok(self.storage.list(kind, None, None, None, None).await?.items),
+        }
     }
 }
 
@@ -126,7 +171,7 @@ impl AdmissionPlugin for NamespaceLifecycle {
             .registry
             .get("", "v1", "namespaces")
             .ok_or_else(|| ApiError::internal("namespaces are not served"))?;
-        match request.storage.get(namespaces, None, namespace).await {
+        match request.reads.get(namespaces, None, namespace).await {
             Ok(ns) => {
                 let terminating = ns.pointer("/status/phase").and_then(Value::as_str)
                     == Some("Terminating")
@@ -214,7 +259,7 @@ impl AdmissionPlugin for PriorityClassResolution {
             .filter(|s| !s.is_empty())
             .map(str::to_string);
         let (name, value, policy) = match requested {
-            Some(name) => match request.storage.get(classes, None, &name).await {
+            Some(name) => match request.reads.get(classes, None, &name).await {
                 Ok(class) => (
                     Some(name),
                     class["value"].as_i64().unwrap_or(0),
@@ -229,12 +274,8 @@ impl AdmissionPlugin for PriorityClassResolution {
                 Err(err) => return Err(err.into()),
             },
             None => {
-                let all = request
-                    .storage
-                    .list(classes, None, None, None, None)
-                    .await?;
+                let all = request.reads.list(classes).await?;
                 match all
-                    .items
                     .into_iter()
                     .find(|c| c["globalDefault"].as_bool() == Some(true))
                 {
@@ -324,5 +365,59 @@ impl AdmissionPlugin for DefaultTolerationSeconds {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemoryStore, Store};
+    use serde_json::json;
+
+    /// A cache that has caught up but not yet seen the latest write still finds the object:
+    /// storage is asked before anything is reported missing; a cached object is served as
+    /// cached.
+    #[tokio::test]
+    async fn cached_reads_fall_back_to_storage() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let storage = ObjectStorage::new(store);
+        let cache = WatchCache::new(
+            storage.clone(),
+            super::super::watch_cache::CacheConfig {
+                history: 100,
+                watcher_buffer: 100,
+            },
+        );
+        let registry = Registry::with_builtins();
+        let namespaces = registry.get("", "v1", "namespaces").unwrap();
+        let reads = CachedReads::new(&storage, &cache);
+        storage
+            .create(namespaces, json!({"metadata": {"name": "early"}}))
+            .await
+            .unwrap();
+        // Wait until the cache follows the store and holds the first namespace.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !matches!(cache.peek(namespaces, "early"), Some(Some(_))) {
+            assert!(std::time::Instant::now() < deadline, "the cache catches up");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // Written and read with no await in between that could let the cache apply it.
+        let created = storage
+            .create(namespaces, json!({"metadata": {"name": "late"}}))
+            .await
+            .unwrap();
+        assert_eq!(
+            cache.peek(namespaces, "late"),
+            Some(None),
+            "the cache has not seen it yet"
+        );
+        let read = reads.get(namespaces, None, "late").await.unwrap();
+        assert_eq!(read["metadata"]["uid"], created["metadata"]["uid"]);
+        assert!(matches!(
+            reads.get(namespaces, None, "missing").await,
+            Err(StorageError::NotFound { .. })
+        ));
+        let listed = reads.list(namespaces).await.unwrap();
+        assert!(listed.iter().any(|ns| ns["metadata"]["name"] == "early"));
     }
 }

@@ -2,7 +2,7 @@
 //! resource, and the write pipeline (decode, default, admit, validate, store) that every
 //! create, update, patch and subresource write goes through.
 
-use super::admission::{AdmissionRequest, Operation};
+use super::admission::{AdmissionRequest, CachedReads, Operation};
 use super::body::{body_format, error_response, json_response, parse_body, BodyFormat};
 use super::managed_fields::{self, Writer};
 use super::request::{parse_path, Query, ResourcePath, Target};
@@ -743,6 +743,7 @@ fn admission_request<'a>(
         user: &ctx.user,
         dry_run: ctx.dry_run,
         storage: &ctx.state.storage,
+        reads: CachedReads::new(&ctx.state.storage, &ctx.state.cache),
         registry: &ctx.registry,
     }
 }
@@ -1347,11 +1348,25 @@ async fn bind(ctx: &mut Ctx, name: &str, binding: Value) -> Result<Value, ApiErr
         ));
     }
     // A concurrent write to the pod (a status patch) is no reason to refuse the binding:
-    // re-read and retry, as Kubernetes' guaranteed update does.
+    // re-read and retry, as Kubernetes' guaranteed update does. The first attempt starts from
+    // the watch cache's copy (a scheduler binds pods it has just seen created, so the cache
+    // rarely trails); the write is conditional on that copy's resourceVersion, so a stale copy
+    // only costs a retry from storage.
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let old = get(ctx, name).await?;
+        let cached = match (attempts, namespace_of(ctx)) {
+            (1, Some(namespace)) => ctx
+                .state
+                .cache
+                .peek(&ctx.kind, &format!("{namespace}/{name}"))
+                .flatten(),
+            _ => None,
+        };
+        let old = match cached {
+            Some(cached) => cached,
+            None => get(ctx, name).await?,
+        };
         if let Some(current) = old
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)

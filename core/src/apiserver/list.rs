@@ -203,7 +203,13 @@ fn render(ctx: &Ctx, items: Vec<Value>, revision: Revision, token: Option<String
     if let Some(token) = token {
         metadata["continue"] = json!(token);
     }
-    json!({"kind": format!("{}List", ctx.kind.kind), "apiVersion": ctx.kind.api_version(), "metadata": metadata, "items": items})
+    // Built by hand: `json!` would serialize `items` from a reference, a deep copy of the page.
+    let mut list = serde_json::Map::new();
+    list.insert("kind".into(), json!(format!("{}List", ctx.kind.kind)));
+    list.insert("apiVersion".into(), json!(ctx.kind.api_version()));
+    list.insert("metadata".into(), metadata);
+    list.insert("items".into(), Value::Array(items));
+    Value::Object(list)
 }
 
 #[cfg(test)]

@@ -43,8 +43,8 @@ mod watch;
 mod watch_cache;
 
 pub use admission::{
-    builtin_plugins, AdmissionPlugin, AdmissionRequest, DefaultTolerationSeconds, Operation,
-    DEFAULT_TOLERATION_SECONDS,
+    builtin_plugins, AdmissionPlugin, AdmissionRequest, CachedReads, DefaultTolerationSeconds,
+    Operation, DEFAULT_TOLERATION_SECONDS,
 };
 pub use audit::{AuditLog, AuditRecord};
 pub use auth::{AllowAll, Authenticator, Authorizer, InProcessUser, RequestAttributes, UserInfo};

@@ -669,6 +669,36 @@ impl WatchCache {
         Ok((items, state.revision))
     }
 
+    /// The object stored under `key` (`namespace/name` or `name`) as the cache holds it now,
+    /// without waiting: `None` when the cache has not caught up with the store yet, else
+    /// whether it holds the object. The cache may trail the store by the changes in flight;
+    /// callers that must not act on a stale state write conditionally on its resourceVersion.
+    pub(crate) fn peek(&self, kind: &Arc<ResourceKind>, key: &str) -> Option<Option<Value>> {
+        let cache = self.kind_cache(kind);
+        let found = {
+            let state = cache.lock();
+            if !state.synced {
+                return None;
+            }
+            state.objects.get(key).cloned()
+        };
+        Some(found.map(|o| o.value()))
+    }
+
+    /// Every object of `kind` as the cache holds it now, without waiting; `None` when the cache
+    /// has not caught up with the store yet.
+    pub(crate) fn peek_all(&self, kind: &Arc<ResourceKind>) -> Option<Vec<Value>> {
+        let cache = self.kind_cache(kind);
+        let found: Vec<Arc<CachedObject>> = {
+            let state = cache.lock();
+            if !state.synced {
+                return None;
+            }
+            state.objects.values().cloned().collect()
+        };
+        Some(found.iter().map(|o| o.value()).collect())
+    }
+
     /// Number of watchers registered for a kind (for tests and metrics).
     #[cfg(test)]
     pub(crate) fn watcher_count(&self, kind: &Arc<ResourceKind>) -> usize {

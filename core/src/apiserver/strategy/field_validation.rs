@@ -54,25 +54,51 @@ impl FieldValidation {
     }
 }
 
-fn compare(input: &Value, known: &Value, path: &str, problems: &mut Vec<String>) {
+/// One step of a field path, rendered only when a problem is reported.
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn render(path: &[Step<'_>]) -> String {
+    let mut text = String::new();
+    for step in path {
+        match step {
+            Step::Key(key) if text.is_empty() => text.push_str(key),
+            Step::Key(key) => {
+                text.push('.');
+                text.push_str(key);
+            }
+            Step::Index(i) => text.push_str(&format!("[{i}]")),
+        }
+    }
+    text
+}
+
+fn compare<'a>(
+    input: &'a Value,
+    known: &Value,
+    path: &mut Vec<Step<'a>>,
+    problems: &mut Vec<String>,
+) {
     match (input, known) {
         (Value::Object(given), Value::Object(kept)) => {
             for (key, value) in given {
-                let here = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
+                path.push(Step::Key(key));
                 match kept.get(key) {
-                    Some(child) => compare(value, child, &here, problems),
+                    Some(child) => compare(value, child, path, problems),
                     None if value.is_null() => {}
-                    None => problems.push(format!("unknown field {here:?}")),
+                    None => problems.push(format!("unknown field {:?}", render(path))),
                 }
+                path.pop();
             }
         }
         (Value::Array(given), Value::Array(kept)) if given.len() == kept.len() => {
             for (i, (g, k)) in given.iter().zip(kept).enumerate() {
-                compare(g, k, &format!("{path}[{i}]"), problems);
+                path.push(Step::Index(i));
+                compare(g, k, path, problems);
+                path.pop();
             }
         }
         _ => {}
@@ -82,12 +108,18 @@ fn compare(input: &Value, known: &Value, path: &str, problems: &mut Vec<String>)
 /// The fields of `given` missing from `known` (the same object as its type re-encoded it).
 pub fn unknown_fields(given: &Value, known: &Value) -> Vec<String> {
     let mut problems = Vec::new();
-    compare(given, known, "", &mut problems);
+    compare(given, known, &mut Vec::new(), &mut problems);
     problems
 }
 
 /// Every key that appears twice in one JSON object of `body`, by path.
 pub fn duplicate_fields(body: &[u8]) -> Vec<String> {
+    // Nearly every body has none: a scan that borrows its keys and builds no paths says so,
+    // and only a body with a duplicate is scanned again to name them.
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    if matches!(DuplicateProbe.deserialize(&mut deserializer), Ok(false)) {
+        return Vec::new();
+    }
     let mut problems = Vec::new();
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let _ = DuplicateScan {
@@ -96,6 +128,84 @@ pub fn duplicate_fields(body: &[u8]) -> Vec<String> {
     }
     .deserialize(&mut deserializer);
     problems
+}
+
+/// Whether any JSON object of a document repeats a key.
+struct DuplicateProbe;
+
+/// A key as the document holds it: borrowed unless it has escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(key)))
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(key.to_string())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for DuplicateProbe {
+    type Value = bool;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DuplicateProbe {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let mut keys = Vec::new();
+        let mut found = false;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            keys.push(key.0);
+            found |= map.next_value_seed(DuplicateProbe)?;
+        }
+        keys.sort_unstable();
+        Ok(found || keys.windows(2).any(|pair| pair[0] == pair[1]))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        let mut found = false;
+        while let Some(inner) = seq.next_element_seed(DuplicateProbe)? {
+            found |= inner;
+        }
+        Ok(found)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
 }
 
 struct DuplicateScan<'a> {
@@ -207,6 +317,23 @@ mod tests {
             br#"{"metadata": {"name": "a", "name": "b"}, "spec": {"containers": [{"name": "x"}]}}"#,
         );
         assert_eq!(dupes, ["duplicate field \"metadata.name\""]);
+        // An escaped spelling of a key is the same key; duplicates deep in lists are found.
+        let dupes = duplicate_fields(
+            br#"{"spec": {"containers": [{"name": "x"}, {"name": "y", "\u006eame": "z"}]}}"#,
+        );
+        assert_eq!(dupes, ["duplicate field \"spec.containers[1].name\""]);
+        assert!(
+            duplicate_fields(br#"{"a": {"b": 1}, "b": {"a": [{"a": 1}, {"a": 2}]}}"#).is_empty()
+        );
+        // The path of an unknown field deep in a list is named in full.
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}, {"name": "d", "image": "i", "ports": [{"containerPort": 1, "hostPorts": 2}]}]}});
+        let known = crate::apiserver::strategy::check_types(pods, &pod)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            unknown_fields(&pod, &known),
+            ["unknown field \"spec.containers[1].ports[0].hostPorts\""]
+        );
         assert!(FieldValidation::parse(Some("Loose")).is_err());
         let mut warnings = Vec::new();
         assert!(FieldValidation::Strict

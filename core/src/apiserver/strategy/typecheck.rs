@@ -12,6 +12,12 @@ fn decode<T: DeserializeOwned + serde::Serialize>(
     kind: &ResourceKind,
     object: &Value,
 ) -> Result<Value, ApiError> {
+    // Decoded without tracking its path first (tracking copies every key it passes); only a
+    // failure is decoded again to name the field.
+    if let Ok(typed) = T::deserialize(object) {
+        return serde_json::to_value(&typed)
+            .map_err(|e| ApiError::internal(format!("re-encoding a {}: {e}", kind.kind)));
+    }
     let mut tracked = serde_path_to_error::Track::new();
     let deserializer = serde_path_to_error::Deserializer::new(object, &mut tracked);
     match T::deserialize(deserializer) {
