@@ -33,13 +33,13 @@ impl Selection {
         Ok(Selection { labels, fields })
     }
 
-    /// Whether an object with these labels and field values is selected.
-    pub(crate) fn matches_parts(
+    /// Whether an object is selected, its labels and fields read through `label` and `field`.
+    pub(crate) fn matches_with<'a>(
         &self,
-        labels: &BTreeMap<String, String>,
+        label: impl Fn(&str) -> Option<&'a str>,
         field: impl Fn(&str) -> Option<String>,
     ) -> bool {
-        self.labels.matches(labels) && self.fields.matches(field)
+        self.labels.matches_with(label) && self.fields.matches(field)
     }
 
     /// The node a `spec.nodeName=` field selector pins, if any.

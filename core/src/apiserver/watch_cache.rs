@@ -37,8 +37,22 @@ pub(crate) struct CachedObject {
     namespace: Option<String>,
     /// The object's JSON, with its resourceVersion (sharing the store's bytes when it can).
     pub bytes: ObjectBytes,
-    labels: BTreeMap<String, String>,
-    fields: Vec<(String, String)>,
+    /// Labels sorted by key (a cache holds every object of a cluster: no map per object).
+    labels: Box<[(Box<str>, Box<str>)]>,
+    /// Selectable fields present, by interned name.
+    fields: Box<[(Arc<str>, Box<str>)]>,
+}
+
+/// One shared copy of each field-selector name (there are a few dozen across all kinds).
+fn interned(name: &str) -> Arc<str> {
+    static NAMES: Mutex<Vec<Arc<str>>> = Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(found) = names.iter().find(|n| &***n == name) {
+        return found.clone();
+    }
+    let name: Arc<str> = Arc::from(name);
+    names.push(name.clone());
+    name
 }
 
 impl CachedObject {
@@ -56,29 +70,30 @@ impl CachedObject {
             Some(ns) => format!("{ns}/{name}"),
             None => name.to_string(),
         };
-        let labels = meta["labels"]
+        let mut labels: Vec<(Box<str>, Box<str>)> = meta["labels"]
             .as_object()
             .map(|m| {
                 m.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.as_str().into(), v.into())))
                     .collect()
             })
             .unwrap_or_default();
-        let mut fields: Vec<(String, String)> = Vec::new();
+        labels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut fields: Vec<(Arc<str>, Box<str>)> = Vec::new();
         for name in ["metadata.name", "metadata.namespace"]
             .into_iter()
             .chain(kind.field_selectors.iter().map(|f| f.name.as_str()))
         {
             if let Some(value) = kind.field_value(object, name) {
-                fields.push((name.to_string(), value));
+                fields.push((interned(name), value.into_boxed_str()));
             }
         }
         CachedObject {
             key,
             namespace,
             bytes,
-            labels,
-            fields,
+            labels: labels.into_boxed_slice(),
+            fields: fields.into_boxed_slice(),
         }
     }
 
@@ -87,22 +102,26 @@ impl CachedObject {
         &self.key
     }
 
-    fn field(&self, name: &str) -> Option<String> {
+    fn field(&self, name: &str) -> Option<&str> {
         self.fields
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| &**v)
+    }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.labels[i].1)
     }
 
     fn node(&self) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(n, _)| n == "spec.nodeName")
-            .map(|(_, v)| v.as_str())
+        self.field("spec.nodeName")
     }
 
     fn selected(&self, selection: &Selection) -> bool {
-        selection.matches_parts(&self.labels, |f| self.field(f))
+        selection.matches_with(|key| self.label(key), |f| self.field(f).map(str::to_string))
     }
 
     /// The object as JSON.
@@ -742,6 +761,45 @@ mod tests {
 
     fn everything() -> Selection {
         Selection::from_parts(LabelSelector::everything(), FieldSelector::everything())
+    }
+
+    /// A cached object answers label and field selectors from its compact form as from the
+    /// object itself (labels kept sorted, however they arrived).
+    #[test]
+    fn cached_objects_select_like_their_objects() {
+        let pods = kind("pods");
+        let object = json!({"metadata": {"name": "p", "namespace": "ns",
+                "labels": {"zeta": "26", "alpha": "1", "mid": "13", "": "x"}},
+            "spec": {"nodeName": "n1", "restartPolicy": "Always"}, "status": {"phase": "Running"}});
+        let cached = CachedObject::new(&pods, &object);
+        for (labels, fields) in [
+            ("alpha=1,zeta=26", ""),
+            ("mid", "spec.nodeName=n1"),
+            (
+                "mid in (12,13),!absent",
+                "status.phase=Running,metadata.namespace=ns",
+            ),
+            ("zeta!=1", "metadata.name=p"),
+            ("alpha=2", ""),
+            ("absent", ""),
+            ("", "spec.nodeName=n2"),
+            ("", "status.podIP=10.0.0.1"),
+            ("zeta notin (26)", ""),
+        ] {
+            let selection = Selection::from_parts(
+                LabelSelector::parse(labels).unwrap(),
+                FieldSelector::parse(fields).unwrap(),
+            );
+            assert_eq!(
+                cached.selected(&selection),
+                selection.matches(&pods, &object),
+                "{labels:?} {fields:?}"
+            );
+        }
+        assert_eq!(cached.node(), Some("n1"));
+        assert_eq!(cached.label("alpha"), Some("1"));
+        assert_eq!(cached.label(""), Some("x"));
+        assert_eq!(cached.label("beta"), None);
     }
 
     #[tokio::test]

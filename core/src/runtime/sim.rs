@@ -27,6 +27,8 @@ use tokio::sync::broadcast;
 
 /// Annotation: how long after starting a simulated container exits.
 pub const EXIT_AFTER: &str = "sim.capstan.dev/exit-after";
+/// What every annotation the simulated runtime reads starts with.
+const SIM_ANNOTATION_PREFIX: &str = "sim.capstan.dev/";
 /// Annotation: the exit code of a simulated container told to exit.
 pub const EXIT_CODE: &str = "sim.capstan.dev/exit-code";
 /// Annotation: the CPU a simulated container uses, in millicores.
@@ -339,19 +341,25 @@ impl ContainerRuntime for SimRuntime {
         }
         state.next_id += 1;
         let id = format!("sim-container-{}", state.next_id);
+        // A simulated node may carry thousands of containers: the labels are kept once (in
+        // the info), and of the pod's annotations only the simulation's own.
+        let mut kept = config.clone();
+        let labels = std::mem::take(&mut kept.labels);
+        kept.annotations
+            .retain(|key, _| key.starts_with(SIM_ANNOTATION_PREFIX));
         let info = ContainerInfo {
             id: id.clone(),
             sandbox_id: sandbox_id.to_string(),
             image: config.image.clone(),
             image_id: format!("sim://{}", config.image),
             state: ContainerState::Created,
-            labels: config.labels.clone(),
+            labels,
         };
         state.containers.insert(
             id.clone(),
             SimContainer {
                 info,
-                config: config.clone(),
+                config: kept,
                 log: Vec::new(),
                 run: 0,
             },
