@@ -799,6 +799,25 @@ async fn deletion_honours_grace_finalizers_and_preconditions() {
         after["metadata"]["resourceVersion"],
         before["metadata"]["resourceVersion"]
     );
+    assert_eq!(
+        after["metadata"]["generation"].as_i64(),
+        before["metadata"]["generation"].as_i64().map(|g| g + 1),
+        "setting the node changes the spec: {after}"
+    );
+    // Apart from those, the pod is exactly what it was.
+    let rest = |pod: &serde_json::Value| {
+        let mut pod = pod.clone();
+        for pointer in ["/metadata", "/spec", "/status"] {
+            let Some(map) = pod.pointer_mut(pointer).and_then(|v| v.as_object_mut()) else {
+                continue;
+            };
+            for field in ["resourceVersion", "generation", "nodeName", "conditions"] {
+                map.remove(field);
+            }
+        }
+        pod
+    };
+    assert_eq!(rest(&after), rest(&before), "a binding changes nothing else");
     let (status, _) = api
         .call(
             Method::POST,

@@ -1388,7 +1388,8 @@ async fn bind(ctx: &mut Ctx, name: &str, binding: Value) -> Result<Value, ApiErr
                 "pod is being deleted, cannot be assigned to a host",
             ));
         }
-        let mut target = old.clone();
+        // Changed in place: the write is conditional on the resourceVersion it was read at.
+        let mut target = old;
         target["spec"]["nodeName"] = json!(node);
         // As Kubernetes' binding does: the pod is now scheduled.
         let scheduled = json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()});
@@ -1412,8 +1413,8 @@ async fn bind(ctx: &mut Ctx, name: &str, binding: Value) -> Result<Value, ApiErr
         }
         // As Kubernetes' binding storage does, the stored pod is written with just these two
         // fields changed: no pod admission, validation or field-manager tracking runs (the
-        // Binding itself was checked above).
-        match ctx.state.storage.update_from(&ctx.kind, &old, target).await {
+        // Binding itself was checked above). Setting the node changed the spec.
+        match ctx.state.storage.write_back(&ctx.kind, target, true).await {
             Err(StorageError::Conflict { .. }) if attempts < 5 => continue,
             other => {
                 other?;

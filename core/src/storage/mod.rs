@@ -311,6 +311,32 @@ impl ObjectStorage {
             .await
     }
 
+    /// Writes back an object the caller read (carrying its resourceVersion) and then changed in
+    /// place, conditionally on that revision (otherwise `Conflict`), without a second copy of
+    /// it: the caller says whether the change touched the spec (which bumps
+    /// `metadata.generation`, as [`ObjectStorage::update_from`] would find by comparing).
+    pub(crate) async fn write_back(
+        &self,
+        kind: &ResourceKind,
+        mut object: Value,
+        spec_changed: bool,
+    ) -> Result<Value, StorageError> {
+        let revision =
+            meta_str(&object, "resourceVersion").and_then(|rv| rv.parse::<Revision>().ok());
+        let Some(revision) = revision.filter(|_| kind.ttl.is_none()) else {
+            return self.update(kind, object).await;
+        };
+        let namespace = meta_str(&object, "namespace");
+        let name = meta_str(&object, "name")
+            .ok_or_else(|| StorageError::invalid("metadata.name", "name is required"))?;
+        let key = object_key(kind, namespace.as_deref(), &name)?;
+        if spec_changed {
+            object::bump_generation(&mut object)?;
+        }
+        self.write_prepared(kind, &key, name, object, revision, None)
+            .await
+    }
+
     /// Deletes an object, optionally only at a given resourceVersion, returning its last state.
     pub async fn delete(
         &self,

@@ -181,6 +181,16 @@ fn spec_changed(old: &Value, new: &Value) -> bool {
         || spec_fields(old).any(|(k, v)| new.get(k) != Some(v))
 }
 
+/// Counts a change of the spec in `metadata.generation` (1 when it was unset).
+pub(super) fn bump_generation(object: &mut Value) -> Result<(), StorageError> {
+    let generation = object
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    metadata_mut(object)?.insert("generation".into(), Value::from(generation + 1));
+    Ok(())
+}
+
 /// Carries the storage-owned fields from the stored object to its replacement.
 pub(super) fn prepare_update(
     kind: &ResourceKind,
