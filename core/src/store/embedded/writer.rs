@@ -1,8 +1,9 @@
 //! The embedded store's single writer thread: group commit, compaction and lease expiry.
 //!
 //! Requests queue on a channel; the thread takes every waiting request (up to `max_batch`) into
-//! one durable redb transaction, commits, dispatches the committed events to the watch hub, and
-//! only then answers. A failed commit stops the writer for good (every later write answers
+//! one durable redb transaction (when writers are concurrent, after waiting `gather_delay` for
+//! more of them, as PostgreSQL's `commit_delay` does), commits, dispatches the committed events
+//! to the watch hub, and only then answers. A failed commit stops the writer for good (every later write answers
 //! `Unavailable`): in-memory lease state could no longer be trusted, and the store must be
 //! reopened.
 
@@ -124,6 +125,7 @@ impl Writer {
     }
 
     fn run(mut self, rx: Receiver<WriteRequest>) {
+        let mut concurrent = false;
         loop {
             let mut batch = Vec::new();
             match rx.recv_timeout(self.config.lease_check_interval) {
@@ -131,12 +133,14 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            while batch.len() < self.config.max_batch {
-                match rx.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
+            self.gather(&rx, &mut batch);
+            // Writers are concurrent when the last batch held several: then a moment's wait lets
+            // more of them share this commit's fsync (a lone writer is never kept waiting).
+            if concurrent && !batch.is_empty() && !self.config.gather_delay.is_zero() {
+                std::thread::sleep(self.config.gather_delay);
+                self.gather(&rx, &mut batch);
             }
+            concurrent = batch.len() > 1;
             let expired = self.leases().expired();
             if batch.is_empty() && expired.is_empty() && self.purged >= self.compacted {
                 continue;
@@ -150,6 +154,16 @@ impl Writer {
                     )));
                 }
                 return;
+            }
+        }
+    }
+
+    /// Adds the requests waiting on `rx` to `batch`, up to `max_batch`.
+    fn gather(&self, rx: &Receiver<WriteRequest>, batch: &mut Vec<WriteRequest>) {
+        while batch.len() < self.config.max_batch {
+            match rx.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
             }
         }
     }
