@@ -817,7 +817,11 @@ async fn deletion_honours_grace_finalizers_and_preconditions() {
         }
         pod
     };
-    assert_eq!(rest(&after), rest(&before), "a binding changes nothing else");
+    assert_eq!(
+        rest(&after),
+        rest(&before),
+        "a binding changes nothing else"
+    );
     let (status, _) = api
         .call(
             Method::POST,

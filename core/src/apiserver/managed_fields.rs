@@ -59,18 +59,18 @@ impl Entry {
         })
     }
 
-    fn write(&self) -> Value {
+    fn into_value(self) -> Value {
         let mut map = Map::new();
-        map.insert("manager".into(), json!(self.manager));
-        map.insert("operation".into(), json!(self.operation));
-        map.insert("apiVersion".into(), json!(self.api_version));
-        if let Some(time) = &self.time {
-            map.insert("time".into(), time.clone());
+        map.insert("manager".into(), Value::String(self.manager));
+        map.insert("operation".into(), Value::String(self.operation));
+        map.insert("apiVersion".into(), Value::String(self.api_version));
+        if let Some(time) = self.time {
+            map.insert("time".into(), time);
         }
         map.insert("fieldsType".into(), json!("FieldsV1"));
-        map.insert("fieldsV1".into(), self.fields.to_fields_v1());
-        if let Some(sub) = &self.subresource {
-            map.insert("subresource".into(), json!(sub));
+        map.insert("fieldsV1".into(), self.fields.into_fields_v1());
+        if let Some(sub) = self.subresource {
+            map.insert("subresource".into(), Value::String(sub));
         }
         Value::Object(map)
     }
@@ -105,14 +105,14 @@ fn read_entries(object: &Value) -> Vec<Entry> {
         .unwrap_or_default()
 }
 
-fn write_entries(object: &mut Value, entries: &[Entry]) {
+fn write_entries(object: &mut Value, entries: Vec<Entry>) {
     let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
         return;
     };
     let list: Vec<Value> = entries
-        .iter()
+        .into_iter()
         .filter(|e| !e.fields.is_empty())
-        .map(Entry::write)
+        .map(Entry::into_value)
         .collect();
     if list.is_empty() {
         meta.remove("managedFields");
@@ -127,7 +127,8 @@ fn scoped(kind: &ResourceKind, writer: &Writer, fields: FieldSet) -> FieldSet {
     if kind.subresource("status").is_none() {
         return fields;
     }
-    let (status, rest) = fields.split_field("status");
+    let mut rest = fields;
+    let status = rest.take_field("status");
     match writer.subresource.as_deref() {
         Some("status") => status,
         _ => rest,
@@ -138,7 +139,7 @@ fn scoped(kind: &ResourceKind, writer: &Writer, fields: FieldSet) -> FieldSet {
 pub(crate) fn track_create(kind: &ResourceKind, object: &mut Value, writer: &Writer) {
     let fields = scoped(kind, writer, FieldSet::of_object(kind, object));
     let entry = Entry::new(writer, "Update", fields);
-    write_entries(object, &[entry]);
+    write_entries(object, vec![entry]);
 }
 
 /// Records an update from `old` to `new`: the writer takes the fields it changed; fields that
@@ -170,7 +171,7 @@ pub(crate) fn track_update(kind: &ResourceKind, old: &Value, new: &mut Value, wr
         }
     }
     prune(&mut entries, new);
-    write_entries(new, &entries);
+    write_entries(new, entries);
 }
 
 /// Drops the fields that no longer exist in `object` from every entry.
@@ -188,7 +189,7 @@ pub(crate) fn prune_only(new: &mut Value) {
         return;
     }
     prune(&mut entries, new);
-    write_entries(new, &entries);
+    write_entries(new, entries);
 }
 
 /// A server-side apply of `applied` by `writer` onto `live` (`None`: the object does not
@@ -204,7 +205,7 @@ pub(crate) fn apply(
     let Some(live) = live else {
         let mut object = applied.clone();
         let entry = Entry::new(writer, "Apply", applied_fields);
-        write_entries(&mut object, &[entry]);
+        write_entries(&mut object, vec![entry]);
         return Ok(object);
     };
     let mut entries = read_entries(live);
@@ -270,7 +271,7 @@ pub(crate) fn apply(
         None => entries.push(Entry::new(writer, "Apply", applied_fields)),
     }
     prune(&mut entries, &object);
-    write_entries(&mut object, &entries);
+    write_entries(&mut object, entries);
     Ok(object)
 }
 

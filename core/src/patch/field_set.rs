@@ -223,13 +223,19 @@ impl FieldSet {
 
     /// Writes the set as a `FieldsV1` document.
     pub fn to_fields_v1(&self) -> Value {
+        self.clone().into_fields_v1()
+    }
+
+    /// Like [`to_fields_v1`](Self::to_fields_v1), consuming the set (its keys move into the
+    /// JSON rather than being copied).
+    pub fn into_fields_v1(self) -> Value {
         let mut map = Map::new();
         if self.member && !self.children.is_empty() {
             map.insert(".".into(), Value::Object(Map::new()));
         }
-        for (key, child) in &self.children {
+        for (key, child) in self.children {
             if !child.is_empty() {
-                map.insert(key.clone(), child.to_fields_v1());
+                map.insert(key, child.into_fields_v1());
             }
         }
         Value::Object(map)
@@ -312,11 +318,18 @@ impl FieldSet {
     /// Splits off the top-level field `name`: (the set under it, the rest).
     pub fn split_field(&self, name: &str) -> (FieldSet, FieldSet) {
         let mut rest = self.clone();
-        let mut only = FieldSet::new();
-        if let Some(sub) = rest.children.remove(&field_key(name)) {
-            only.children.insert(field_key(name), sub);
-        }
+        let only = rest.take_field(name);
         (only, rest)
+    }
+
+    /// Removes the top-level field `name` from the set and returns the set under it.
+    pub fn take_field(&mut self, name: &str) -> FieldSet {
+        let key = field_key(name);
+        let mut only = FieldSet::new();
+        if let Some(sub) = self.children.remove(&key) {
+            only.children.insert(key, sub);
+        }
+        only
     }
 
     /// The member paths that have nothing beneath them (values compared whole).
