@@ -136,7 +136,8 @@ impl Writer {
             self.gather(&rx, &mut batch);
             // Writers are concurrent when the last batch held several: then a moment's wait lets
             // more of them share this commit's fsync (a lone writer is never kept waiting).
-            if concurrent && !batch.is_empty() && !self.config.gather_delay.is_zero() {
+            let room = !batch.is_empty() && batch.len() < self.config.max_batch;
+            if concurrent && room && !self.config.gather_delay.is_zero() {
                 std::thread::sleep(self.config.gather_delay);
                 self.gather(&rx, &mut batch);
             }
