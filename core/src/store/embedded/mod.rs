@@ -45,9 +45,9 @@ pub struct EmbeddedStoreConfig {
     pub history: u64,
     /// Largest number of requests committed in one transaction.
     pub max_batch: usize,
-    /// How long the writer waits for more requests to join a transaction when the previous
-    /// one held several (concurrent writers), so that they share one fsync; zero never waits.
-    /// A lone writer is never delayed.
+    /// How long the writer waits for more requests to join a transaction when fewer are
+    /// waiting than joined the previous one (more writers are likely on their way), so that
+    /// they share one fsync; zero (the default) never waits. A lone writer is never delayed.
     pub gather_delay: Duration,
     /// Events buffered per watcher before a slow watcher is closed.
     pub watch_buffer: usize,
@@ -62,7 +62,7 @@ impl Default for EmbeddedStoreConfig {
         EmbeddedStoreConfig {
             history: 100_000,
             max_batch: 512,
-            gather_delay: Duration::from_micros(500),
+            gather_delay: Duration::ZERO,
             watch_buffer: 4096,
             progress_interval: Duration::from_secs(5),
             lease_check_interval: Duration::from_millis(100),

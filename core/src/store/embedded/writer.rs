@@ -1,9 +1,9 @@
 //! The embedded store's single writer thread: group commit, compaction and lease expiry.
 //!
 //! Requests queue on a channel; the thread takes every waiting request (up to `max_batch`) into
-//! one durable redb transaction (when writers are concurrent, after waiting `gather_delay` for
-//! more of them, as PostgreSQL's `commit_delay` does), commits, dispatches the committed events
-//! to the watch hub, and only then answers. A failed commit stops the writer for good (every later write answers
+//! one durable redb transaction (optionally, when more writers seem to be on their way, after
+//! waiting `gather_delay` for them, as PostgreSQL's `commit_delay` does), commits, dispatches the
+//! committed events to the watch hub, and only then answers. A failed commit stops the writer for good (every later write answers
 //! `Unavailable`): in-memory lease state could no longer be trusted, and the store must be
 //! reopened.
 
@@ -125,7 +125,7 @@ impl Writer {
     }
 
     fn run(mut self, rx: Receiver<WriteRequest>) {
-        let mut concurrent = false;
+        let mut last_batch = 0;
         loop {
             let mut batch = Vec::new();
             match rx.recv_timeout(self.config.lease_check_interval) {
@@ -134,14 +134,16 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             self.gather(&rx, &mut batch);
-            // Writers are concurrent when the last batch held several: then a moment's wait lets
-            // more of them share this commit's fsync (a lone writer is never kept waiting).
-            let room = !batch.is_empty() && batch.len() < self.config.max_batch;
-            if concurrent && room && !self.config.gather_delay.is_zero() {
+            // Fewer writes are waiting than joined the last commit: more writers are likely on
+            // their way, and a moment's wait lets them share this commit's fsync. (A lone writer,
+            // or writers that all joined already, are never kept waiting.)
+            let straggling =
+                !batch.is_empty() && batch.len() < last_batch.min(self.config.max_batch);
+            if straggling && !self.config.gather_delay.is_zero() {
                 std::thread::sleep(self.config.gather_delay);
                 self.gather(&rx, &mut batch);
             }
-            concurrent = batch.len() > 1;
+            last_batch = batch.len();
             let expired = self.leases().expired();
             if batch.is_empty() && expired.is_empty() && self.purged >= self.compacted {
                 continue;
