@@ -125,6 +125,16 @@ async fn create_pod(c: &Cluster, mut manifest: Value) {
 
 async fn wait_pod(c: &Cluster, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    wait_pod_until(c, name, what, deadline, check).await
+}
+
+async fn wait_pod_until(
+    c: &Cluster,
+    name: &str,
+    what: &str,
+    deadline: tokio::time::Instant,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let mut last = Value::Null;
     while tokio::time::Instant::now() < deadline {
         last = pods(c)
@@ -218,7 +228,10 @@ async fn node_agent_runs_pods_on_docker() {
         }),
     )
     .await;
-    // A liveness probe against a port nothing listens on restarts the container.
+    // A liveness probe against a port nothing listens on restarts the container. `sleep` as
+    // PID 1 ignores SIGTERM, so each kill takes the default 30 s grace period; the restart must
+    // be reported when it happens, not after the next kill's grace period (~60 s).
+    let sick_created = tokio::time::Instant::now();
     create_pod(
         &c,
         json!({"metadata": {"name": "sick"}, "spec": {"containers": [{"name": "main", "image": TEST_IMAGE,
@@ -293,7 +306,8 @@ async fn node_agent_runs_pods_on_docker() {
         7
     );
 
-    let sick = wait_pod(&c, "sick", "a liveness restart", |p| {
+    let restart_reported = sick_created + Duration::from_secs(48);
+    let sick = wait_pod_until(&c, "sick", "a liveness restart", restart_reported, |p| {
         p["status"]["containerStatuses"][0]["restartCount"]
             .as_u64()
             .unwrap_or(0)

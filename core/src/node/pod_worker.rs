@@ -15,7 +15,7 @@ use crate::runtime::{
     labels, ContainerConfig, ContainerInfo, ContainerState, PullPolicy, ResourceSettings,
     RuntimeError, SandboxConfig, SandboxInfo,
 };
-use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod};
+use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod, PodSpec};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -32,6 +32,14 @@ struct ContainerProbes {
     startup: Option<ProbeTracker>,
     liveness: Option<ProbeTracker>,
     readiness: Option<ProbeTracker>,
+}
+
+/// A container whose startup or liveness probe failed: stopped once the sync has written the
+/// pod's status, so the status never waits on the container's grace period.
+struct ProbeKill {
+    id: String,
+    container: String,
+    reason: String,
 }
 
 /// What happens after a sync.
@@ -51,6 +59,8 @@ struct PodWorker {
     rejection: Option<Rejection>,
     admitted: bool,
     probes: HashMap<String, ContainerProbes>,
+    /// Containers this sync's probes condemned, stopped after its status write.
+    kills: Vec<ProbeKill>,
     backoff: HashMap<String, Duration>,
     waiting: HashMap<String, Waiting>,
     volumes: Option<(BTreeMap<String, PathBuf>, Instant)>,
@@ -98,6 +108,7 @@ pub(crate) async fn run(
         rejection: None,
         admitted: false,
         probes: HashMap::new(),
+        kills: Vec::new(),
         backoff: HashMap::new(),
         waiting: HashMap::new(),
         volumes: None,
@@ -249,7 +260,7 @@ impl PodWorker {
         }
         // The pod (an `Arc`) is held for the sync, so its spec is read in place, not copied.
         let pod = self.pod.clone();
-        let no_spec = k8s_openapi::api::core::v1::PodSpec::default();
+        let no_spec = PodSpec::default();
         let spec = pod.spec.as_ref().unwrap_or(&no_spec);
         let policy = restart_policy(&self.pod).to_string();
 
@@ -413,8 +424,11 @@ impl PodWorker {
         } else {
             "Pending"
         };
-        self.write_status(spec, &sandbox, &instances, phase, initialized, &readiness)
-            .await?;
+        let written = self
+            .write_status(spec, &sandbox, &instances, phase, initialized, &readiness)
+            .await;
+        self.stop_condemned(spec, &sandbox).await;
+        written?;
         Ok(Next::After(next))
     }
 
@@ -744,16 +758,30 @@ impl PodWorker {
             .unwrap_or(Duration::from_secs(3600))
             .max(Duration::from_millis(50));
         if let Some(reason) = kill {
-            tracing::info!(container = %container.name, "{reason}; restarting");
             self.probes.remove(id);
-            let grace = self.grace_period();
-            let _ = self.run_pre_stop(sandbox, id, container, grace).await;
-            if let Err(err) = self.shared.runtime.stop_container(id, grace).await {
-                tracing::warn!("stopping container failed: {err}");
-            }
+            self.kills.push(ProbeKill {
+                id: id.to_string(),
+                container: container.name.clone(),
+                reason,
+            });
             return (false, false, Duration::from_millis(100));
         }
         (started, ready, wake)
+    }
+
+    /// Stops the containers this sync's probes condemned (preStop hook, then the grace period);
+    /// the restart policy restarts them on the next sync.
+    async fn stop_condemned(&mut self, spec: &PodSpec, sandbox: &SandboxInfo) {
+        let grace = self.grace_period();
+        for kill in std::mem::take(&mut self.kills) {
+            tracing::info!(container = %kill.container, "{}; restarting", kill.reason);
+            if let Some(container) = spec.containers.iter().find(|c| c.name == kill.container) {
+                let _ = self.run_pre_stop(sandbox, &kill.id, container, grace).await;
+            }
+            if let Err(err) = self.shared.runtime.stop_container(&kill.id, grace).await {
+                tracing::warn!("stopping container failed: {err}");
+            }
+        }
     }
 
     fn grace_period(&self) -> Duration {
@@ -805,7 +833,7 @@ impl PodWorker {
     /// Writes the status; `readiness` holds (started, ready) of running app containers.
     async fn write_status(
         &mut self,
-        spec: &k8s_openapi::api::core::v1::PodSpec,
+        spec: &PodSpec,
         sandbox: &SandboxInfo,
         instances: &HashMap<String, Vec<ContainerInfo>>,
         phase: &str,
