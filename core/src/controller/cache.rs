@@ -35,12 +35,13 @@ pub fn pods_by_node() -> IndexFn<k8s_openapi::api::core::v1::Pod> {
 
 struct Index<K> {
     function: IndexFn<K>,
-    entries: HashMap<String, HashSet<ObjectKey>>,
+    entries: HashMap<String, HashSet<Arc<ObjectKey>>>,
 }
 
-/// Objects by key, with secondary indexes.
+/// Objects by key, with secondary indexes. Each key is allocated once and shared by the object
+/// map and every index entry (a pod is in four or five of them).
 pub(crate) struct Cache<K> {
-    objects: HashMap<ObjectKey, Arc<K>>,
+    objects: HashMap<Arc<ObjectKey>, Arc<K>>,
     indexes: HashMap<String, Index<K>>,
 }
 
@@ -110,7 +111,7 @@ impl<K: Resource> Cache<K> {
     }
 
     pub(crate) fn keys(&self) -> Vec<ObjectKey> {
-        self.objects.keys().cloned().collect()
+        self.objects.keys().map(|k| ObjectKey::clone(k)).collect()
     }
 
     pub(crate) fn by_index(&self, name: &str, value: &str) -> Vec<Arc<K>> {
@@ -122,13 +123,13 @@ impl<K: Resource> Cache<K> {
             .get(value)
             .into_iter()
             .flatten()
-            .filter_map(|key| self.objects.get(key).cloned())
+            .filter_map(|key| self.objects.get(&**key).cloned())
             .collect()
     }
 
     /// Stores `object`, returning what it replaced.
     pub(crate) fn insert(&mut self, object: Arc<K>) -> Option<Arc<K>> {
-        let key = ObjectKey::of(object.as_ref());
+        let key = Arc::new(ObjectKey::of(object.as_ref()));
         let old = self.remove(&key);
         for index in self.indexes.values_mut() {
             for value in (index.function)(&object) {

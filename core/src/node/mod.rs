@@ -28,6 +28,7 @@ mod probes;
 mod registration;
 mod server;
 mod volumes;
+mod written_status;
 
 pub use pod_feed::SharedPodFeed;
 pub use registration::await_pod_cidr;

@@ -10,12 +10,13 @@ use super::admission::{self, Rejection};
 use super::environment::EnvironmentSource;
 use super::pod_status::{self, time_string, Waiting};
 use super::probes::{self, ProbeResult, ProbeTracker};
+use super::written_status::WrittenStatus;
 use super::{volumes, AgentShared, NodeError};
 use crate::runtime::{
     labels, ContainerConfig, ContainerInfo, ContainerState, PullPolicy, ResourceSettings,
     RuntimeError, SandboxConfig, SandboxInfo,
 };
-use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod, PodSpec, Probe};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -32,6 +33,21 @@ struct ContainerProbes {
     startup: Option<ProbeTracker>,
     liveness: Option<ProbeTracker>,
     readiness: Option<ProbeTracker>,
+}
+
+impl ContainerProbes {
+    /// Fresh trackers for `container`'s probes, or `None` when it has none (most containers:
+    /// a node keeps no probe state for them).
+    fn of(container: &Container, started: Instant) -> Option<Self> {
+        let tracker = |probe: &Option<Probe>| probe.as_ref().map(|p| ProbeTracker::new(p, started));
+        let probes = ContainerProbes {
+            startup: tracker(&container.startup_probe),
+            liveness: tracker(&container.liveness_probe),
+            readiness: tracker(&container.readiness_probe),
+        };
+        (probes.startup.is_some() || probes.liveness.is_some() || probes.readiness.is_some())
+            .then_some(probes)
+    }
 }
 
 /// A container whose startup or liveness probe failed: stopped once the sync has written the
@@ -64,9 +80,8 @@ struct PodWorker {
     backoff: HashMap<String, Duration>,
     waiting: HashMap<String, Waiting>,
     volumes: Option<(BTreeMap<String, PathBuf>, Instant)>,
-    /// The status last written, as compact JSON text (a fraction of a `Value`'s memory; a
-    /// node keeps one per pod).
-    last_status: Option<Box<str>>,
+    /// What is remembered of the status last written (a node keeps one per pod).
+    written: Option<WrittenStatus>,
     start_time: Option<String>,
     terminal_cleanup_done: bool,
     /// Whether this sync started a container (the status then reads the runtime again).
@@ -90,11 +105,11 @@ pub(crate) async fn run(
     );
     let mut worker = PodWorker {
         shared,
-        last_status: pod
+        written: pod
             .status
             .as_ref()
-            .and_then(|s| serde_json::to_string(s).ok())
-            .map(String::into_boxed_str),
+            .and_then(|s| serde_json::to_value(s).ok())
+            .map(|s| WrittenStatus::of(&s)),
         start_time: pod
             .status
             .as_ref()
@@ -348,7 +363,7 @@ impl PodWorker {
                                 next = next.min(Duration::from_millis(200));
                             }
                         } else {
-                            self.waiting.remove(&container.name);
+                            self.clear_waiting(&container.name);
                         }
                     }
                 }
@@ -466,6 +481,14 @@ impl PodWorker {
         None
     }
 
+    /// Forgets `name`'s waiting reason; an emptied map gives its memory back (a node keeps
+    /// a worker per pod, and most pods wait only while they start).
+    fn clear_waiting(&mut self, name: &str) {
+        if self.waiting.remove(name).is_some() && self.waiting.is_empty() {
+            self.waiting.shrink_to_fit();
+        }
+    }
+
     async fn instances(&self) -> Result<HashMap<String, Vec<ContainerInfo>>, NodeError> {
         let mut selector = self.owner_labels();
         selector.remove(labels::NODE);
@@ -549,7 +572,7 @@ impl PodWorker {
     async fn start(&mut self, sandbox: &SandboxInfo, container: &Container, restart_count: u32) {
         match self.try_start(sandbox, container, restart_count).await {
             Ok(()) => {
-                self.waiting.remove(&container.name);
+                self.clear_waiting(&container.name);
                 self.started_in_sync = true;
             }
             Err(err) => {
@@ -652,24 +675,9 @@ impl PodWorker {
             }
         }
         self.shared.runtime.start_container(&id).await?;
-        let now = Instant::now();
-        self.probes.insert(
-            id,
-            ContainerProbes {
-                startup: container
-                    .startup_probe
-                    .as_ref()
-                    .map(|p| ProbeTracker::new(p, now)),
-                liveness: container
-                    .liveness_probe
-                    .as_ref()
-                    .map(|p| ProbeTracker::new(p, now)),
-                readiness: container
-                    .readiness_probe
-                    .as_ref()
-                    .map(|p| ProbeTracker::new(p, now)),
-            },
-        );
+        if let Some(probes) = ContainerProbes::of(container, Instant::now()) {
+            self.probes.insert(id, probes);
+        }
         Ok(())
     }
 
@@ -684,7 +692,7 @@ impl PodWorker {
         container: &Container,
         readiness: &mut HashMap<String, (bool, bool)>,
     ) -> Duration {
-        self.waiting.remove(&container.name);
+        self.clear_waiting(&container.name);
         let (is_started, is_ready, wake) = self.run_probes(sandbox, id, container).await;
         readiness.insert(container.name.clone(), (is_started, is_ready));
         wake
@@ -698,23 +706,16 @@ impl PodWorker {
     ) -> (bool, bool, Duration) {
         let runtime = self.shared.runtime.clone();
         let now = Instant::now();
-        let probes = self
-            .probes
-            .entry(id.to_string())
-            .or_insert_with(|| ContainerProbes {
-                startup: container
-                    .startup_probe
-                    .as_ref()
-                    .map(|p| ProbeTracker::new(p, now)),
-                liveness: container
-                    .liveness_probe
-                    .as_ref()
-                    .map(|p| ProbeTracker::new(p, now)),
-                readiness: container
-                    .readiness_probe
-                    .as_ref()
-                    .map(|p| ProbeTracker::new(p, now)),
-            });
+        let probes = match self.probes.entry(id.to_string()) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                match ContainerProbes::of(container, now) {
+                    Some(probes) => entry.insert(probes),
+                    // Nothing to probe: started and ready, nothing to wake for.
+                    None => return (true, true, Duration::from_secs(3600)),
+                }
+            }
+        };
         let mut kill = None;
         let mut started = true;
         if let (Some(tracker), Some(probe)) = (probes.startup.as_mut(), &container.startup_probe) {
@@ -880,9 +881,9 @@ impl PodWorker {
         let containers_ready = statuses.iter().all(|s| s["ready"] == json!(true));
         let now = time_string(SystemTime::now());
         let terminal = matches!(phase, "Succeeded" | "Failed");
-        let last_status = self.last_status_value();
+        let last_conditions = self.written.as_ref().map(WrittenStatus::conditions);
         let conditions = pod_status::conditions(
-            last_status.as_ref(),
+            last_conditions.as_ref(),
             &[
                 ("PodReadyToStartContainers", self.sandbox.is_some(), None),
                 ("Initialized", initialized, None),
@@ -928,33 +929,17 @@ impl PodWorker {
         self.patch_status(status).await
     }
 
-    /// The status last written, decoded.
-    fn last_status_value(&self) -> Option<Value> {
-        self.last_status
-            .as_deref()
-            .and_then(|text| serde_json::from_str(text).ok())
-    }
-
     async fn patch_status(&mut self, status: Value) -> Result<(), NodeError> {
-        let text = status.to_string().into_boxed_str();
-        if self.last_status.as_ref() == Some(&text) {
+        if self.written.as_ref().is_some_and(|w| w.same_as(&status)) {
             return Ok(());
         }
-        // The same status written in another member order.
-        let last = self.last_status_value();
-        if last.as_ref() == Some(&status) {
-            self.last_status = Some(text);
-            return Ok(());
-        }
-        // A merge patch replaces lists whole; fields we no longer report are nulled.
+        let written = WrittenStatus::of(&status);
+        // A merge patch replaces lists whole; members we no longer report are nulled.
         let mut patch = status;
-        if let (Some(old), Some(new)) = (
-            last.as_ref().and_then(Value::as_object),
-            patch.as_object_mut(),
-        ) {
-            for key in old.keys() {
-                if !new.contains_key(key) {
-                    new.insert(key.clone(), Value::Null);
+        if let (Some(old), Some(new)) = (&self.written, patch.as_object_mut()) {
+            for member in old.members() {
+                if !new.contains_key(member) {
+                    new.insert(member.to_string(), Value::Null);
                 }
             }
         }
@@ -968,7 +953,7 @@ impl PodWorker {
             .await
         {
             Ok(_) => {
-                self.last_status = Some(text);
+                self.written = Some(written);
                 Ok(())
             }
             Err(kube::Error::Api(response)) if response.code == 404 => {
