@@ -129,8 +129,12 @@ impl<K: Resource> Cache<K> {
 
     /// Stores `object`, returning what it replaced.
     pub(crate) fn insert(&mut self, object: Arc<K>) -> Option<Arc<K>> {
-        let key = Arc::new(ObjectKey::of(object.as_ref()));
-        let old = self.remove(&key);
+        let key = ObjectKey::of(object.as_ref());
+        // A replaced object's key is reused, not allocated again.
+        let (key, old) = match self.remove_entry(&key) {
+            Some((shared, old)) => (shared, Some(old)),
+            None => (Arc::new(key), None),
+        };
         for index in self.indexes.values_mut() {
             for value in (index.function)(&object) {
                 index.entries.entry(value).or_default().insert(key.clone());
@@ -142,7 +146,12 @@ impl<K: Resource> Cache<K> {
 
     /// Removes the object at `key`, returning it.
     pub(crate) fn remove(&mut self, key: &ObjectKey) -> Option<Arc<K>> {
-        let old = self.objects.remove(key)?;
+        self.remove_entry(key).map(|(_, old)| old)
+    }
+
+    /// Removes the object at `key`, returning its shared key and the object.
+    fn remove_entry(&mut self, key: &ObjectKey) -> Option<(Arc<ObjectKey>, Arc<K>)> {
+        let (shared, old) = self.objects.remove_entry(key)?;
         for index in self.indexes.values_mut() {
             for value in (index.function)(&old) {
                 if let Some(keys) = index.entries.get_mut(&value) {
@@ -153,7 +162,7 @@ impl<K: Resource> Cache<K> {
                 }
             }
         }
-        Some(old)
+        Some((shared, old))
     }
 }
 

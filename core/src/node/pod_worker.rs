@@ -760,11 +760,14 @@ impl PodWorker {
             .max(Duration::from_millis(50));
         if let Some(reason) = kill {
             self.probes.remove(id);
-            self.kills.push(ProbeKill {
-                id: id.to_string(),
-                container: container.name.clone(),
-                reason,
-            });
+            // Once per container, should a failed sync leave an earlier verdict pending.
+            if !self.kills.iter().any(|k| k.id == id) {
+                self.kills.push(ProbeKill {
+                    id: id.to_string(),
+                    container: container.name.clone(),
+                    reason,
+                });
+            }
             return (false, false, Duration::from_millis(100));
         }
         (started, ready, wake)
