@@ -67,8 +67,20 @@ pub fn parse_body(bytes: &[u8], format: BodyFormat) -> Result<Option<Value>, Api
 
 /// A JSON response.
 pub fn json_response(status: StatusCode, value: &Value, warnings: &[String]) -> Response<Body> {
-    let body = serde_json::to_vec(value).unwrap_or_default();
-    let mut response = Response::new(Body::from(body));
+    json_bytes_response(
+        status,
+        serde_json::to_vec(value).unwrap_or_default(),
+        warnings,
+    )
+}
+
+/// A response of JSON already encoded.
+pub fn json_bytes_response(
+    status: StatusCode,
+    json: Vec<u8>,
+    warnings: &[String],
+) -> Response<Body> {
+    let mut response = Response::new(Body::from(json));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -3,8 +3,11 @@
 //! create, update, patch and subresource write goes through.
 
 use super::admission::{AdmissionRequest, CachedReads, Operation};
-use super::body::{body_format, error_response, json_response, parse_body, BodyFormat};
+use super::body::{
+    body_format, error_response, json_bytes_response, json_response, parse_body, BodyFormat,
+};
 use super::managed_fields::{self, Writer};
+use super::pod_binding::{self, Refusal};
 use super::request::{parse_path, Query, ResourcePath, Target};
 use super::strategy::{
     apply_defaults, check_types, duplicate_fields, prune_custom, split_status, unknown_fields,
@@ -15,7 +18,7 @@ use super::{
     RequestAttributes, UserInfo,
 };
 use crate::registry::{json_path_pointer, Registry, ResourceKind};
-use crate::storage::StorageError;
+use crate::storage::{ObjectBytes, StorageError};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -490,10 +493,19 @@ async fn resource_request(
             StatusCode::OK,
             scale_of(&ctx.kind, &get(&ctx, &name).await?),
         ),
-        ("create", None) => (StatusCode::CREATED, {
+        ("create", None) => {
             let input = decode(&ctx, &body)?;
-            create(&mut ctx, input).await?
-        }),
+            let created = create(&mut ctx, input).await?;
+            // The client gets the JSON just stored, not a second encoding of it.
+            match created.json {
+                Some(json) if !super::crd::is_definition(&ctx.kind) => {
+                    let mut out = Vec::new();
+                    json.write_to(&mut out);
+                    return Ok(json_bytes_response(StatusCode::CREATED, out, &ctx.warnings));
+                }
+                _ => (StatusCode::CREATED, created.object),
+            }
+        }
         ("create", Some("eviction")) if is_kind(&ctx.kind, "", "Pod") => (
             StatusCode::CREATED,
             super::eviction::evict(&mut ctx, &name, &body).await?,
@@ -760,7 +772,13 @@ fn is_kind(kind: &ResourceKind, group: &str, name: &str) -> bool {
     kind.group == group && kind.kind == name
 }
 
-async fn create(ctx: &mut Ctx, mut object: Value) -> Result<Value, ApiError> {
+/// An object a create stored, with its JSON as stored when the store was written.
+struct Created {
+    object: Value,
+    json: Option<ObjectBytes>,
+}
+
+async fn create(ctx: &mut Ctx, mut object: Value) -> Result<Created, ApiError> {
     check_type(ctx, &object)?;
     set_namespace(ctx, &mut object)?;
     let meta = object["metadata"]
@@ -841,11 +859,16 @@ async fn create(ctx: &mut Ctx, mut object: Value) -> Result<Value, ApiError> {
     }
     let is_service = is_kind(&ctx.kind, "", "Service");
     if ctx.dry_run {
-        return Ok(object);
+        return Ok(Created { object, json: None });
     }
-    let created = if is_service {
+    let (object, json) = if is_service {
         ctx.state.services.allocate_for(&mut object).await?;
-        match ctx.state.storage.create(&ctx.kind, object.clone()).await {
+        match ctx
+            .state
+            .storage
+            .create_encoded(&ctx.kind, object.clone())
+            .await
+        {
             Ok(created) => created,
             Err(err) => {
                 let _ = ctx.state.services.release_for(&object).await;
@@ -854,10 +877,10 @@ async fn create(ctx: &mut Ctx, mut object: Value) -> Result<Value, ApiError> {
         }
     } else {
         // Only a Service's copy is kept (to release its addresses if the write fails).
-        ctx.state.storage.create(&ctx.kind, object).await?
+        ctx.state.storage.create_encoded(&ctx.kind, object).await?
     };
-    after_create(ctx, &created).await;
-    Ok(created)
+    after_create(ctx, &object).await;
+    Ok(Created { object, json })
 }
 
 /// What a cluster does right after some creates: every namespace gets a `default` service
@@ -1135,7 +1158,7 @@ async fn server_side_apply(
         let result = match live {
             None => create(ctx, object)
                 .await
-                .map(|created| (StatusCode::CREATED, created)),
+                .map(|created| (StatusCode::CREATED, created.object)),
             Some(live) => {
                 if !explicit_rv {
                     object["metadata"]["resourceVersion"] =
@@ -1347,74 +1370,83 @@ async fn bind(ctx: &mut Ctx, name: &str, binding: Value) -> Result<Value, ApiErr
             vec![Cause::not_supported("target.kind", target_kind, &["Node"])],
         ));
     }
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let refused = |refusal| match refusal {
+        Refusal::AssignedTo(current) => ApiError::conflict(
+            "pods/binding",
+            name,
+            &format!("pod {name} is already assigned to node {current:?}"),
+        ),
+        Refusal::Deleting => ApiError::conflict(
+            "pods/binding",
+            name,
+            "pod is being deleted, cannot be assigned to a host",
+        ),
+    };
     // A concurrent write to the pod (a status patch) is no reason to refuse the binding:
     // re-read and retry, as Kubernetes' guaranteed update does. The first attempt starts from
     // the watch cache's copy (a scheduler binds pods it has just seen created, so the cache
     // rarely trails); the write is conditional on that copy's resourceVersion, so a stale copy
     // only costs a retry from storage.
+    //
+    // As Kubernetes' binding storage does, the stored pod is written with just the node and
+    // the PodScheduled condition changed: no pod admission, validation or field-manager
+    // tracking runs (the Binding itself was checked above). Setting the node changes the spec.
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let cached = match (attempts, namespace_of(ctx)) {
+        let namespace = namespace_of(ctx);
+        let cached = match (attempts, &namespace) {
             (1, Some(namespace)) => ctx
                 .state
                 .cache
-                .peek(&ctx.kind, &format!("{namespace}/{name}"))
-                .flatten(),
+                .peek_json(&ctx.kind, &format!("{namespace}/{name}")),
             _ => None,
         };
-        let old = match cached {
-            Some(cached) => cached,
+        // The cached JSON edited as it is, when it can be.
+        let stored = cached.as_ref().and_then(ObjectBytes::stored_parts);
+        if let (Some((json, revision)), Some(namespace), None) = (stored, &namespace, ctx.kind.ttl)
+        {
+            if let Some(bound) = pod_binding::bind_stored(json, &node, &now) {
+                let bound = bound.map_err(refused)?;
+                if ctx.dry_run {
+                    break;
+                }
+                let key = crate::storage::object_key(&ctx.kind, Some(namespace), name)?;
+                let written = ctx
+                    .state
+                    .storage
+                    .write_encoded(
+                        &ctx.kind,
+                        &key,
+                        name.to_string(),
+                        bound.into(),
+                        revision,
+                        None,
+                    )
+                    .await;
+                match written {
+                    Err(StorageError::Conflict { .. }) if attempts < 5 => continue,
+                    other => {
+                        other?;
+                        break;
+                    }
+                }
+            }
+        }
+        let mut pod = match cached {
+            Some(cached) => serde_json::from_slice(&cached.to_bytes())
+                .map_err(|e| ApiError::internal(format!("cached pod {name}: {e}")))?,
             None => get(ctx, name).await?,
         };
-        if let Some(current) = old
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-        {
-            return Err(ApiError::conflict(
-                "pods/binding",
-                name,
-                &format!("pod {name} is already assigned to node {current:?}"),
-            ));
-        }
-        if old
-            .pointer("/metadata/deletionTimestamp")
-            .is_some_and(|t| !t.is_null())
-        {
-            return Err(ApiError::conflict(
-                "pods/binding",
-                name,
-                "pod is being deleted, cannot be assigned to a host",
-            ));
-        }
-        // Changed in place: the write is conditional on the resourceVersion it was read at.
-        let mut target = old;
-        target["spec"]["nodeName"] = json!(node);
-        // As Kubernetes' binding does: the pod is now scheduled.
-        let scheduled = json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()});
-        match target
-            .pointer_mut("/status/conditions")
-            .and_then(Value::as_array_mut)
-        {
-            Some(conditions) => {
-                conditions.retain(|c| c["type"] != "PodScheduled");
-                conditions.push(scheduled);
-            }
-            None => {
-                if !target["status"].is_object() {
-                    target["status"] = json!({});
-                }
-                target["status"]["conditions"] = json!([scheduled]);
-            }
-        }
+        pod_binding::bind_value(&mut pod, &node, &now).map_err(refused)?;
         if ctx.dry_run {
             break;
         }
-        // As Kubernetes' binding storage does, the stored pod is written with just these two
-        // fields changed: no pod admission, validation or field-manager tracking runs (the
-        // Binding itself was checked above). Setting the node changed the spec.
-        match ctx.state.storage.write_back(&ctx.kind, target, true).await {
+        // Changed in place: the write is conditional on the resourceVersion it was read at.
+        match ctx.state.storage.write_back(&ctx.kind, pod, true).await {
             Err(StorageError::Conflict { .. }) if attempts < 5 => continue,
             other => {
                 other?;

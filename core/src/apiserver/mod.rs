@@ -26,6 +26,7 @@ mod node_proxy;
 mod node_tls;
 mod openapi;
 mod pending_deliveries;
+mod pod_binding;
 mod port_forward;
 mod protobuf;
 mod protobuf_rbac;

@@ -693,15 +693,30 @@ impl WatchCache {
     /// whether it holds the object. The cache may trail the store by the changes in flight;
     /// callers that must not act on a stale state write conditionally on its resourceVersion.
     pub(crate) fn peek(&self, kind: &Arc<ResourceKind>, key: &str) -> Option<Option<Value>> {
+        self.peek_object(kind, key)
+            .map(|found| found.map(|o| o.value()))
+    }
+
+    /// [`peek`](Self::peek) without decoding: the object's JSON as the cache holds it (`None`
+    /// also when the cache has not caught up).
+    pub(crate) fn peek_json(&self, kind: &Arc<ResourceKind>, key: &str) -> Option<ObjectBytes> {
+        self.peek_object(kind, key)
+            .flatten()
+            .map(|o| o.bytes.clone())
+    }
+
+    /// The cached object at `key`, without waiting; `None` when the cache has not caught up.
+    fn peek_object(
+        &self,
+        kind: &Arc<ResourceKind>,
+        key: &str,
+    ) -> Option<Option<Arc<CachedObject>>> {
         let cache = self.kind_cache(kind);
-        let found = {
-            let state = cache.lock();
-            if !state.synced {
-                return None;
-            }
-            state.objects.get(key).cloned()
-        };
-        Some(found.map(|o| o.value()))
+        let state = cache.lock();
+        if !state.synced {
+            return None;
+        }
+        Some(state.objects.get(key).cloned())
     }
 
     /// Every object of `kind` as the cache holds it now, without waiting; `None` when the cache

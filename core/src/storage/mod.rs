@@ -23,6 +23,7 @@ pub use versioned_bytes::ObjectBytes;
 
 use crate::registry::ResourceKind;
 use crate::store::{ListOptions, Revision, Store, StoreError, WatchEvent};
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use object::{decode, encode, meta_str, prepare_create, prepare_update};
 use serde::{de::DeserializeOwned, Serialize};
@@ -98,6 +99,20 @@ impl ObjectStorage {
     /// Stores a new object: fills `metadata.name` from `generateName` when needed, sets `uid`,
     /// `creationTimestamp`, `generation` 1 and `resourceVersion`.
     pub async fn create(&self, kind: &ResourceKind, object: Value) -> Result<Value, StorageError> {
+        self.create_encoded(kind, object)
+            .await
+            .map(|(object, _)| object)
+    }
+
+    /// [`create`](Self::create), also returning the object's JSON as stored (shared with the
+    /// store, its resourceVersion spliced in when written out; `None` for an object without a
+    /// `metadata` object to splice it into): a caller that sends the object on need not encode
+    /// it again.
+    pub(crate) async fn create_encoded(
+        &self,
+        kind: &ResourceKind,
+        object: Value,
+    ) -> Result<(Value, Option<ObjectBytes>), StorageError> {
         let mut object = object;
         prepare_create(kind, &mut object)?;
         let namespace = meta_str(&object, "namespace");
@@ -110,11 +125,12 @@ impl ObjectStorage {
                 Some(ttl) => Some(self.leases.lease_for(&self.store, ttl).await?),
                 None => None,
             };
-            match self.store.create(&key, encode(&mut object)?, lease).await {
+            let encoded = encode(&mut object)?;
+            match self.store.create(&key, encoded.clone(), lease).await {
                 // The stored value is what was just encoded: no need to decode it again.
                 Ok(kv) => {
                     object::set_resource_version(&mut object, kv.mod_revision);
-                    return Ok(object);
+                    return Ok((object, ObjectBytes::stored(encoded, kv.mod_revision)));
                 }
                 // A generated name that collided: draw another, as Kubernetes retries.
                 Err(StoreError::AlreadyExists { .. })
@@ -247,15 +263,27 @@ impl ObjectStorage {
         expected: Revision,
         lease: Option<crate::store::LeaseId>,
     ) -> Result<Value, StorageError> {
-        match self
-            .store
-            .update(key, encode(&mut object)?, expected, lease)
-            .await
-        {
-            Ok(kv) => {
-                object::set_resource_version(&mut object, kv.mod_revision);
-                Ok(object)
-            }
+        let revision = self
+            .write_encoded(kind, key, name, encode(&mut object)?, expected, lease)
+            .await?;
+        object::set_resource_version(&mut object, revision);
+        Ok(object)
+    }
+
+    /// Replaces the object at `key` with `stored` (its JSON as the store keeps it, without a
+    /// resourceVersion, already prepared by the caller) if it is still at `expected`
+    /// (otherwise `Conflict`); returns the new revision.
+    pub(crate) async fn write_encoded(
+        &self,
+        kind: &ResourceKind,
+        key: &str,
+        name: String,
+        stored: Bytes,
+        expected: Revision,
+        lease: Option<crate::store::LeaseId>,
+    ) -> Result<Revision, StorageError> {
+        match self.store.update(key, stored, expected, lease).await {
+            Ok(kv) => Ok(kv.mod_revision),
             Err(StoreError::Conflict { .. }) => Err(StorageError::Conflict {
                 resource: kind.resource_name(),
                 name,

@@ -78,6 +78,12 @@ impl ObjectBytes {
         out.extend_from_slice(&self.bytes[splice.at..]);
     }
 
+    /// The stored JSON (without a resourceVersion) and the revision spliced into it; `None`
+    /// when these bytes carry their resourceVersion themselves.
+    pub(crate) fn stored_parts(&self) -> Option<(&Bytes, Revision)> {
+        self.splice.map(|splice| (&self.bytes, splice.revision))
+    }
+
     /// The versioned JSON (shared, not copied, when nothing is spliced).
     pub fn to_bytes(&self) -> Bytes {
         if self.splice.is_none() {
