@@ -321,6 +321,8 @@ async fn sim_case(mode: Mode) {
         ]));
         config.root_dir = dir.path().join(format!("sim-{n}"));
         config.resync_period = Duration::from_secs(30);
+        // As `capstan sim` composes its nodes: no per-container Events.
+        config.record_events = false;
         let runtime = SimRuntime::new(SimConfig {
             pod_subnet: [10, (n / 256) as u8, (n % 256) as u8],
             ..SimConfig::default()

@@ -91,6 +91,8 @@ async fn run_case(nodes: usize, pods: usize) {
         let mut config = NodeConfig::new(&name);
         config.capacity = Some(capacity.clone());
         config.root_dir = dir.path().join(&name);
+        // As `capstan sim` composes its nodes: no per-container Events.
+        config.record_events = false;
         agents.push(
             NodeAgent::new(server.client(), Arc::new(SimRuntime::default()), config)
                 .with_pod_feed(&feed)

@@ -1,7 +1,7 @@
 //! The node agent with the simulated runtime against the in-process API: registration and
 //! lease, pods to Running with env and volumes, Jobs, crash loops with back-off, probes, init
 //! containers, graceful deletion, node admission, adoption after an agent restart, logs through
-//! the API and the metrics.k8s.io API.
+//! the API, the metrics.k8s.io API and the Events kubelet records about containers.
 
 use capstan_core::apiserver::ApiServer;
 use capstan_core::node::{NodeAgent, NodeConfig, RunningNode};
@@ -9,8 +9,8 @@ use capstan_core::runtime::sim::{SimConfig, SimRuntime};
 use capstan_core::runtime::{labels, ContainerRuntime};
 use capstan_core::store::MemoryStore;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
-use kube::api::{Api, DeleteParams, LogParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -112,6 +112,39 @@ async fn exec_in(c: &Cluster, pod: &Value, container: &str, command: &[&str]) ->
         .await
         .unwrap();
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Waits until the Events about pod `name` hold one of `reason` whose message contains
+/// `fragment`, written by this node's kubelet; panics with the events seen.
+async fn wait_event(c: &Cluster, name: &str, reason: &str, fragment: &str) -> Event {
+    let events: Api<Event> = Api::namespaced(c.client.clone(), "default");
+    let selector = format!("involvedObject.name={name}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while tokio::time::Instant::now() < deadline {
+        seen = events
+            .list(&ListParams::default().fields(&selector))
+            .await
+            .unwrap()
+            .items;
+        let found = seen.iter().find(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.message.as_deref().is_some_and(|m| m.contains(fragment))
+        });
+        if let Some(event) = found {
+            let source = event.source.clone().unwrap_or_default();
+            assert_eq!(source.component.as_deref(), Some("kubelet"), "{event:?}");
+            assert_eq!(source.host.as_deref(), Some("node-a"), "{event:?}");
+            assert_eq!(event.involved_object.kind.as_deref(), Some("Pod"));
+            return event.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen: Vec<_> = seen
+        .iter()
+        .map(|e| format!("{:?}: {:?}", e.reason, e.message))
+        .collect();
+    panic!("pod {name}: no {reason} event with {fragment:?}; events: {seen:#?}");
 }
 
 fn phase(pod: &Value) -> &str {
@@ -365,6 +398,14 @@ async fn jobs_succeed_or_fail_and_crash_loops_back_off() {
         p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
     })
     .await;
+    let back_off = wait_event(
+        &c,
+        "crasher",
+        "BackOff",
+        "Back-off restarting failed container main in pod crasher_default",
+    )
+    .await;
+    assert_eq!(back_off.type_.as_deref(), Some("Warning"));
     let crasher = wait_pod(&c, "crasher", "three restarts", |p| {
         p["status"]["containerStatuses"][0]["restartCount"]
             .as_u64()
@@ -436,6 +477,27 @@ async fn probes_init_containers_and_admission() {
             >= 1
     })
     .await;
+    // As kubelet reports them: the image, the containers made and started, the failed probes,
+    // the kill.
+    wait_event(
+        &c,
+        "unhealthy",
+        "Pulled",
+        r#"Container image "busybox:1.35" already present on machine"#,
+    )
+    .await;
+    wait_event(&c, "unhealthy", "Created", "Created container: main").await;
+    wait_event(&c, "unhealthy", "Started", "Started container main").await;
+    let unhealthy = wait_event(&c, "unhealthy", "Unhealthy", "Liveness probe failed").await;
+    assert_eq!(unhealthy.type_.as_deref(), Some("Warning"));
+    wait_event(
+        &c,
+        "unhealthy",
+        "Killing",
+        "Container main failed liveness probe, will be restarted",
+    )
+    .await;
+    wait_event(&c, "unready", "Unhealthy", "Readiness probe failed").await;
     let unready = wait_pod(&c, "unready", "Running", |p| phase(p) == "Running").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let unready = serde_json::to_value(pods(&c).get("unready").await.unwrap()).unwrap_or(unready);
@@ -515,6 +577,7 @@ async fn deletion_is_graceful_and_a_restarted_agent_adopts_its_containers() {
         .await
         .unwrap();
     wait_pod(&c, "goner", "deletion", |p| p.is_null()).await;
+    wait_event(&c, "goner", "Killing", "Stopping container main").await;
     let uid = |p: &Value| p["metadata"]["uid"].as_str().unwrap().to_string();
     let left = c
         .runtime
@@ -603,4 +666,48 @@ async fn a_missing_image_with_pull_policy_never_is_reported() {
     })
     .await;
     assert_eq!(phase(&pod), "Pending");
+    let never = wait_event(
+        &c,
+        "noimage",
+        "ErrImageNeverPull",
+        r#"Container image "absent:1" is not present with pull policy of Never"#,
+    )
+    .await;
+    assert_eq!(never.type_.as_deref(), Some("Warning"));
+    // Once for the episode, however many syncs retry it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let events: Api<Event> = Api::namespaced(c.client.clone(), "default");
+    let failures: Vec<Event> = events
+        .list(&ListParams::default().fields("involvedObject.name=noimage"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("ErrImageNeverPull"))
+        .collect();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].count, Some(1), "{failures:?}");
+    // An image the node does not have yet is pulled, then found present.
+    for name in ["first", "second"] {
+        create_pod(
+            &c,
+            json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "main", "image": "busybox:1.35", "imagePullPolicy": "IfNotPresent"}]}}),
+        )
+        .await;
+        wait_pod(&c, name, "Running", |p| phase(p) == "Running").await;
+    }
+    wait_event(
+        &c,
+        "first",
+        "Pulled",
+        r#"Successfully pulled image "busybox:1.35" in "#,
+    )
+    .await;
+    wait_event(
+        &c,
+        "second",
+        "Pulled",
+        r#"Container image "busybox:1.35" already present on machine"#,
+    )
+    .await;
 }

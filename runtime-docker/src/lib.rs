@@ -30,8 +30,8 @@ use bollard::Docker;
 use bytes::Bytes;
 use capstan_core::runtime::{
     labels, Capabilities, ContainerConfig, ContainerInfo, ContainerRuntime, ContainerStats,
-    ExecOutput, LogOptions, LogStream, PullPolicy, RuntimeError, RuntimeEvent, SandboxConfig,
-    SandboxInfo,
+    ExecOutput, LogOptions, LogStream, PullPolicy, ReadyImage, RuntimeError, RuntimeEvent,
+    SandboxConfig, SandboxInfo,
 };
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -424,14 +424,20 @@ impl ContainerRuntime for DockerRuntime {
         Ok(out)
     }
 
-    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<String, RuntimeError> {
+    async fn ensure_image(
+        &self,
+        image: &str,
+        policy: PullPolicy,
+    ) -> Result<ReadyImage, RuntimeError> {
         let present = match self.docker.inspect_image(image).await {
             Ok(inspect) => inspect.id,
             Err(err) if status_code(&err) == Some(404) => None,
             Err(err) => return Err(backend(err)),
         };
         match (present, policy) {
-            (Some(id), PullPolicy::IfNotPresent | PullPolicy::Never) => return Ok(id),
+            (Some(id), PullPolicy::IfNotPresent | PullPolicy::Never) => {
+                return Ok(ReadyImage { id, pulled: false })
+            }
             (None, PullPolicy::Never) => return Err(RuntimeError::ImageNeverPull(image.into())),
             _ => {}
         }
@@ -460,7 +466,10 @@ impl ContainerRuntime for DockerRuntime {
                     image: image.into(),
                     message: e.to_string(),
                 })?;
-        Ok(inspect.id.unwrap_or_default())
+        Ok(ReadyImage {
+            id: inspect.id.unwrap_or_default(),
+            pulled: true,
+        })
     }
 
     async fn create_container(

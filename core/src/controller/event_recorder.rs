@@ -68,8 +68,22 @@ impl EventRecorder {
     /// A recorder writing as `component` (the Event's `source.component` and
     /// `reportingComponent`); its writer stops when every clone is dropped.
     pub fn new(client: Client, component: &str) -> Self {
+        Self::start(client, component, None)
+    }
+
+    /// A recorder writing as `component` on `host` (a node agent's: the Event's `source.host`
+    /// and `reportingInstance`, as kubelet writes them).
+    pub fn on_host(client: Client, component: &str, host: &str) -> Self {
+        Self::start(client, component, Some(host.to_string()))
+    }
+
+    fn start(client: Client, component: &str, host: Option<String>) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(write_events(client, component.to_string(), receiver));
+        let source = Source {
+            component: component.to_string(),
+            host,
+        };
+        tokio::spawn(write_events(client, source, receiver));
         EventRecorder { sender }
     }
 
@@ -100,6 +114,12 @@ impl EventRecorder {
 
 type AggregationKey = (String, String, String, EventType, String, String);
 
+/// Who writes the events.
+struct Source {
+    component: String,
+    host: Option<String>,
+}
+
 struct Aggregate {
     namespace: String,
     name: String,
@@ -108,7 +128,8 @@ struct Aggregate {
     seen: Instant,
 }
 
-async fn write_events(client: Client, component: String, mut receiver: mpsc::Receiver<Pending>) {
+async fn write_events(client: Client, source: Source, mut receiver: mpsc::Receiver<Pending>) {
+    let component = &source.component;
     let mut recent: HashMap<AggregationKey, Aggregate> = HashMap::new();
     while let Some(pending) = receiver.recv().await {
         let namespace = pending
@@ -176,10 +197,10 @@ async fn write_events(client: Client, component: String, mut receiver: mpsc::Rec
             last_timestamp: Some(now),
             source: Some(k8s_openapi::api::core::v1::EventSource {
                 component: Some(component.clone()),
-                host: None,
+                host: source.host.clone(),
             }),
             reporting_component: Some(component.clone()),
-            reporting_instance: Some(component.clone()),
+            reporting_instance: Some(source.host.clone().unwrap_or_else(|| component.clone())),
             ..Default::default()
         };
         match api.create(&PostParams::default(), &event).await {

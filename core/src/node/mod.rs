@@ -34,6 +34,7 @@ pub use pod_feed::SharedPodFeed;
 pub use registration::await_pod_cidr;
 pub use server::{ExecFrame, StatsSummary};
 
+use crate::controller::EventRecorder;
 use crate::runtime::{labels, ContainerRuntime, RuntimeError};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -128,6 +129,11 @@ pub struct NodeConfig {
     /// TLS for the agent's server. When set (secure clusters), callers must present a client
     /// certificate the cluster CA signed, in group `system:masters` — the API server's.
     pub server_tls: Option<crate::apiserver::TlsServing>,
+    /// Whether the agent records Events about its pods' containers, as kubelet does
+    /// (`Pulled`, `Created`, `Started`, `Killing`, `Unhealthy`, `BackOff`, `Failed`), which
+    /// `kubectl describe pod` shows. Sets of many simulated nodes may leave them out, as kwok
+    /// does: they double the API writes a pod costs.
+    pub record_events: bool,
 }
 
 impl NodeConfig {
@@ -152,6 +158,7 @@ impl NodeConfig {
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
             server_tls: None,
+            record_events: true,
         }
     }
 
@@ -184,6 +191,8 @@ pub(crate) struct AgentShared {
     pub pods: Mutex<HashMap<String, Arc<Pod>>>,
     /// The latest usage summary.
     pub stats: Mutex<StatsSummary>,
+    /// Where Events about pods go (`None` when `config.record_events` is off).
+    pub events: Option<EventRecorder>,
 }
 
 impl AgentShared {
@@ -287,6 +296,10 @@ impl NodeAgent {
             admitted: Mutex::new(HashMap::new()),
             pods: Mutex::new(HashMap::new()),
             stats: Mutex::new(StatsSummary::default()),
+            events: self
+                .config
+                .record_events
+                .then(|| EventRecorder::on_host(self.client.clone(), "kubelet", &self.config.name)),
             config: self.config,
         });
         let cancel = CancellationToken::new();

@@ -12,6 +12,7 @@ use super::pod_status::{self, time_string, Waiting};
 use super::probes::{self, ProbeResult, ProbeTracker};
 use super::written_status::WrittenStatus;
 use super::{volumes, AgentShared, NodeError};
+use crate::controller::EventType;
 use crate::runtime::{
     labels, ContainerConfig, ContainerInfo, ContainerState, PullPolicy, ResourceSettings,
     RuntimeError, SandboxConfig, SandboxInfo,
@@ -55,6 +56,8 @@ impl ContainerProbes {
 struct ProbeKill {
     id: String,
     container: String,
+    /// `liveness` or `startup`.
+    probe: &'static str,
     reason: String,
 }
 
@@ -192,6 +195,13 @@ fn waiting_for(err: &NodeError) -> Waiting {
 }
 
 impl PodWorker {
+    /// Records an Event about the pod, as kubelet does (when the node records events).
+    fn event(&self, kind: EventType, reason: &str, message: &str) {
+        if let Some(events) = &self.shared.events {
+            events.record_for(&*self.pod, kind, reason, message);
+        }
+    }
+
     fn api(&self) -> Api<Pod> {
         Api::namespaced(
             self.shared.client.clone(),
@@ -457,16 +467,28 @@ impl PodWorker {
             .unwrap_or_default();
         if since < current {
             let wait = current - since;
+            // As kubelet names a pod in these messages: name_namespace(uid).
+            let pod = format!(
+                "{}_{}({})",
+                self.name(),
+                self.pod.metadata.namespace.as_deref().unwrap_or_default(),
+                self.uid
+            );
+            // When the back-off starts, not on every sync that waits it out.
+            if self.waiting.get(name).map(|w| w.reason.as_str()) != Some("CrashLoopBackOff") {
+                self.event(
+                    EventType::Warning,
+                    "BackOff",
+                    &format!("Back-off restarting failed container {name} in pod {pod}"),
+                );
+            }
             self.waiting.insert(
                 name.to_string(),
                 Waiting {
                     reason: "CrashLoopBackOff".into(),
                     message: format!(
-                        "back-off {}s restarting failed container={name} pod={}_{}({})",
+                        "back-off {}s restarting failed container={name} pod={pod}",
                         current.as_secs(),
-                        self.name(),
-                        self.pod.metadata.namespace.as_deref().unwrap_or_default(),
-                        self.uid
                     ),
                 },
             );
@@ -581,8 +603,23 @@ impl PodWorker {
                     // The sandbox vanished; make a new one next sync.
                     self.sandbox = None;
                 }
-                self.waiting
-                    .insert(container.name.clone(), waiting_for(&err));
+                let waiting = waiting_for(&err);
+                // Once per episode, not on every sync that retries.
+                if self.waiting.get(&container.name) != Some(&waiting) {
+                    let image = container.image.as_deref().unwrap_or_default();
+                    let (reason, message) = match &err {
+                        NodeError::Runtime(RuntimeError::ImageNeverPull(_)) => (
+                            "ErrImageNeverPull",
+                            format!("Container image {image:?} is not present with pull policy of Never"),
+                        ),
+                        NodeError::Runtime(RuntimeError::ImagePull { .. }) => {
+                            ("Failed", format!("Failed to pull image {image:?}: {err}"))
+                        }
+                        _ => ("Failed", format!("Error: {err}")),
+                    };
+                    self.event(EventType::Warning, reason, &message);
+                }
+                self.waiting.insert(container.name.clone(), waiting);
             }
         }
     }
@@ -595,7 +632,17 @@ impl PodWorker {
     ) -> Result<(), NodeError> {
         let image = container.image.clone().unwrap_or_default();
         let policy = PullPolicy::for_image(&image, container.image_pull_policy.as_deref());
-        self.shared.runtime.ensure_image(&image, policy).await?;
+        let asked = std::time::Instant::now();
+        let ready = self.shared.runtime.ensure_image(&image, policy).await?;
+        let message = if ready.pulled {
+            format!(
+                "Successfully pulled image {image:?} in {:.3}s",
+                asked.elapsed().as_secs_f64()
+            )
+        } else {
+            format!("Container image {image:?} already present on machine")
+        };
+        self.event(EventType::Normal, "Pulled", &message);
         let pod_ip = sandbox.ip.map(|ip| ip.to_string());
         let env = EnvironmentSource {
             client: &self.shared.client,
@@ -665,6 +712,11 @@ impl PodWorker {
             .runtime
             .create_container(&sandbox.id, &config)
             .await?;
+        self.event(
+            EventType::Normal,
+            "Created",
+            &format!("Created container: {}", container.name),
+        );
         // Keep one dead instance (for `logs --previous` and lastState); remove older ones.
         let mut selector = self.owner_labels();
         selector.remove(labels::NODE);
@@ -675,6 +727,11 @@ impl PodWorker {
             }
         }
         self.shared.runtime.start_container(&id).await?;
+        self.event(
+            EventType::Normal,
+            "Started",
+            &format!("Started container {}", container.name),
+        );
         if let Some(probes) = ContainerProbes::of(container, Instant::now()) {
             self.probes.insert(id, probes);
         }
@@ -717,13 +774,24 @@ impl PodWorker {
             }
         };
         let mut kill = None;
+        // Each failed probe is an Unhealthy event (the recorder counts repeats up).
+        let mut unhealthy = Vec::new();
+        let mut failed = |which: &str, result: &ProbeResult| {
+            if let ProbeResult::Failure(message) = result {
+                unhealthy.push(format!("{which} probe failed: {message}"));
+            }
+        };
         let mut started = true;
         if let (Some(tracker), Some(probe)) = (probes.startup.as_mut(), &container.startup_probe) {
             if tracker.verdict != Some(true) {
                 if tracker.due(now) {
                     let result = probes::run(&*runtime, sandbox, id, container, probe).await;
+                    failed("Startup", &result);
                     if tracker.record(probe, result, Instant::now()) == Some(false) {
-                        kill = Some(format!("Startup probe failed: {}", tracker.last_message));
+                        kill = Some((
+                            "startup",
+                            format!("Startup probe failed: {}", tracker.last_message),
+                        ));
                     }
                 }
                 started = tracker.verdict == Some(true);
@@ -736,8 +804,12 @@ impl PodWorker {
             {
                 if tracker.due(now) {
                     let result = probes::run(&*runtime, sandbox, id, container, probe).await;
+                    failed("Liveness", &result);
                     if tracker.record(probe, result, Instant::now()) == Some(false) {
-                        kill = Some(format!("Liveness probe failed: {}", tracker.last_message));
+                        kill = Some((
+                            "liveness",
+                            format!("Liveness probe failed: {}", tracker.last_message),
+                        ));
                     }
                 }
             }
@@ -746,6 +818,7 @@ impl PodWorker {
             {
                 if tracker.due(now) {
                     let result = probes::run(&*runtime, sandbox, id, container, probe).await;
+                    failed("Readiness", &result);
                     tracker.record(probe, result, Instant::now());
                 }
                 ready = tracker.verdict == Some(true);
@@ -758,13 +831,17 @@ impl PodWorker {
             .min()
             .unwrap_or(Duration::from_secs(3600))
             .max(Duration::from_millis(50));
-        if let Some(reason) = kill {
+        for message in unhealthy {
+            self.event(EventType::Warning, "Unhealthy", &message);
+        }
+        if let Some((probe, reason)) = kill {
             self.probes.remove(id);
             // Once per container, should a failed sync leave an earlier verdict pending.
             if !self.kills.iter().any(|k| k.id == id) {
                 self.kills.push(ProbeKill {
                     id: id.to_string(),
                     container: container.name.clone(),
+                    probe,
                     reason,
                 });
             }
@@ -779,6 +856,14 @@ impl PodWorker {
         let grace = self.grace_period();
         for kill in std::mem::take(&mut self.kills) {
             tracing::info!(container = %kill.container, "{}; restarting", kill.reason);
+            self.event(
+                EventType::Normal,
+                "Killing",
+                &format!(
+                    "Container {} failed {} probe, will be restarted",
+                    kill.container, kill.probe
+                ),
+            );
             if let Some(container) = spec.containers.iter().find(|c| c.name == kill.container) {
                 let _ = self.run_pre_stop(sandbox, &kill.id, container, grace).await;
             }
@@ -1022,6 +1107,11 @@ impl PodWorker {
                 let id = info.id.clone();
                 let sandbox = sandbox.clone();
                 let worker = &*self;
+                worker.event(
+                    EventType::Normal,
+                    "Killing",
+                    &format!("Stopping container {}", container.name),
+                );
                 stops.push(async move {
                     let deadline = Instant::now() + grace;
                     if let Some(sandbox) = &sandbox {

@@ -129,6 +129,15 @@ pub struct DnsSettings {
     pub options: Vec<String>,
 }
 
+/// An image made present by [`ContainerRuntime::ensure_image`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyImage {
+    /// The image's id.
+    pub id: String,
+    /// Whether this call pulled it (`false`: it was already present).
+    pub pulled: bool,
+}
+
 /// A sandbox as the runtime reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxInfo {
@@ -349,8 +358,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         selector: &BTreeMap<String, String>,
     ) -> Result<Vec<SandboxInfo>, RuntimeError>;
 
-    /// Makes `image` present according to `policy`; returns its id.
-    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<String, RuntimeError>;
+    /// Makes `image` present according to `policy`; says its id and whether it was pulled.
+    async fn ensure_image(
+        &self,
+        image: &str,
+        policy: PullPolicy,
+    ) -> Result<ReadyImage, RuntimeError>;
 
     /// Creates (does not start) a container in a sandbox; returns its id.
     async fn create_container(

@@ -13,8 +13,8 @@
 
 use super::{
     Capabilities, ContainerConfig, ContainerInfo, ContainerRuntime, ContainerState, ContainerStats,
-    ExecOutput, LogOptions, LogStream, PullPolicy, RuntimeError, RuntimeEvent, SandboxConfig,
-    SandboxInfo,
+    ExecOutput, LogOptions, LogStream, PullPolicy, ReadyImage, RuntimeError, RuntimeEvent,
+    SandboxConfig, SandboxInfo,
 };
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -306,13 +306,17 @@ impl ContainerRuntime for SimRuntime {
             .collect())
     }
 
-    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<String, RuntimeError> {
+    async fn ensure_image(
+        &self,
+        image: &str,
+        policy: PullPolicy,
+    ) -> Result<ReadyImage, RuntimeError> {
         let mut state = self.lock();
         let known = self.config.images.as_ref();
         let present = known.is_none() || state.pulled.contains(image);
         let pullable = known.is_none_or(|images| images.contains(image));
-        match (present, policy) {
-            (true, PullPolicy::IfNotPresent | PullPolicy::Never) => {}
+        let pulled = match (present, policy) {
+            (true, PullPolicy::IfNotPresent | PullPolicy::Never) => false,
             (false, PullPolicy::Never) => return Err(RuntimeError::ImageNeverPull(image.into())),
             (_, _) if !pullable => {
                 return Err(RuntimeError::ImagePull {
@@ -322,9 +326,13 @@ impl ContainerRuntime for SimRuntime {
             }
             _ => {
                 state.pulled.insert(image.to_string());
+                true
             }
-        }
-        Ok(format!("sim://{image}"))
+        };
+        Ok(ReadyImage {
+            id: format!("sim://{image}"),
+            pulled,
+        })
     }
 
     async fn create_container(

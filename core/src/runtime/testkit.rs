@@ -81,10 +81,15 @@ pub async fn run_conformance(
 }
 
 async fn images(runtime: &dyn ContainerRuntime, fixture: &Fixture) -> Result<(), String> {
-    runtime
+    let ready = runtime
         .ensure_image(&fixture.image, PullPolicy::Never)
         .await
         .map_err(|e| format!("a present image with policy Never must be usable: {e}"))?;
+    if ready.pulled || ready.id.is_empty() {
+        return Err(format!(
+            "a present image with policy Never is not pulled and has an id, got {ready:?}"
+        ));
+    }
     match runtime
         .ensure_image(&fixture.missing_image, PullPolicy::Never)
         .await

@@ -246,6 +246,8 @@ async fn sim(args: SimArgs, shutdown: CancellationToken) -> Result<(), String> {
         config.capacity = Some(capacity.clone());
         config.root_dir = args.control.data_dir.join("nodes").join(&name);
         config.server_tls = server_tls.clone();
+        // As kwok's nodes: no per-container Events (they would double a pod's API writes).
+        config.record_events = false;
         let agent = capstan_core::node::NodeAgent::new(
             control.server.client(),
             std::sync::Arc::new(capstan_core::runtime::sim::SimRuntime::default()),
