@@ -1091,6 +1091,45 @@ async fn unreachable_nodes_are_tainted_and_their_pods_evicted() {
         node.spec?.taints.is_none_or(|t| t.is_empty()).then_some(())
     })
     .await;
+    // As `kubectl describe node` finds them: the node controller announced the node and its
+    // silence; a deleted node is announced gone.
+    let uid = nodes.get("far").await.unwrap().metadata.uid.unwrap();
+    nodes.delete("far", &DeleteParams::default()).await.unwrap();
+    let events: Api<Event> = Api::namespaced(c.client.clone(), "default");
+    let reasons = eventually(20, "the node's events", || async {
+        let listed = events
+            .list(&ListParams::default().fields(&format!(
+                "involvedObject.kind=Node,involvedObject.name=far,involvedObject.uid={uid}"
+            )))
+            .await
+            .ok()?;
+        let reasons: Vec<(String, String)> = listed
+            .items
+            .into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+            .collect();
+        reasons
+            .iter()
+            .any(|(r, _)| r == "RemovingNode")
+            .then_some(reasons)
+    })
+    .await;
+    for (reason, message) in [
+        (
+            "RegisteredNode",
+            "Node far event: Registered Node far in Controller",
+        ),
+        ("NodeNotReady", "Node far status is now: NodeNotReady"),
+        (
+            "RemovingNode",
+            "Node far event: Removing Node far from Controller",
+        ),
+    ] {
+        assert!(
+            reasons.iter().any(|(r, m)| r == reason && m == message),
+            "{reason}: {reasons:?}"
+        );
+    }
 }
 
 #[tokio::test]

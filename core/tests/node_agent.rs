@@ -147,6 +147,19 @@ async fn wait_event(c: &Cluster, name: &str, reason: &str, fragment: &str) -> Ev
     panic!("pod {name}: no {reason} event with {fragment:?}; events: {seen:#?}");
 }
 
+/// The Events about pod `name` with `reason`.
+async fn events_of(c: &Cluster, name: &str, reason: &str) -> Vec<Event> {
+    let events: Api<Event> = Api::namespaced(c.client.clone(), "default");
+    events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
 fn phase(pod: &Value) -> &str {
     pod["status"]["phase"].as_str().unwrap_or("")
 }
@@ -158,13 +171,12 @@ async fn sim_runtime_passes_the_conformance_kit() {
         images: Some(["busybox:test".to_string()].into()),
         ..SimConfig::default()
     });
-    runtime
-        .ensure_image(
-            "busybox:test",
-            capstan_core::runtime::PullPolicy::IfNotPresent,
-        )
-        .await
-        .unwrap();
+    assert_eq!(runtime.image_status("busybox:test").await.unwrap(), None);
+    runtime.pull_image("busybox:test").await.unwrap();
+    assert!(matches!(
+        runtime.pull_image("missing:none").await,
+        Err(capstan_core::runtime::RuntimeError::ImagePull { .. })
+    ));
     capstan_core::runtime::testkit::run_conformance(
         &runtime,
         &capstan_core::runtime::testkit::Fixture {
@@ -206,6 +218,56 @@ async fn node_registers_and_runs_a_pod_with_env_and_volumes() {
         lease.spec.unwrap().holder_identity.as_deref(),
         Some("node-a")
     );
+    // The Events kubelet records about its Node, as `kubectl describe node` selects them
+    // (kubelet's node reference carries the node's name as its uid).
+    let events: Api<Event> = Api::namespaced(c.client.clone(), "default");
+    let selector = "involvedObject.kind=Node,involvedObject.name=node-a,involvedObject.uid=node-a";
+    let wanted = [
+        ("Starting", "Starting kubelet."),
+        (
+            "NodeHasSufficientMemory",
+            "Node node-a status is now: NodeHasSufficientMemory",
+        ),
+        (
+            "NodeHasNoDiskPressure",
+            "Node node-a status is now: NodeHasNoDiskPressure",
+        ),
+        (
+            "NodeHasSufficientPID",
+            "Node node-a status is now: NodeHasSufficientPID",
+        ),
+        ("NodeReady", "Node node-a status is now: NodeReady"),
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let node_events = loop {
+        let listed = events
+            .list(&ListParams::default().fields(selector))
+            .await
+            .unwrap()
+            .items;
+        let has_all = wanted.iter().all(|(reason, message)| {
+            listed.iter().any(|e| {
+                e.reason.as_deref() == Some(reason) && e.message.as_deref() == Some(message)
+            })
+        });
+        if has_all || tokio::time::Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (reason, message) in wanted {
+        let event = node_events
+            .iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+            .unwrap_or_else(|| panic!("no {reason} event about the node: {node_events:?}"));
+        assert_eq!(event.message.as_deref(), Some(message));
+        assert_eq!(
+            event.source.as_ref().unwrap().component.as_deref(),
+            Some("kubelet")
+        );
+        // Once: heartbeats that change nothing record nothing.
+        assert_eq!(event.count, Some(1), "{event:?}");
+    }
 
     let configs: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
     configs
@@ -650,7 +712,7 @@ async fn deletion_is_graceful_and_a_restarted_agent_adopts_its_containers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_image_with_pull_policy_never_is_reported() {
+async fn missing_images_are_pulled_reported_and_backed_off() {
     let c = cluster_with(SimRuntime::new(SimConfig {
         images: Some(["busybox:1.35".to_string()].into()),
         ..SimConfig::default()
@@ -676,15 +738,7 @@ async fn a_missing_image_with_pull_policy_never_is_reported() {
     assert_eq!(never.type_.as_deref(), Some("Warning"));
     // Once for the episode, however many syncs retry it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let events: Api<Event> = Api::namespaced(c.client.clone(), "default");
-    let failures: Vec<Event> = events
-        .list(&ListParams::default().fields("involvedObject.name=noimage"))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("ErrImageNeverPull"))
-        .collect();
+    let failures = events_of(&c, "noimage", "ErrImageNeverPull").await;
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!(failures[0].count, Some(1), "{failures:?}");
     // An image the node does not have yet is pulled, then found present.
@@ -696,13 +750,15 @@ async fn a_missing_image_with_pull_policy_never_is_reported() {
         .await;
         wait_pod(&c, name, "Running", |p| phase(p) == "Running").await;
     }
-    wait_event(
+    let pulling = wait_event(&c, "first", "Pulling", r#"Pulling image "busybox:1.35""#).await;
+    let pulled = wait_event(
         &c,
         "first",
         "Pulled",
         r#"Successfully pulled image "busybox:1.35" in "#,
     )
     .await;
+    assert!(pulling.first_timestamp <= pulled.first_timestamp);
     wait_event(
         &c,
         "second",
@@ -710,4 +766,42 @@ async fn a_missing_image_with_pull_policy_never_is_reported() {
         r#"Container image "busybox:1.35" already present on machine"#,
     )
     .await;
+    let pulls = events_of(&c, "second", "Pulling").await;
+    assert!(pulls.is_empty(), "a present image is not pulled: {pulls:?}");
+    // An image no registry has: ErrImagePull, then pulls back off (ImagePullBackOff).
+    create_pod(
+        &c,
+        json!({"metadata": {"name": "nowhere"}, "spec": {"containers": [{"name": "main", "image": "nowhere:1"}]}}),
+    )
+    .await;
+    wait_event(
+        &c,
+        "nowhere",
+        "Failed",
+        r#"Failed to pull image "nowhere:1""#,
+    )
+    .await;
+    let backing_off = wait_pod(&c, "nowhere", "ImagePullBackOff", |p| {
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ImagePullBackOff"
+    })
+    .await;
+    assert_eq!(
+        backing_off["status"]["containerStatuses"][0]["state"]["waiting"]["message"],
+        r#"Back-off pulling image "nowhere:1""#
+    );
+    wait_event(
+        &c,
+        "nowhere",
+        "BackOff",
+        r#"Back-off pulling image "nowhere:1""#,
+    )
+    .await;
+    // Back-off 0.4 s doubling to 2 s: a handful of pulls in 3 s, not one every sync.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pulls: i32 = events_of(&c, "nowhere", "Pulling")
+        .await
+        .iter()
+        .map(|e| e.count.unwrap_or(1))
+        .sum();
+    assert!((2..=6).contains(&pulls), "{pulls} pulls in ~4 s");
 }

@@ -1143,6 +1143,17 @@ async fn kubectl_logs_exec_and_top_on_docker() {
             &["condition met"],
         );
         k.ok(&["get", "pods", "-o", "wide"], None, &["talker", "Running", "10.244.203.", "e2e-node"]);
+        // `kubectl describe` lists what kubelet and the node controller recorded.
+        k.ok(
+            &["describe", "pod", "talker"],
+            None,
+            &["Pulled", "already present on machine", "Created container: side", "Started container main"],
+        );
+        k.ok(
+            &["describe", "node", "e2e-node"],
+            None,
+            &["Starting kubelet.", "Node e2e-node status is now: NodeReady", "Registered Node e2e-node in Controller"],
+        );
 
         // A NodePort Service reaches the pod through the userspace proxy on loopback.
         k.ok(

@@ -30,8 +30,7 @@ use bollard::Docker;
 use bytes::Bytes;
 use capstan_core::runtime::{
     labels, Capabilities, ContainerConfig, ContainerInfo, ContainerRuntime, ContainerStats,
-    ExecOutput, LogOptions, LogStream, PullPolicy, ReadyImage, RuntimeError, RuntimeEvent,
-    SandboxConfig, SandboxInfo,
+    ExecOutput, LogOptions, LogStream, RuntimeError, RuntimeEvent, SandboxConfig, SandboxInfo,
 };
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -424,52 +423,36 @@ impl ContainerRuntime for DockerRuntime {
         Ok(out)
     }
 
-    async fn ensure_image(
-        &self,
-        image: &str,
-        policy: PullPolicy,
-    ) -> Result<ReadyImage, RuntimeError> {
-        let present = match self.docker.inspect_image(image).await {
-            Ok(inspect) => inspect.id,
-            Err(err) if status_code(&err) == Some(404) => None,
-            Err(err) => return Err(backend(err)),
-        };
-        match (present, policy) {
-            (Some(id), PullPolicy::IfNotPresent | PullPolicy::Never) => {
-                return Ok(ReadyImage { id, pulled: false })
-            }
-            (None, PullPolicy::Never) => return Err(RuntimeError::ImageNeverPull(image.into())),
-            _ => {}
+    async fn image_status(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(inspect) => Ok(Some(inspect.id.unwrap_or_default())),
+            Err(err) if status_code(&err) == Some(404) => Ok(None),
+            Err(err) => Err(backend(err)),
         }
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<String, RuntimeError> {
+        let failed = |message: String| RuntimeError::ImagePull {
+            image: image.into(),
+            message,
+        };
         let options = CreateImageOptions {
             from_image: Some(image.to_string()),
             ..Default::default()
         };
         let mut pull = self.docker.create_image(Some(options), None, None);
         while let Some(step) = pull.next().await {
-            let step = step.map_err(|e| RuntimeError::ImagePull {
-                image: image.into(),
-                message: e.to_string(),
-            })?;
+            let step = step.map_err(|e| failed(e.to_string()))?;
             if let Some(message) = step.error_detail.and_then(|d| d.message) {
-                return Err(RuntimeError::ImagePull {
-                    image: image.into(),
-                    message,
-                });
+                return Err(failed(message));
             }
         }
-        let inspect =
-            self.docker
-                .inspect_image(image)
-                .await
-                .map_err(|e| RuntimeError::ImagePull {
-                    image: image.into(),
-                    message: e.to_string(),
-                })?;
-        Ok(ReadyImage {
-            id: inspect.id.unwrap_or_default(),
-            pulled: true,
-        })
+        let inspect = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(inspect.id.unwrap_or_default())
     }
 
     async fn create_container(

@@ -4,7 +4,8 @@
 //! reporting `Ready=False` gets the `not-ready` taints; a healthy node loses them. Pods on a
 //! node with NoExecute taints are evicted (deleted) at once when they do not tolerate a taint,
 //! or after the shortest matching `tolerationSeconds` since the taint was added, so their
-//! controllers replace them elsewhere.
+//! controllers replace them elsewhere. Nodes it first sees or sees go are announced with
+//! `RegisteredNode` and `RemovingNode` Events.
 
 use super::cache::{pods_by_node, BY_POD_NODE};
 use super::informer::{Change, Informer};
@@ -12,11 +13,12 @@ use super::runner::{Action, Reconciler};
 use super::{ControllerContext, ControllerError, EventType, ObjectKey, WorkQueue};
 use crate::taints::tolerates;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +51,8 @@ pub struct NodeLifecycleController {
     leases: Informer<Lease>,
     pods: Informer<Pod>,
     config: NodeLifecycleConfig,
+    /// The nodes this controller has announced (`RegisteredNode`), name to uid.
+    registered: Mutex<HashMap<String, String>>,
 }
 
 fn since(time: &k8s_openapi::jiff::Timestamp) -> Duration {
@@ -101,6 +105,44 @@ impl NodeLifecycleController {
             leases: ctx.informers.informer(),
             pods,
             config,
+            registered: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records `RegisteredNode` for a node seen for the first time and `RemovingNode` for one
+    /// gone, as Kubernetes' node controller does (`kubectl describe node` lists them).
+    fn announce(&self, name: &str, node: Option<&Node>) {
+        let mut registered = self.registered.lock().unwrap_or_else(|p| p.into_inner());
+        let reference = |uid: &str| ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(name.into()),
+            uid: Some(uid.into()),
+            ..Default::default()
+        };
+        match node {
+            Some(node) => {
+                let uid = node.metadata.uid.clone().unwrap_or_default();
+                if registered.get(name) != Some(&uid) {
+                    registered.insert(name.to_string(), uid.clone());
+                    self.ctx.recorder.record(
+                        reference(&uid),
+                        EventType::Normal,
+                        "RegisteredNode",
+                        &format!("Node {name} event: Registered Node {name} in Controller"),
+                    );
+                }
+            }
+            None => {
+                if let Some(uid) = registered.remove(name) {
+                    self.ctx.recorder.record(
+                        reference(&uid),
+                        EventType::Normal,
+                        "RemovingNode",
+                        &format!("Node {name} event: Removing Node {name} from Controller"),
+                    );
+                }
+            }
         }
     }
 
@@ -335,7 +377,9 @@ impl Reconciler for NodeLifecycleController {
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Action, ControllerError> {
-        let Some(node) = self.nodes.get(key) else {
+        let node = self.nodes.get(key);
+        self.announce(&key.name, node.as_deref());
+        let Some(node) = node else {
             return Ok(Action::Done);
         };
         let grace = self.config.grace_period;

@@ -21,6 +21,7 @@
 mod admission;
 mod dns_policy;
 mod environment;
+mod node_events;
 mod pod_feed;
 mod pod_status;
 mod pod_worker;
@@ -129,10 +130,12 @@ pub struct NodeConfig {
     /// TLS for the agent's server. When set (secure clusters), callers must present a client
     /// certificate the cluster CA signed, in group `system:masters` — the API server's.
     pub server_tls: Option<crate::apiserver::TlsServing>,
-    /// Whether the agent records Events about its pods' containers, as kubelet does
-    /// (`Pulled`, `Created`, `Started`, `Killing`, `Unhealthy`, `BackOff`, `Failed`), which
-    /// `kubectl describe pod` shows. Sets of many simulated nodes may leave them out, as kwok
-    /// does: they double the API writes a pod costs.
+    /// Whether the agent records Events as kubelet does: about its pods' containers
+    /// (`Pulling`, `Pulled`, `Created`, `Started`, `Killing`, `Unhealthy`, `BackOff`,
+    /// `Failed`), which `kubectl describe pod` shows, and about its Node (`Starting`,
+    /// `NodeReady`, `NodeHasSufficientMemory`, …), which `kubectl describe node` shows. Sets of
+    /// many simulated nodes may leave them out, as kwok does: they double the API writes a
+    /// pod costs.
     pub record_events: bool,
 }
 
@@ -316,7 +319,11 @@ impl NodeAgent {
             server_address.port(),
             shared.runtime.capabilities().name,
         );
-        registration::register(&shared.client, node).await?;
+        let changes = registration::register(&shared.client, node).await?;
+        if let Some(events) = &shared.events {
+            node_events::record_starting(events, &shared.config.name);
+            node_events::record_changes(events, &shared.config.name, &changes);
+        }
         registration::renew_lease(&shared.client, &shared.config).await?;
         tracing::info!(node = %shared.config.name, server = %server_address, runtime = shared.runtime.capabilities().name, "node registered");
         let tasks = vec![
@@ -345,8 +352,15 @@ async fn heartbeat(shared: Arc<AgentShared>, cancel: CancellationToken) {
                 }
             }
             _ = status.tick() => {
-                if let Err(err) = registration::post_status(&shared.client, &shared.config).await {
-                    tracing::warn!(node = %shared.config.name, "posting node status failed: {err}");
+                match registration::post_status(&shared.client, &shared.config).await {
+                    Ok(changes) => {
+                        if let Some(events) = &shared.events {
+                            node_events::record_changes(events, &shared.config.name, &changes);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(node = %shared.config.name, "posting node status failed: {err}");
+                    }
                 }
             }
         }

@@ -61,6 +61,15 @@ struct ProbeKill {
     reason: String,
 }
 
+/// A container's image pull back-off (kubelet's `ImagePullBackOff`).
+struct PullBackOff {
+    /// The image that failed to pull (a new image starts afresh).
+    image: String,
+    /// How long to wait after the last failure; doubles with each failure.
+    delay: Duration,
+    failed_at: Instant,
+}
+
 /// What happens after a sync.
 enum Next {
     /// Sync again after this long (or sooner on a change).
@@ -81,6 +90,8 @@ struct PodWorker {
     /// Containers this sync's probes condemned, stopped after its status write.
     kills: Vec<ProbeKill>,
     backoff: HashMap<String, Duration>,
+    /// Containers whose image failed to pull, by name.
+    pull_backoff: HashMap<String, PullBackOff>,
     waiting: HashMap<String, Waiting>,
     volumes: Option<(BTreeMap<String, PathBuf>, Instant)>,
     /// What is remembered of the status last written (a node keeps one per pod).
@@ -128,6 +139,7 @@ pub(crate) async fn run(
         probes: HashMap::new(),
         kills: Vec::new(),
         backoff: HashMap::new(),
+        pull_backoff: HashMap::new(),
         waiting: HashMap::new(),
         volumes: None,
         terminal_cleanup_done: false,
@@ -305,8 +317,7 @@ impl PodWorker {
                         if let Some(wait) = self.back_off(&init.name, *finished_at) {
                             next = next.min(wait);
                         } else {
-                            self.start(&sandbox, init, restarts + 1).await;
-                            next = next.min(Duration::from_millis(200));
+                            next = next.min(self.start(&sandbox, init, restarts + 1).await);
                         }
                     }
                     break;
@@ -318,8 +329,7 @@ impl PodWorker {
                 }
                 None => {
                     initialized = false;
-                    self.start(&sandbox, init, 0).await;
-                    next = next.min(Duration::from_millis(200));
+                    next = next.min(self.start(&sandbox, init, 0).await);
                     break;
                 }
             }
@@ -332,8 +342,7 @@ impl PodWorker {
                 let latest = instances.get(&container.name).and_then(|v| v.first());
                 match latest.map(|c| (&c.state, c)) {
                     None => {
-                        self.start(&sandbox, container, 0).await;
-                        next = next.min(Duration::from_millis(200));
+                        next = next.min(self.start(&sandbox, container, 0).await);
                     }
                     Some((ContainerState::Created, info)) => {
                         let id = info.id.clone();
@@ -369,8 +378,8 @@ impl PodWorker {
                             if let Some(wait) = self.back_off(&container.name, *finished_at) {
                                 next = next.min(wait);
                             } else {
-                                self.start(&sandbox, container, restarts + 1).await;
-                                next = next.min(Duration::from_millis(200));
+                                next =
+                                    next.min(self.start(&sandbox, container, restarts + 1).await);
                             }
                         } else {
                             self.clear_waiting(&container.name);
@@ -591,13 +600,44 @@ impl PodWorker {
     }
 
     /// Creates and starts an instance of `container`; failures become its waiting reason.
-    async fn start(&mut self, sandbox: &SandboxInfo, container: &Container, restart_count: u32) {
+    /// Returns when to look again: soon, or when its image pull back-off ends.
+    async fn start(
+        &mut self,
+        sandbox: &SandboxInfo,
+        container: &Container,
+        restart_count: u32,
+    ) -> Duration {
+        if let Some(wait) = self.pull_back_off(container) {
+            return wait;
+        }
         match self.try_start(sandbox, container, restart_count).await {
             Ok(()) => {
                 self.clear_waiting(&container.name);
+                if self.pull_backoff.remove(&container.name).is_some()
+                    && self.pull_backoff.is_empty()
+                {
+                    self.pull_backoff.shrink_to_fit();
+                }
                 self.started_in_sync = true;
             }
             Err(err) => {
+                if matches!(err, NodeError::Runtime(RuntimeError::ImagePull { .. })) {
+                    let config = &self.shared.config;
+                    let image = container.image.clone().unwrap_or_default();
+                    let delay = self
+                        .pull_backoff
+                        .get(&container.name)
+                        .filter(|b| b.image == image)
+                        .map_or(config.initial_backoff, |b| {
+                            (b.delay * 2).min(config.max_backoff)
+                        });
+                    let backoff = PullBackOff {
+                        image,
+                        delay,
+                        failed_at: Instant::now(),
+                    };
+                    self.pull_backoff.insert(container.name.clone(), backoff);
+                }
                 tracing::info!(container = %container.name, "starting container failed: {err}");
                 if matches!(err, NodeError::Runtime(RuntimeError::NotFound(_))) {
                     // The sandbox vanished; make a new one next sync.
@@ -622,6 +662,31 @@ impl PodWorker {
                 self.waiting.insert(container.name.clone(), waiting);
             }
         }
+        Duration::from_millis(200)
+    }
+
+    /// While `container`'s image pull backs off after a failure: how long is left (its
+    /// waiting reason is then `ImagePullBackOff`, as kubelet reports it).
+    fn pull_back_off(&mut self, container: &Container) -> Option<Duration> {
+        let image = container.image.as_deref().unwrap_or_default();
+        let backoff = self
+            .pull_backoff
+            .get(&container.name)
+            .filter(|b| b.image == image)?;
+        let wait = backoff
+            .delay
+            .checked_sub(backoff.failed_at.elapsed())
+            .filter(|w| !w.is_zero())?;
+        let waiting = Waiting {
+            reason: "ImagePullBackOff".into(),
+            message: format!("Back-off pulling image {image:?}"),
+        };
+        // When the back-off starts, not on every sync that waits it out.
+        if self.waiting.get(&container.name) != Some(&waiting) {
+            self.event(EventType::Normal, "BackOff", &waiting.message);
+            self.waiting.insert(container.name.clone(), waiting);
+        }
+        Some(wait)
     }
 
     async fn try_start(
@@ -632,17 +697,24 @@ impl PodWorker {
     ) -> Result<(), NodeError> {
         let image = container.image.clone().unwrap_or_default();
         let policy = PullPolicy::for_image(&image, container.image_pull_policy.as_deref());
-        let asked = std::time::Instant::now();
-        let ready = self.shared.runtime.ensure_image(&image, policy).await?;
-        let message = if ready.pulled {
-            format!(
+        let present = self.shared.runtime.image_status(&image).await?.is_some();
+        if policy.must_pull(&image, present)? {
+            self.event(
+                EventType::Normal,
+                "Pulling",
+                &format!("Pulling image {image:?}"),
+            );
+            let asked = std::time::Instant::now();
+            self.shared.runtime.pull_image(&image).await?;
+            let message = format!(
                 "Successfully pulled image {image:?} in {:.3}s",
                 asked.elapsed().as_secs_f64()
-            )
+            );
+            self.event(EventType::Normal, "Pulled", &message);
         } else {
-            format!("Container image {image:?} already present on machine")
-        };
-        self.event(EventType::Normal, "Pulled", &message);
+            let message = format!("Container image {image:?} already present on machine");
+            self.event(EventType::Normal, "Pulled", &message);
+        }
         let pod_ip = sandbox.ip.map(|ip| ip.to_string());
         let env = EnvironmentSource {
             client: &self.shared.client,

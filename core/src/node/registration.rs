@@ -4,7 +4,7 @@
 //!
 //! Writes only this node's Node and Lease.
 
-use super::{NodeConfig, NodeError};
+use super::{node_events, NodeConfig, NodeError};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -163,8 +163,12 @@ pub(crate) fn node_object(
     })
 }
 
-/// Creates the Node, or updates an existing one (a restarted agent) with fresh facts.
-pub(crate) async fn register(client: &kube::Client, node: Value) -> Result<(), NodeError> {
+/// Creates the Node, or updates an existing one (a restarted agent) with fresh facts; returns
+/// the reasons of the conditions this changed ([`node_events::condition_changes`]).
+pub(crate) async fn register(
+    client: &kube::Client,
+    node: Value,
+) -> Result<Vec<&'static str>, NodeError> {
     let api: Api<Node> = Api::all(client.clone());
     let name = node["metadata"]["name"]
         .as_str()
@@ -172,9 +176,15 @@ pub(crate) async fn register(client: &kube::Client, node: Value) -> Result<(), N
         .to_string();
     let typed: Node = serde_json::from_value(node.clone())
         .map_err(|e| NodeError::ContainerConfig(format!("node object: {e}")))?;
+    let conditions = &node["status"]["conditions"];
     match api.create(&PostParams::default(), &typed).await {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(node_events::condition_changes(None, conditions)),
         Err(kube::Error::Api(response)) if response.code == 409 => {
+            let previous = api
+                .get_opt(&name)
+                .await
+                .map_err(NodeError::Api)?
+                .and_then(|n| serde_json::to_value(n.status?.conditions?).ok());
             let meta_spec =
                 json!({"metadata": {"labels": node["metadata"]["labels"]}, "spec": node["spec"]});
             api.patch(&name, &PatchParams::default(), &Patch::Merge(meta_spec))
@@ -187,7 +197,10 @@ pub(crate) async fn register(client: &kube::Client, node: Value) -> Result<(), N
             )
             .await
             .map_err(NodeError::Api)?;
-            Ok(())
+            Ok(node_events::condition_changes(
+                previous.as_ref(),
+                conditions,
+            ))
         }
         Err(err) => Err(NodeError::Api(err)),
     }
@@ -271,11 +284,12 @@ pub(crate) async fn renew_lease(
     }
 }
 
-/// Posts the node's conditions with a fresh heartbeat.
+/// Posts the node's conditions with a fresh heartbeat; returns the reasons of the conditions
+/// this changed ([`node_events::condition_changes`]).
 pub(crate) async fn post_status(
     client: &kube::Client,
     config: &NodeConfig,
-) -> Result<(), NodeError> {
+) -> Result<Vec<&'static str>, NodeError> {
     let api: Api<Node> = Api::all(client.clone());
     let previous = api
         .get_opt(&config.name)
@@ -284,16 +298,16 @@ pub(crate) async fn post_status(
         .and_then(|n| serde_json::to_value(n).ok());
     let now = super::pod_status::time_string(SystemTime::now());
     let pressure = config.capacity.is_none() && memory_pressure();
+    let conditions = conditions(&now, previous.as_ref(), pressure);
     api.patch_status(
         &config.name,
         &PatchParams::default(),
-        &Patch::Merge(
-            json!({"status": {"conditions": conditions(&now, previous.as_ref(), pressure)}}),
-        ),
+        &Patch::Merge(json!({"status": {"conditions": conditions}})),
     )
     .await
     .map_err(NodeError::Api)?;
-    Ok(())
+    let before = previous.as_ref().map(|p| &p["status"]["conditions"]);
+    Ok(node_events::condition_changes(before, &conditions))
 }
 
 #[cfg(test)]

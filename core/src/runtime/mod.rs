@@ -97,6 +97,16 @@ impl PullPolicy {
             }
         }
     }
+
+    /// Whether `image` must be pulled under this policy, given whether it is `present`; a
+    /// missing image under `Never` is [`RuntimeError::ImageNeverPull`].
+    pub fn must_pull(self, image: &str, present: bool) -> Result<bool, RuntimeError> {
+        match (self, present) {
+            (PullPolicy::Always, _) | (PullPolicy::IfNotPresent, false) => Ok(true),
+            (PullPolicy::IfNotPresent | PullPolicy::Never, true) => Ok(false),
+            (PullPolicy::Never, false) => Err(RuntimeError::ImageNeverPull(image.into())),
+        }
+    }
 }
 
 /// What a sandbox is asked to be.
@@ -127,15 +137,6 @@ pub struct DnsSettings {
     pub searches: Vec<String>,
     /// Resolver options (`ndots:5`, …).
     pub options: Vec<String>,
-}
-
-/// An image made present by [`ContainerRuntime::ensure_image`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadyImage {
-    /// The image's id.
-    pub id: String,
-    /// Whether this call pulled it (`false`: it was already present).
-    pub pulled: bool,
 }
 
 /// A sandbox as the runtime reports it.
@@ -358,12 +359,11 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         selector: &BTreeMap<String, String>,
     ) -> Result<Vec<SandboxInfo>, RuntimeError>;
 
-    /// Makes `image` present according to `policy`; says its id and whether it was pulled.
-    async fn ensure_image(
-        &self,
-        image: &str,
-        policy: PullPolicy,
-    ) -> Result<ReadyImage, RuntimeError>;
+    /// The id of `image` when this machine has it (as CRI's `ImageStatus`).
+    async fn image_status(&self, image: &str) -> Result<Option<String>, RuntimeError>;
+
+    /// Pulls `image` and returns its id; a failure is [`RuntimeError::ImagePull`].
+    async fn pull_image(&self, image: &str) -> Result<String, RuntimeError>;
 
     /// Creates (does not start) a container in a sandbox; returns its id.
     async fn create_container(

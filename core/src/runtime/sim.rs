@@ -13,8 +13,7 @@
 
 use super::{
     Capabilities, ContainerConfig, ContainerInfo, ContainerRuntime, ContainerState, ContainerStats,
-    ExecOutput, LogOptions, LogStream, PullPolicy, ReadyImage, RuntimeError, RuntimeEvent,
-    SandboxConfig, SandboxInfo,
+    ExecOutput, LogOptions, LogStream, RuntimeError, RuntimeEvent, SandboxConfig, SandboxInfo,
 };
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -306,33 +305,25 @@ impl ContainerRuntime for SimRuntime {
             .collect())
     }
 
-    async fn ensure_image(
-        &self,
-        image: &str,
-        policy: PullPolicy,
-    ) -> Result<ReadyImage, RuntimeError> {
-        let mut state = self.lock();
-        let known = self.config.images.as_ref();
-        let present = known.is_none() || state.pulled.contains(image);
-        let pullable = known.is_none_or(|images| images.contains(image));
-        let pulled = match (present, policy) {
-            (true, PullPolicy::IfNotPresent | PullPolicy::Never) => false,
-            (false, PullPolicy::Never) => return Err(RuntimeError::ImageNeverPull(image.into())),
-            (_, _) if !pullable => {
-                return Err(RuntimeError::ImagePull {
-                    image: image.into(),
-                    message: "not found in the simulated registry".into(),
-                })
-            }
-            _ => {
-                state.pulled.insert(image.to_string());
-                true
-            }
-        };
-        Ok(ReadyImage {
-            id: format!("sim://{image}"),
-            pulled,
-        })
+    async fn image_status(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+        let present = self.config.images.is_none() || self.lock().pulled.contains(image);
+        Ok(present.then(|| format!("sim://{image}")))
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<String, RuntimeError> {
+        if self
+            .config
+            .images
+            .as_ref()
+            .is_some_and(|images| !images.contains(image))
+        {
+            return Err(RuntimeError::ImagePull {
+                image: image.into(),
+                message: "not found in the simulated registry".into(),
+            });
+        }
+        self.lock().pulled.insert(image.to_string());
+        Ok(format!("sim://{image}"))
     }
 
     async fn create_container(
