@@ -465,6 +465,57 @@ fn kubectl_suite(k: &Kubectl, ns: &str) {
         None,
         &["kubectl.kubernetes.io/restartedAt"],
     );
+    // `--sort-by` sorts the objects the Table rows carry (`includeObject=Object`).
+    let sorted = k.ok(
+        &[&n[..], &["get", "deploy", "--sort-by=.metadata.name"]].concat(),
+        None,
+        &["applied", "d1"],
+    );
+    assert!(sorted.find("applied") < sorted.find("d1"), "{sorted}");
+    // Typed commands (protobuf on 1.33): Go's zero values are left out, and a Secret without
+    // a type is Opaque.
+    k.ok(
+        &[
+            &n[..],
+            &["create", "deployment", "made", "--image=busybox:1.36"],
+        ]
+        .concat(),
+        None,
+        &["created"],
+    );
+    let made = k.ok(
+        &[&n[..], &["get", "deploy", "made", "-o", "json"]].concat(),
+        None,
+        &["busybox:1.36"],
+    );
+    assert!(
+        !made.contains("\"stdin\"") && !made.contains("\"tty\""),
+        "{made}"
+    );
+    k.ok(
+        &[
+            &n[..],
+            &[
+                "create",
+                "secret",
+                "generic",
+                "creds",
+                "--from-literal=pw=x",
+            ],
+        ]
+        .concat(),
+        None,
+        &["created"],
+    );
+    k.ok(
+        &[
+            &n[..],
+            &["get", "secret", "creds", "-o", "jsonpath={.type}"],
+        ]
+        .concat(),
+        None,
+        &["Opaque"],
+    );
     k.ok(
         &[&n[..], &["delete", "-f", "-"]].concat(),
         Some(DEPLOYMENT),

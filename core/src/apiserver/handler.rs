@@ -461,12 +461,12 @@ async fn resource_request(
     }
     if ctx.kind.group == "metrics.k8s.io" {
         let mut value = node_proxy::metrics(&ctx, verb).await?;
-        if wants_table(&ctx.headers) {
+        if let Some(include) = table_wanted(&ctx) {
             let items = match value.get("items").and_then(Value::as_array) {
                 Some(items) => items.clone(),
                 None => vec![value.clone()],
             };
-            value = super::table::table(&ctx.kind, &items, "", None, true);
+            value = super::table::table(&ctx.kind, &items, "", None, true, include);
         }
         return Ok(json_response(StatusCode::OK, &value, &[]));
     }
@@ -567,20 +567,22 @@ fn wants_table(headers: &HeaderMap) -> bool {
 }
 
 fn table_or_object(ctx: &Ctx, object: Value) -> Value {
-    if wants_table(&ctx.headers) {
+    if let Some(include) = table_wanted(ctx) {
         let rv = object
             .pointer("/metadata/resourceVersion")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        super::table::table(&ctx.kind, &[object], &rv, None, true)
+        super::table::table(&ctx.kind, &[object], &rv, None, true, include)
     } else {
         object
     }
 }
 
-pub(crate) fn table_wanted(ctx: &Ctx) -> bool {
+/// Whether the client asked for a Table, and what its rows carry (`includeObject`).
+pub(crate) fn table_wanted(ctx: &Ctx) -> Option<super::table::RowObject> {
     wants_table(&ctx.headers)
+        .then(|| super::table::RowObject::named(ctx.query.get("includeObject")))
 }
 
 fn decode(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
@@ -1827,12 +1829,12 @@ pub(crate) fn finalize_namespace(state: Arc<ApiState>, registry: Arc<Registry>, 
 
 async fn component_statuses(ctx: &Ctx, verb: &str) -> Result<Response<Body>, ApiError> {
     let mut value = super::component_status::serve(ctx, verb).await?;
-    if wants_table(&ctx.headers) {
+    if let Some(include) = table_wanted(ctx) {
         let items = match value.get("items").and_then(Value::as_array) {
             Some(items) => items.clone(),
             None => vec![value],
         };
-        value = super::table::table(&ctx.kind, &items, "", None, true);
+        value = super::table::table(&ctx.kind, &items, "", None, true, include);
     }
     let warnings = vec!["v1 ComponentStatus is deprecated in v1.19+".to_string()];
     Ok(json_response(StatusCode::OK, &value, &warnings))

@@ -190,13 +190,14 @@ pub(crate) async fn list(ctx: &Ctx) -> Result<Value, ApiError> {
 }
 
 fn render(ctx: &Ctx, items: Vec<Value>, revision: Revision, token: Option<String>) -> Value {
-    if table_wanted(ctx) {
+    if let Some(include) = table_wanted(ctx) {
         return super::table::table(
             &ctx.kind,
             &items,
             &revision.to_string(),
             token.as_deref(),
             true,
+            include,
         );
     }
     let mut metadata = json!({"resourceVersion": revision.to_string()});

@@ -100,7 +100,7 @@ pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
             if !secret.string_data.is_empty() {
                 object["stringData"] = json!(secret.string_data);
             }
-            if let Some(type_) = secret.r#type {
+            if let Some(type_) = secret.r#type.filter(|t| !t.is_empty()) {
                 object["type"] = json!(type_);
             }
             if let Some(immutable) = secret.immutable {
@@ -329,6 +329,8 @@ mod tests {
                     // Zero values, as Go writes them for unset fields: absent.
                     working_dir: Some(String::new()),
                     stdin: Some(false),
+                    stdin_once: Some(false),
+                    tty: Some(false),
                     liveness_probe: Some(core_v1::Probe {
                         period_seconds: Some(0),
                         ..Default::default()
@@ -349,6 +351,8 @@ mod tests {
                 }),
                 template: Some(template.clone()),
                 strategy: Some(Default::default()),
+                min_ready_seconds: Some(0),
+                paused: Some(false),
                 ..Default::default()
             }),
             status: Some(Default::default()),
@@ -365,6 +369,14 @@ mod tests {
         assert_eq!(container["command"], json!(["sleep", "1"]));
         assert_eq!(container["resources"], json!({}));
         assert!(container.get("workingDir").is_none() && container.get("livenessProbe").is_none());
+        // Go's omitempty booleans and numbers at zero are left out, as every other client
+        // sends the template (its hash must not depend on the encoding).
+        for absent in ["stdin", "stdinOnce", "tty"] {
+            assert!(container.get(absent).is_none(), "{absent}: {container}");
+        }
+        assert!(
+            value["spec"].get("paused").is_none() && value["spec"].get("minReadySeconds").is_none()
+        );
         assert_eq!(container["ports"][0]["containerPort"], 80);
         assert_eq!(value["spec"]["strategy"], json!({}));
         assert!(value.get("status").is_none());

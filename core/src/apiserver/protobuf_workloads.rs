@@ -128,6 +128,13 @@ impl Object {
     }
 }
 
+/// A non-pointer `bool` with `omitempty` in Go: protobuf carries `false` for it, which its JSON
+/// form leaves out (a stored `false` would differ from what other clients send, and change a
+/// pod template's hash).
+fn set_flag(value: Option<bool>) -> Option<bool> {
+    value.filter(|v| *v)
+}
+
 fn int_or_string(value: Option<IntOrString>) -> Option<Value> {
     value.map(|v| match v.r#type {
         Some(1) => json!(v.str_val.unwrap_or_default()),
@@ -214,9 +221,9 @@ fn container(mut c: core_v1::Container) -> Converted {
             "terminationMessagePolicy",
             c.termination_message_policy.take(),
         )
-        .set("stdin", c.stdin.take())
-        .set("stdinOnce", c.stdin_once.take())
-        .set("tty", c.tty.take())
+        .set("stdin", set_flag(c.stdin.take()))
+        .set("stdinOnce", set_flag(c.stdin_once.take()))
+        .set("tty", set_flag(c.tty.take()))
         .set(
             "securityContext",
             empty_message(c.security_context.take(), "a container security context")?,
@@ -309,9 +316,12 @@ pub(super) fn deployment(mut d: apps_v1::Deployment) -> Converted {
                 .set("selector", label_selector(s.selector.take())?)
                 .set("template", pod_template(s.template.take())?)
                 .set("strategy", strategy)
-                .set("minReadySeconds", s.min_ready_seconds.take())
+                .set(
+                    "minReadySeconds",
+                    s.min_ready_seconds.take().filter(|s| *s != 0),
+                )
                 .set("revisionHistoryLimit", s.revision_history_limit.take())
-                .set("paused", s.paused.take())
+                .set("paused", set_flag(s.paused.take()))
                 .set(
                     "progressDeadlineSeconds",
                     s.progress_deadline_seconds.take(),

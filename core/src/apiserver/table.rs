@@ -699,8 +699,37 @@ fn custom_columns(custom: &CustomKind) -> Vec<Column> {
     columns
 }
 
-fn partial_metadata(object: &Value) -> Value {
-    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object.get("metadata").cloned().unwrap_or(json!({}))})
+/// What each row of a Table carries besides its cells (the `includeObject` parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RowObject {
+    /// Nothing.
+    None,
+    /// The object's metadata, as a `PartialObjectMetadata` (the default).
+    #[default]
+    Metadata,
+    /// The whole object (kubectl asks for it to sort by a field: `--sort-by`).
+    Object,
+}
+
+impl RowObject {
+    /// The choice an `includeObject` value names; an absent or unknown one is the default.
+    pub fn named(value: Option<&str>) -> RowObject {
+        match value {
+            Some("None") => RowObject::None,
+            Some("Object") => RowObject::Object,
+            _ => RowObject::Metadata,
+        }
+    }
+
+    fn of(self, object: &Value) -> Value {
+        match self {
+            RowObject::None => Value::Null,
+            RowObject::Metadata => {
+                json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object.get("metadata").cloned().unwrap_or(json!({}))})
+            }
+            RowObject::Object => object.clone(),
+        }
+    }
 }
 
 /// The column definitions of a kind.
@@ -717,9 +746,12 @@ pub fn column_definitions(columns: &[Column]) -> Value {
 }
 
 /// One table row for an object.
-pub fn row(columns: &[Column], object: &Value) -> Value {
+pub fn row(columns: &[Column], object: &Value, include: RowObject) -> Value {
     let cells: Vec<Value> = columns.iter().map(|c| (c.cell)(object)).collect();
-    json!({"cells": cells, "object": partial_metadata(object)})
+    match include.of(object) {
+        Value::Null => json!({"cells": cells}),
+        carried => json!({"cells": cells, "object": carried}),
+    }
 }
 
 /// A Table of objects.
@@ -729,9 +761,10 @@ pub fn table(
     resource_version: &str,
     continue_token: Option<&str>,
     with_definitions: bool,
+    include: RowObject,
 ) -> Value {
     let columns = columns(kind);
-    let rows: Vec<Value> = objects.iter().map(|o| row(&columns, o)).collect();
+    let rows: Vec<Value> = objects.iter().map(|o| row(&columns, o, include)).collect();
     let mut metadata = json!({"resourceVersion": resource_version});
     if let Some(token) = continue_token {
         metadata["continue"] = json!(token);
@@ -763,7 +796,14 @@ mod tests {
         let pods = registry.get("", "v1", "pods").unwrap();
         let pod = json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
             "status": {"phase": "Running", "podIP": "10.244.0.5", "containerStatuses": [{"ready": true, "restartCount": 2}, {"ready": false, "restartCount": 1}]}});
-        let t = table(pods, &[pod], "7", None, true);
+        let t = table(
+            pods,
+            std::slice::from_ref(&pod),
+            "7",
+            None,
+            true,
+            RowObject::default(),
+        );
         assert_eq!(t["rows"][0]["cells"][0], "web");
         assert_eq!(t["rows"][0]["cells"][1], "1/2");
         assert_eq!(t["rows"][0]["cells"][2], "Running");
@@ -771,5 +811,26 @@ mod tests {
         assert_eq!(t["rows"][0]["cells"][5], "10.244.0.5");
         assert_eq!(t["columnDefinitions"][5]["priority"], 1);
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+        // `includeObject=Object` (kubectl --sort-by) embeds the whole object; `None` nothing.
+        let include = |value| RowObject::named(Some(value));
+        let t = table(
+            pods,
+            std::slice::from_ref(&pod),
+            "7",
+            None,
+            true,
+            include("Object"),
+        );
+        assert_eq!(t["rows"][0]["object"], pod);
+        let t = table(
+            pods,
+            std::slice::from_ref(&pod),
+            "7",
+            None,
+            true,
+            include("None"),
+        );
+        assert!(t["rows"][0].get("object").is_none());
+        assert_eq!(RowObject::named(None), RowObject::Metadata);
     }
 }

@@ -32,7 +32,8 @@ struct WatchState {
     pending: VecDeque<Bytes>,
     selection: Selection,
     kind: Arc<ResourceKind>,
-    table: bool,
+    /// Set when the client asked for Table rows: what each row carries.
+    table: Option<table::RowObject>,
     first_row: bool,
     bookmarks: bool,
     deadline: Option<Instant>,
@@ -40,7 +41,10 @@ struct WatchState {
 
 impl WatchState {
     fn line(&mut self, event_type: &str, object: &Value) -> Bytes {
-        let object = if self.table && event_type != "BOOKMARK" && event_type != "ERROR" {
+        let include = self
+            .table
+            .filter(|_| event_type != "BOOKMARK" && event_type != "ERROR");
+        let object = if let Some(include) = include {
             let rv = object
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)
@@ -52,6 +56,7 @@ impl WatchState {
                 &rv,
                 None,
                 self.first_row,
+                include,
             );
             self.first_row = false;
             rendered
@@ -118,7 +123,8 @@ struct CachedWatch {
     pending: VecDeque<Delivery>,
     live: Option<tokio::sync::mpsc::Receiver<Delivery>>,
     kind: Arc<ResourceKind>,
-    table: bool,
+    /// Set when the client asked for Table rows: what each row carries.
+    table: Option<table::RowObject>,
     first_row: bool,
     deadline: Option<Instant>,
 }
@@ -127,7 +133,7 @@ impl CachedWatch {
     fn line(&mut self, delivery: Delivery) -> Bytes {
         let mut line = Vec::new();
         match delivery {
-            Delivery::Event(event_type, object) if self.table => {
+            Delivery::Event(event_type, object) if self.table.is_some() => {
                 let value = object.value();
                 let rv = value
                     .pointer("/metadata/resourceVersion")
@@ -140,6 +146,7 @@ impl CachedWatch {
                     &rv,
                     None,
                     self.first_row,
+                    self.table.unwrap_or_default(),
                 );
                 self.first_row = false;
                 line = serde_json::to_vec(&json!({"type": event_type, "object": rendered}))

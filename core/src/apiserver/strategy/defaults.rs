@@ -151,7 +151,10 @@ pub fn apply_defaults(kind: &ResourceKind, object: &mut Value) {
             }
         }
         ("", "Secret") => {
-            set_default(root, "type", json!("Opaque"));
+            // An empty type is unset (Go's zero value; `kubectl create secret generic`).
+            if root.get("type").is_none_or(|t| t == "") {
+                root.insert("type".into(), json!("Opaque"));
+            }
             // `stringData` is write-only: merged into `data` (base64), then dropped.
             if let Some(Value::Object(strings)) = root.remove("stringData") {
                 let data = child(root, "data");
@@ -319,5 +322,18 @@ mod tests {
         apply_defaults(kind, &mut d);
         assert_eq!(d["spec"]["replicas"], 0);
         assert!(d["spec"]["strategy"].get("rollingUpdate").is_none());
+    }
+
+    #[test]
+    fn secrets_without_a_type_are_opaque() {
+        let registry = Registry::with_builtins();
+        let kind = registry.get("", "v1", "secrets").unwrap();
+        for mut secret in [json!({}), json!({"type": ""})] {
+            apply_defaults(kind, &mut secret);
+            assert_eq!(secret["type"], "Opaque");
+        }
+        let mut tls = json!({"type": "kubernetes.io/tls"});
+        apply_defaults(kind, &mut tls);
+        assert_eq!(tls["type"], "kubernetes.io/tls");
     }
 }
