@@ -796,14 +796,8 @@ mod tests {
         let pods = registry.get("", "v1", "pods").unwrap();
         let pod = json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
             "status": {"phase": "Running", "podIP": "10.244.0.5", "containerStatuses": [{"ready": true, "restartCount": 2}, {"ready": false, "restartCount": 1}]}});
-        let t = table(
-            pods,
-            std::slice::from_ref(&pod),
-            "7",
-            None,
-            true,
-            RowObject::default(),
-        );
+        let rows = |include| table(pods, std::slice::from_ref(&pod), "7", None, true, include);
+        let t = rows(RowObject::named(None));
         assert_eq!(t["rows"][0]["cells"][0], "web");
         assert_eq!(t["rows"][0]["cells"][1], "1/2");
         assert_eq!(t["rows"][0]["cells"][2], "Running");
@@ -812,25 +806,12 @@ mod tests {
         assert_eq!(t["columnDefinitions"][5]["priority"], 1);
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         // `includeObject=Object` (kubectl --sort-by) embeds the whole object; `None` nothing.
-        let include = |value| RowObject::named(Some(value));
-        let t = table(
-            pods,
-            std::slice::from_ref(&pod),
-            "7",
-            None,
-            true,
-            include("Object"),
+        assert_eq!(
+            rows(RowObject::named(Some("Object")))["rows"][0]["object"],
+            pod
         );
-        assert_eq!(t["rows"][0]["object"], pod);
-        let t = table(
-            pods,
-            std::slice::from_ref(&pod),
-            "7",
-            None,
-            true,
-            include("None"),
-        );
-        assert!(t["rows"][0].get("object").is_none());
-        assert_eq!(RowObject::named(None), RowObject::Metadata);
+        assert!(rows(RowObject::named(Some("None")))["rows"][0]
+            .get("object")
+            .is_none());
     }
 }
