@@ -1797,3 +1797,108 @@ async fn namespace_deletion_is_graceful_and_waits_for_finalizers() {
     .await;
     assert!(gone.is_ok(), "the namespace goes once its content is gone");
 }
+
+/// An Event recorded through events.k8s.io/v1 (kube-runtime's `Recorder`, as a user's
+/// controller records them) is a core v1 Event too, where `kubectl describe` looks; core
+/// Events are listed and watched through events.k8s.io/v1.
+#[tokio::test]
+async fn events_are_served_by_both_event_apis() {
+    use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference};
+    use k8s_openapi::api::events::v1::Event as EventsEvent;
+    use kube::api::{ListParams, WatchEvent, WatchParams};
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let server = ApiServer::builder(Arc::new(MemoryStore::default()))
+        .build()
+        .await
+        .unwrap();
+    let client = server.client();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "widget-controller".into(),
+            instance: Some("replica-1".into()),
+        },
+    );
+    let regarding = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("ConfigMap".into()),
+        name: Some("settings".into()),
+        namespace: Some("default".into()),
+        uid: Some("uid-1".into()),
+        ..Default::default()
+    };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Reconciled".into(),
+        note: Some("settings are in place".into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    let core_api: kube::Api<CoreEvent> = kube::Api::namespaced(client.clone(), "default");
+    let events_api: kube::Api<EventsEvent> = kube::Api::namespaced(client.clone(), "default");
+    let mut watch = events_api
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    // Twice: the second publish patches the first's series.
+    recorder.publish(&event, &regarding).await.unwrap();
+    recorder.publish(&event, &regarding).await.unwrap();
+    let core = core_api
+        .list(&ListParams::default().fields("involvedObject.name=settings"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(core.len(), 1, "{core:?}");
+    assert_eq!(core[0].message.as_deref(), Some("settings are in place"));
+    assert_eq!(core[0].reason.as_deref(), Some("Reconciled"));
+    assert_eq!(
+        core[0].reporting_component.as_deref(),
+        Some("widget-controller")
+    );
+    assert_eq!(core[0].involved_object.uid.as_deref(), Some("uid-1"));
+    assert_eq!(core[0].series.as_ref().and_then(|s| s.count), Some(2));
+    // Read back through events.k8s.io/v1, selected by its own field names.
+    let listed = events_api
+        .list(&ListParams::default().fields("regarding.name=settings"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].note.as_deref(), Some("settings are in place"));
+    assert_eq!(
+        listed[0].regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("settings")
+    );
+    // A core Event (as kubelet and the controllers write them) reaches events.k8s.io/v1
+    // watchers.
+    let written: CoreEvent = serde_json::from_value(json!({
+        "metadata": {"name": "web.1"},
+        "involvedObject": {"kind": "Pod", "name": "web", "namespace": "default"},
+        "reason": "Pulled", "message": "already present", "type": "Normal",
+        "source": {"component": "kubelet"}, "count": 1,
+    }))
+    .unwrap();
+    core_api
+        .create(&Default::default(), &written)
+        .await
+        .unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(event)) = watch.next().await {
+            if let WatchEvent::Added(e) = event {
+                if e.reason.as_deref() == Some("Pulled") {
+                    return e;
+                }
+            }
+        }
+        panic!("the watch ended");
+    })
+    .await
+    .expect("the core Event reaches the events.k8s.io watch");
+    assert_eq!(seen.note.as_deref(), Some("already present"));
+    assert_eq!(seen.deprecated_count, Some(1));
+    assert_eq!(
+        seen.deprecated_source.and_then(|s| s.component).as_deref(),
+        Some("kubelet")
+    );
+}

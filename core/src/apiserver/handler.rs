@@ -77,8 +77,10 @@ pub(crate) async fn handle(
         None
     };
     let path = parts.uri.path().to_string();
-    if super::hpa_v1::is_v1_hpa(&path) {
-        return super::hpa_v1::serve(state, parts, body).await;
+    for view in [&super::hpa_v1::VIEW, &super::events_v1::VIEW] {
+        if view.serves(&path) {
+            return view.serve(state, parts, body).await;
+        }
     }
     let span = tracing::debug_span!("request", method = %parts.method, path = %path);
     let method = parts.method.clone();

@@ -15,6 +15,7 @@ mod component_status;
 mod crd;
 mod discovery;
 mod error;
+mod events_v1;
 mod eviction;
 mod handler;
 mod hpa_v1;
@@ -40,6 +41,7 @@ mod table;
 mod tls;
 mod token_mount;
 mod token_request;
+mod version_view;
 mod watch;
 mod watch_cache;
 
