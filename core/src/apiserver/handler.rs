@@ -446,7 +446,9 @@ async fn resource_request(
     if ctx.kind.group.is_empty() && ctx.kind.plural == "componentstatuses" {
         return component_statuses(&ctx, verb).await;
     }
-    if ctx.kind.group == "authorization.k8s.io" {
+    let is_review = ctx.kind.group == "authorization.k8s.io"
+        || (ctx.kind.group == "authentication.k8s.io" && ctx.kind.plural == "selfsubjectreviews");
+    if is_review {
         if verb != "create" || ctx.path.subresource.is_some() {
             return Err(ApiError::method_not_allowed(format!(
                 "{verb} is not supported on {}: it only answers creates",
@@ -456,6 +458,8 @@ async fn resource_request(
         let input = decode(&ctx, &body)?;
         let answer = if ctx.kind.kind == "SelfSubjectRulesReview" {
             super::access_review::rules_review(&ctx, input)
+        } else if ctx.kind.kind == "SelfSubjectReview" {
+            super::self_subject_review::review(&ctx, &input)
         } else {
             super::access_review::review(&ctx, input).await?
         };

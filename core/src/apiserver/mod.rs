@@ -34,6 +34,7 @@ mod protobuf_rbac;
 mod protobuf_workloads;
 mod request;
 mod selection;
+mod self_subject_review;
 mod service_ips;
 mod spdy;
 mod strategy;

@@ -27,7 +27,7 @@ const MAGIC: &[u8] = b"k8s\0";
 
 fn unsupported(what: &str) -> ApiError {
     ApiError::unsupported_body(format!(
-        "a protobuf body for {what} is not supported (protobuf bodies are accepted for Namespace, ConfigMap, Secret, ServiceAccount, Service, Deployment, Job, CronJob, autoscaling/v1 HorizontalPodAutoscaler, SelfSubjectAccessReview, SelfSubjectRulesReview, TokenRequest and the RBAC kinds); send it as JSON or YAML"
+        "a protobuf body for {what} is not supported (protobuf bodies are accepted for Namespace, ConfigMap, Secret, ServiceAccount, Service, Deployment, Job, CronJob, autoscaling/v1 HorizontalPodAutoscaler, SelfSubjectAccessReview, SelfSubjectRulesReview, SelfSubjectReview, TokenRequest and the RBAC kinds); send it as JSON or YAML"
     ))
 }
 
@@ -152,6 +152,10 @@ pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
                     .map_err(invalid)?,
             )?
         }
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => rbac::self_subject_review(
+            k8s_pb::api::authentication::v1::SelfSubjectReview::decode(raw.as_slice())
+                .map_err(invalid)?,
+        )?,
         ("authentication.k8s.io/v1", "TokenRequest") => rbac::token_request(
             k8s_pb::api::authentication::v1::TokenRequest::decode(raw.as_slice())
                 .map_err(invalid)?,

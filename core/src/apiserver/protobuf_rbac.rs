@@ -1,6 +1,6 @@
 //! Protobuf messages of the access kinds — RBAC (`kubectl create role|clusterrole|
-//! rolebinding|clusterrolebinding` on kubectl 1.32+) and TokenRequest (`kubectl create
-//! token`) — converted to their JSON form. As in `protobuf_workloads`, a field left
+//! rolebinding|clusterrolebinding` on kubectl 1.32+), TokenRequest (`kubectl create
+//! token`) and SelfSubjectReview (`kubectl auth whoami`) — converted to their JSON form. As in `protobuf_workloads`, a field left
 //! unconverted (an aggregation rule, a bound object) is refused, not dropped.
 
 use super::protobuf::metadata;
@@ -102,6 +102,18 @@ pub(super) fn token_request(
         .set("spec", Some(spec_value))
         .done();
     consumed(&request, "a TokenRequest")?;
+    Ok(value)
+}
+
+/// authentication.k8s.io/v1 SelfSubjectReview (`kubectl auth whoami`): metadata only.
+pub(super) fn self_subject_review(
+    mut review: k8s_pb::api::authentication::v1::SelfSubjectReview,
+) -> Converted {
+    review.status = None;
+    let value = Object::default()
+        .set("metadata", Some(metadata(review.metadata.take())))
+        .done();
+    consumed(&review, "a SelfSubjectReview")?;
     Ok(value)
 }
 

@@ -228,11 +228,18 @@ pub fn default_policy() -> Vec<(&'static str, Value)> {
         ),
         cluster_role(
             "system:basic-user",
-            vec![rule(
-                &["authorization.k8s.io"],
-                &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
-                &["create"],
-            )],
+            vec![
+                rule(
+                    &["authorization.k8s.io"],
+                    &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+                    &["create"],
+                ),
+                rule(
+                    &["authentication.k8s.io"],
+                    &["selfsubjectreviews"],
+                    &["create"],
+                ),
+            ],
         ),
         cluster_role(
             "system:kube-scheduler",

@@ -115,6 +115,14 @@ pub(super) fn kinds() -> Vec<ResourceKind> {
             "selfsubjectrulesreviews",
             false,
         ),
+        // Answered with the requesting user, never stored (create only).
+        ResourceKind::new(
+            "authentication.k8s.io",
+            "v1",
+            "SelfSubjectReview",
+            "selfsubjectreviews",
+            false,
+        ),
         // Served from the node agents' usage reports (read-only).
         ResourceKind::new("metrics.k8s.io", "v1beta1", "PodMetrics", "pods", true),
         ResourceKind::new("metrics.k8s.io", "v1beta1", "NodeMetrics", "nodes", false),

@@ -188,6 +188,14 @@ async fn tls_authentication_rbac_encryption_at_rest_and_audit() {
                     &["Forbidden", "User \"jane\" cannot list resource \"pods\""],
                 );
                 jane.fails(&["auth", "can-i", "list", "pods", "-n", &ns], None, &["no"]);
+                // Who the server takes jane for (SelfSubjectReview, GA since 1.28).
+                if version == "1.33" {
+                    jane.ok(
+                        &["auth", "whoami"],
+                        None,
+                        &["Username", "jane", "system:authenticated"],
+                    );
+                }
                 // Granted by a RoleBinding (a protobuf body from kubectl 1.33).
                 admin.ok(
                     &[
