@@ -465,6 +465,25 @@ fn kubectl_suite(k: &Kubectl, ns: &str) {
         None,
         &["kubectl.kubernetes.io/restartedAt"],
     );
+    // Server-side apply, then `kubectl diff`: nothing to show until the manifest changes.
+    let settings =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: fast}\n";
+    k.ok(
+        &[&n[..], &["apply", "--server-side", "-f", "-"]].concat(),
+        Some(settings),
+        &["serverside-applied"],
+    );
+    let unchanged = k.ok(
+        &[&n[..], &["diff", "-f", "-"]].concat(),
+        Some(settings),
+        &[],
+    );
+    assert!(unchanged.trim().is_empty(), "{unchanged}");
+    k.fails(
+        &[&n[..], &["diff", "-f", "-"]].concat(),
+        Some(&settings.replace("fast", "slow")),
+        &["-  mode: fast", "+  mode: slow"],
+    );
     // `--sort-by` sorts the objects the Table rows carry (`includeObject=Object`).
     let sorted = k.ok(
         &[&n[..], &["get", "deploy", "--sort-by=.metadata.name"]].concat(),

@@ -85,6 +85,7 @@ fn default_template(spec: &mut Map<String, Value>) {
 /// Applies the kind's defaults to a new or replaced object.
 pub fn apply_defaults(kind: &ResourceKind, object: &mut Value) {
     let Some(root) = obj(object) else { return };
+    drop_empty_metadata(root);
     match (kind.group.as_str(), kind.kind.as_str()) {
         ("", "Pod") => {
             default_pod_spec(child(root, "spec"));
@@ -286,6 +287,27 @@ impl PointerName for Map<String, Value> {
     }
 }
 
+/// Metadata members Go leaves out when empty (`omitempty` maps and lists).
+const OMITTED_WHEN_EMPTY: [&str; 4] = ["labels", "annotations", "finalizers", "ownerReferences"];
+
+/// Drops empty labels, annotations, finalizers and owner references, as Kubernetes stores them
+/// (absent): a patch that empties one leaves the object as a client that never set it sees it,
+/// so `kubectl diff` shows no change where there is none.
+fn drop_empty_metadata(root: &mut Map<String, Value>) {
+    let Some(meta) = root.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    meta.retain(|key, value| {
+        let empty = match value {
+            Value::Null => true,
+            Value::Object(map) => map.is_empty(),
+            Value::Array(list) => list.is_empty(),
+            _ => false,
+        };
+        !(empty && OMITTED_WHEN_EMPTY.contains(&key.as_str()))
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +344,19 @@ mod tests {
         apply_defaults(kind, &mut d);
         assert_eq!(d["spec"]["replicas"], 0);
         assert!(d["spec"]["strategy"].get("rollingUpdate").is_none());
+    }
+
+    #[test]
+    fn empty_metadata_maps_and_lists_are_absent() {
+        let registry = Registry::with_builtins();
+        let kind = registry.get("", "v1", "configmaps").unwrap();
+        let mut map = json!({"metadata": {"name": "m", "annotations": {}, "labels": null,
+            "finalizers": [], "ownerReferences": [], "generateName": ""}});
+        apply_defaults(kind, &mut map);
+        assert_eq!(map["metadata"], json!({"name": "m", "generateName": ""}));
+        let mut kept = json!({"metadata": {"name": "m", "annotations": {"a": "1"}}});
+        apply_defaults(kind, &mut kept);
+        assert_eq!(kept["metadata"]["annotations"]["a"], "1");
     }
 
     #[test]
