@@ -84,8 +84,9 @@ fn builtin_registry_resolves_like_kubectl() {
     // 29 stored kinds (CustomResourceDefinitions, CertificateSigningRequests and the four RBAC
     // kinds among them),
     // autoscaling/v1 HPAs (converted from the stored v2), the two read-only metrics.k8s.io
-    // kinds and SelfSubjectAccessReview (answered, never stored).
-    assert_eq!(registry.kinds().count(), 34);
+    // kinds and the reviews (SelfSubjectAccessReview, SelfSubjectRulesReview and
+    // SelfSubjectReview: answered, never stored).
+    assert_eq!(registry.kinds().count(), 35);
     let hpa_versions: Vec<&str> = registry
         .kinds()
         .filter(|k| k.kind == "HorizontalPodAutoscaler")

@@ -30,12 +30,19 @@ const ALL_VERBS: [&str; 8] = [
     "watch",
 ];
 
+/// Whether the kind only answers creates, storing nothing: the access reviews and
+/// SelfSubjectReview.
+pub(super) fn is_review(kind: &ResourceKind) -> bool {
+    kind.group == "authorization.k8s.io"
+        || (kind.group == "authentication.k8s.io" && kind.plural == "selfsubjectreviews")
+}
+
 fn verbs(kind: &ResourceKind) -> Vec<&'static str> {
     if (kind.group.is_empty() && kind.plural == "componentstatuses")
         || kind.group == "metrics.k8s.io"
     {
         vec!["get", "list"]
-    } else if kind.group == "authorization.k8s.io" {
+    } else if is_review(kind) {
         vec!["create"]
     } else {
         ALL_VERBS.to_vec()

@@ -446,9 +446,7 @@ async fn resource_request(
     if ctx.kind.group.is_empty() && ctx.kind.plural == "componentstatuses" {
         return component_statuses(&ctx, verb).await;
     }
-    let is_review = ctx.kind.group == "authorization.k8s.io"
-        || (ctx.kind.group == "authentication.k8s.io" && ctx.kind.plural == "selfsubjectreviews");
-    if is_review {
+    if super::discovery::is_review(&ctx.kind) {
         if verb != "create" || ctx.path.subresource.is_some() {
             return Err(ApiError::method_not_allowed(format!(
                 "{verb} is not supported on {}: it only answers creates",
