@@ -1902,3 +1902,96 @@ async fn events_are_served_by_both_event_apis() {
         Some("kubelet")
     );
 }
+
+/// The `default/kubernetes` Service leads to the live API servers: each publishes its
+/// advertised address; one that stops takes itself out, one that dies drops out when its Lease
+/// expires.
+#[tokio::test]
+async fn the_kubernetes_service_has_the_live_api_servers_as_endpoints() {
+    use capstan_core::apiserver::{ApiConfig, EndpointsConfig};
+    use k8s_openapi::api::core::v1::{Endpoints, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use tokio_util::sync::CancellationToken;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let server = |address: &str| {
+        let store = store.clone();
+        let address = address.to_string();
+        async move {
+            ApiServer::builder(store)
+                .config(ApiConfig {
+                    advertise_address: address,
+                    ..ApiConfig::default()
+                })
+                .build()
+                .await
+                .unwrap()
+        }
+    };
+    let quick = || EndpointsConfig {
+        renew_interval: Duration::from_millis(200),
+    };
+    let first = server("10.1.2.3:7443").await;
+    let second = server("10.1.2.4:7443").await;
+    let third = server("10.1.2.5:7443").await;
+    let stops: Vec<CancellationToken> = (0..3).map(|_| CancellationToken::new()).collect();
+    let _first_task = first.publish_endpoints(quick(), stops[0].clone()).unwrap();
+    let second_task = second.publish_endpoints(quick(), stops[1].clone()).unwrap();
+    let third_task = third.publish_endpoints(quick(), stops[2].clone()).unwrap();
+    let client = first.client();
+    let endpoints: kube::Api<Endpoints> = kube::Api::namespaced(client.clone(), "default");
+    let slices: kube::Api<EndpointSlice> = kube::Api::namespaced(client.clone(), "default");
+    let addresses = || async {
+        let listed = endpoints.get_opt("kubernetes").await.unwrap();
+        let mut ips: Vec<String> = listed
+            .and_then(|e| e.subsets)
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|s| s.addresses.unwrap_or_default())
+            .map(|a| a.ip)
+            .collect();
+        ips.sort();
+        ips
+    };
+    let wait_for = |wanted: Vec<&'static str>| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = addresses().await;
+            if seen == wanted {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "endpoints {seen:?}, wanted {wanted:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    wait_for(vec!["10.1.2.3", "10.1.2.4", "10.1.2.5"]).await;
+    let kept = endpoints.get("kubernetes").await.unwrap();
+    let port = &kept.subsets.unwrap()[0].ports.clone().unwrap()[0];
+    assert_eq!((port.name.as_deref(), port.port), (Some("https"), 7443));
+    let slice = slices.get("kubernetes").await.unwrap();
+    assert_eq!(
+        slice.metadata.labels.unwrap()["kubernetes.io/service-name"],
+        "kubernetes"
+    );
+    assert_eq!(slice.endpoints.len(), 3);
+    assert_eq!(slice.ports.unwrap()[0].port, Some(7443));
+    // The Service sends its port 443 to the servers' port.
+    let service = kube::Api::<Service>::namespaced(client.clone(), "default")
+        .get("kubernetes")
+        .await
+        .unwrap();
+    let service_port = &service.spec.unwrap().ports.unwrap()[0];
+    assert_eq!(service_port.port, 443);
+    assert_eq!(
+        service_port.target_port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(7443))
+    );
+    // Stopped: out at once. Died (its task gone without a word): out once its Lease expires.
+    stops[1].cancel();
+    second_task.await.unwrap();
+    assert_eq!(addresses().await, ["10.1.2.3", "10.1.2.5"]);
+    third_task.abort();
+    wait_for(vec!["10.1.2.3"]).await;
+}

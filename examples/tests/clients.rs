@@ -814,7 +814,7 @@ async fn capstan_up_serves_persists_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // `kubectl get cs`: the store, and the elected scheduler and controller manager.
-    let statuses: Api<k8s_openapi::api::core::v1::ComponentStatus> = Api::all(client);
+    let statuses: Api<k8s_openapi::api::core::v1::ComponentStatus> = Api::all(client.clone());
     let listed = statuses.list(&ListParams::default()).await.unwrap();
     let health: Vec<(String, String)> = listed
         .items
@@ -833,6 +833,34 @@ async fn capstan_up_serves_persists_and_stops_on_sigterm() {
         ]
         .map(|(n, s)| (n.to_string(), s.to_string()))
     );
+    // The kubernetes Service leads to this API server.
+    let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> = Api::default_namespaced(client);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let published: Vec<(String, i32)> = endpoints
+            .get_opt("kubernetes")
+            .await
+            .unwrap()
+            .and_then(|e| e.subsets)
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|s| {
+                let port = s.ports.unwrap_or_default().first().map_or(0, |p| p.port);
+                s.addresses
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |a| (a.ip, port))
+            })
+            .collect();
+        if published == [("127.0.0.1".to_string(), i32::from(port))] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kubernetes Service's endpoints: {published:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -19,6 +19,7 @@ mod events_v1;
 mod eviction;
 mod handler;
 mod hpa_v1;
+mod kubernetes_endpoints;
 mod list;
 mod local_watch;
 mod managed_fields;
@@ -54,6 +55,7 @@ pub use audit::{AuditLog, AuditRecord};
 pub use auth::{AllowAll, Authenticator, Authorizer, InProcessUser, RequestAttributes, UserInfo};
 pub use component_status::{CONTROLLER_MANAGER_LEASE, SCHEDULER_LEASE};
 pub use error::{ApiError, Cause, ErrorDetails};
+pub use kubernetes_endpoints::EndpointsConfig;
 pub use local_watch::{LocalEvent, LocalWatch};
 pub use request::{parse_path, Query, ResourcePath, Target};
 pub use service_ips::{IpFamily, Ipv4Cidr, Ipv6Cidr, ServiceAllocator, ServiceRanges};
@@ -340,6 +342,30 @@ impl ApiServer {
     /// A snapshot of the served kinds.
     pub fn registry(&self) -> Arc<Registry> {
         self.state.registry()
+    }
+
+    /// Keeps the `default/kubernetes` Service's Endpoints and EndpointSlice pointing at the
+    /// cluster's live API servers — this one, at `config.advertise_address`, among them — until
+    /// `stop` fires, then takes this server out (kube-apiserver's lease endpoint reconciler).
+    /// A server reachable over the network calls it once it listens; an embedded one need not.
+    pub fn publish_endpoints(
+        &self,
+        config: EndpointsConfig,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>, ApiError> {
+        let address: std::net::SocketAddr =
+            self.state.config.advertise_address.parse().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "the advertise address {:?} is not an IP address and port",
+                    self.state.config.advertise_address
+                ))
+            })?;
+        Ok(tokio::spawn(kubernetes_endpoints::run(
+            self.client(),
+            address,
+            config,
+            stop,
+        )))
     }
 
     async fn ensure(&self, plural: &str, group: &str, object: Value) -> Result<(), ApiError> {

@@ -3,11 +3,11 @@
 //! share one store and one of each works.
 
 use crate::cli::ControlPlaneArgs;
-use capstan_core::apiserver::ServiceRanges;
 use capstan_core::apiserver::{
     serve_tls, ApiConfig, ApiServer, AuditLog, TlsServing, CONTROLLER_MANAGER_LEASE,
     SCHEDULER_LEASE,
 };
+use capstan_core::apiserver::{EndpointsConfig, ServiceRanges};
 use capstan_core::authn::{
     AuthenticatorChain, BootstrapTokenAuthenticator, NodeCertificateSigner, ServiceAccountTokens,
     TokenFileAuthenticator, X509Authenticator,
@@ -42,6 +42,9 @@ pub struct ControlPlane {
     pub url: String,
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
     stop_serving: CancellationToken,
+    /// Publishing this server in the `kubernetes` Service's endpoints (not when it listens on
+    /// an unspecified address: it has none to publish).
+    endpoints: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
     controllers: RunningControllers,
     scheduler: ElectedScheduler,
 }
@@ -322,6 +325,15 @@ impl ControlPlane {
             "capstan: API server listening on {url} (store: {})",
             args.store
         );
+        let endpoints = if address.ip().is_unspecified() {
+            None
+        } else {
+            let stop = CancellationToken::new();
+            let task = server
+                .publish_endpoints(EndpointsConfig::default(), stop.clone())
+                .map_err(|e| format!("cannot publish the API server's endpoints: {e}"))?;
+            Some((stop, task))
+        };
         let informers = InformerFactory::in_process(&server);
         let controllers = ControllerManager::with_informers(
             &informers,
@@ -360,6 +372,7 @@ impl ControlPlane {
             url,
             serving,
             stop_serving,
+            endpoints,
             controllers,
             scheduler,
         })
@@ -373,6 +386,11 @@ impl ControlPlane {
 
     /// Stops serving, then the scheduler and the controllers.
     pub async fn stop(self) -> Result<(), String> {
+        if let Some((stop, task)) = self.endpoints {
+            // Out of the kubernetes Service first, so no client is sent to a stopped server.
+            stop.cancel();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        }
         self.stop_serving.cancel();
         let served = self.serving.await;
         self.scheduler.stop().await;
