@@ -31,6 +31,7 @@ mod pending_deliveries;
 mod pod_binding;
 mod port_forward;
 mod protobuf;
+mod protobuf_policy;
 mod protobuf_rbac;
 mod protobuf_workloads;
 mod request;

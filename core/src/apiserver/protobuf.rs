@@ -5,9 +5,11 @@
 //! Kinds converted: Namespace, ConfigMap, Secret, ServiceAccount, autoscaling/v1 HorizontalPodAutoscaler
 //! (`kubectl create namespace|configmap|secret`, `kubectl autoscale`) here, and Deployment,
 //! Service, Job, CronJob and SelfSubjectAccessReview in `protobuf_workloads`, Role,
-//! ClusterRole and their bindings in `protobuf_rbac`; any other kind gets a clear 415.
+//! ClusterRole and their bindings in `protobuf_rbac`, PodDisruptionBudget and PriorityClass
+//! in `protobuf_policy`; any other kind gets a clear 415.
 
 use super::error::ApiError;
+use super::protobuf_policy as policy;
 use super::protobuf_rbac as rbac;
 use super::protobuf_workloads as workloads;
 use k8s_pb::api::apps::v1 as apps_v1;
@@ -27,7 +29,7 @@ const MAGIC: &[u8] = b"k8s\0";
 
 fn unsupported(what: &str) -> ApiError {
     ApiError::unsupported_body(format!(
-        "a protobuf body for {what} is not supported (protobuf bodies are accepted for Namespace, ConfigMap, Secret, ServiceAccount, Service, Deployment, Job, CronJob, autoscaling/v1 HorizontalPodAutoscaler, SelfSubjectAccessReview, SelfSubjectRulesReview, SelfSubjectReview, TokenRequest and the RBAC kinds); send it as JSON or YAML"
+        "a protobuf body for {what} is not supported (protobuf bodies are accepted for Namespace, ConfigMap, Secret, ServiceAccount, Service, Deployment, Job, CronJob, autoscaling/v1 HorizontalPodAutoscaler, PodDisruptionBudget, PriorityClass, SelfSubjectAccessReview, SelfSubjectRulesReview, SelfSubjectReview, TokenRequest and the RBAC kinds); send it as JSON or YAML"
     ))
 }
 
@@ -137,6 +139,13 @@ pub fn decode(bytes: &[u8]) -> Result<Value, ApiError> {
         ("batch/v1", "Job") => {
             workloads::job(batch_v1::Job::decode(raw.as_slice()).map_err(invalid)?)?
         }
+        ("policy/v1", "PodDisruptionBudget") => policy::pod_disruption_budget(
+            k8s_pb::api::policy::v1::PodDisruptionBudget::decode(raw.as_slice())
+                .map_err(invalid)?,
+        )?,
+        ("scheduling.k8s.io/v1", "PriorityClass") => policy::priority_class(
+            k8s_pb::api::scheduling::v1::PriorityClass::decode(raw.as_slice()).map_err(invalid)?,
+        )?,
         ("batch/v1", "CronJob") => {
             workloads::cron_job(batch_v1::CronJob::decode(raw.as_slice()).map_err(invalid)?)?
         }

@@ -131,11 +131,11 @@ impl Object {
 /// A non-pointer `bool` with `omitempty` in Go: protobuf carries `false` for it, which its JSON
 /// form leaves out (a stored `false` would differ from what other clients send, and change a
 /// pod template's hash).
-fn set_flag(value: Option<bool>) -> Option<bool> {
+pub(super) fn set_flag(value: Option<bool>) -> Option<bool> {
     value.filter(|v| *v)
 }
 
-fn int_or_string(value: Option<IntOrString>) -> Option<Value> {
+pub(super) fn int_or_string(value: Option<IntOrString>) -> Option<Value> {
     value.map(|v| match v.r#type {
         Some(1) => json!(v.str_val.unwrap_or_default()),
         _ => json!(v.int_val.unwrap_or_default()),
@@ -148,7 +148,7 @@ fn quantities(map: BTreeMap<String, Quantity>) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn label_selector(selector: Option<LabelSelector>) -> Result<Option<Value>, ApiError> {
+pub(super) fn label_selector(selector: Option<LabelSelector>) -> Result<Option<Value>, ApiError> {
     let Some(mut selector) = selector else {
         return Ok(None);
     };

@@ -241,6 +241,39 @@ fn typed_creates(k: &Kubectl, ns: &str, expect_protobuf: bool) {
         &["create", "configmap", "pbcm", "--from-literal=a=b"],
         &["pbcm"],
     );
+    verbose(
+        &[
+            "create",
+            "poddisruptionbudget",
+            "pbpdb",
+            "--selector=app=pb",
+            "--min-available=50%",
+        ],
+        &["pbpdb"],
+    );
+    let class = format!("pb-{ns}");
+    verbose(
+        &["create", "priorityclass", &class, "--value=1000"],
+        &[&class],
+    );
+    k.ok(
+        &[
+            "get",
+            "pdb",
+            "pbpdb",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.spec.minAvailable}",
+        ],
+        None,
+        &["50%"],
+    );
+    k.ok(
+        &["get", "priorityclass", &class, "-o", "jsonpath={.value}"],
+        None,
+        &["1000"],
+    );
     k.ok(
         &[
             "get",
