@@ -922,6 +922,9 @@ async fn evictions_respect_disruption_budgets() {
         .as_str()
         .unwrap()
         .contains("would violate the pod's disruption budget"));
+    // As Kubernetes answers it: no retryAfterSeconds, so clients report it instead of retrying
+    // on their own.
+    assert!(body["details"].get("retryAfterSeconds").is_none(), "{body}");
     let still = api::<Pod>(&c).get(&pods[1]).await.unwrap();
     assert!(
         still.metadata.deletion_timestamp.is_none(),

@@ -290,7 +290,8 @@ impl ApiError {
             message,
             field: String::new(),
         }];
-        err.details.retry_after = Some(5);
+        // No Retry-After, as Kubernetes answers: client-go would otherwise retry the eviction
+        // itself, silently, instead of letting `kubectl drain` report the budget and retry.
         err
     }
 
