@@ -774,13 +774,18 @@ async fn missing_images_are_pulled_reported_and_backed_off() {
         json!({"metadata": {"name": "nowhere"}, "spec": {"containers": [{"name": "main", "image": "nowhere:1"}]}}),
     )
     .await;
-    wait_event(
+    let failed = wait_event(
         &c,
         "nowhere",
         "Failed",
-        r#"Failed to pull image "nowhere:1""#,
+        r#"Failed to pull image "nowhere:1": "#,
     )
     .await;
+    // The runtime's reason once, not wrapped in a second "failed to pull".
+    assert_eq!(
+        failed.message.as_deref(),
+        Some(r#"Failed to pull image "nowhere:1": not found in the simulated registry"#)
+    );
     let backing_off = wait_pod(&c, "nowhere", "ImagePullBackOff", |p| {
         p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ImagePullBackOff"
     })

@@ -652,8 +652,8 @@ impl PodWorker {
                             "ErrImageNeverPull",
                             format!("Container image {image:?} is not present with pull policy of Never"),
                         ),
-                        NodeError::Runtime(RuntimeError::ImagePull { .. }) => {
-                            ("Failed", format!("Failed to pull image {image:?}: {err}"))
+                        NodeError::Runtime(RuntimeError::ImagePull { message, .. }) => {
+                            ("Failed", format!("Failed to pull image {image:?}: {message}"))
                         }
                         _ => ("Failed", format!("Error: {err}")),
                     };
