@@ -278,6 +278,17 @@ fn kubectl_suite(k: &Kubectl, ns: &str) {
         None,
         &["Name:", "web", "busybox:1.36", "Service Account:  default"],
     );
+    // Ephemeral containers are not served: kubectl debug says so (it reads the NotFound's
+    // details to tell a missing subresource from a missing pod).
+    k.fails(
+        &[
+            &n[..],
+            &["debug", "web", "--image=busybox:1.36", "--", "true"],
+        ]
+        .concat(),
+        None,
+        &["ephemeral containers are disabled for this cluster"],
+    );
     k.ok(
         &[&n[..], &["label", "pod", "web", "tier=front"]].concat(),
         None,

@@ -344,7 +344,9 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
-        if !details.is_empty() {
+        // A NotFound always carries details, as Kubernetes' do (empty for a missing route):
+        // kubectl reads them to tell a missing object from a missing subresource.
+        if !details.is_empty() || self.code == 404 {
             status["details"] = Value::Object(details);
         }
         status
