@@ -581,7 +581,12 @@ impl PodWorker {
                     .await?
             }
         };
-        self.sandbox = Some(sandbox.clone());
+        // The worker's copy goes without the labels (the runtime keeps them; it never reads
+        // them), one map fewer per pod on a node.
+        self.sandbox = Some(SandboxInfo {
+            labels: BTreeMap::new(),
+            ..sandbox.clone()
+        });
         Ok(sandbox)
     }
 
@@ -835,15 +840,19 @@ impl PodWorker {
     ) -> (bool, bool, Duration) {
         let runtime = self.shared.runtime.clone();
         let now = Instant::now();
-        let probes = match self.probes.entry(id.to_string()) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                match ContainerProbes::of(container, now) {
-                    Some(probes) => entry.insert(probes),
-                    // Nothing to probe: started and ready, nothing to wake for.
-                    None => return (true, true, Duration::from_secs(3600)),
+        // Looked up before any entry is made: a vacant entry reserves table room, and a node
+        // keeps no probe state for the (many) containers without probes.
+        if !self.probes.contains_key(id) {
+            match ContainerProbes::of(container, now) {
+                Some(probes) => {
+                    self.probes.insert(id.to_string(), probes);
                 }
+                // Nothing to probe: started and ready, nothing to wake for.
+                None => return (true, true, Duration::from_secs(3600)),
             }
+        }
+        let Some(probes) = self.probes.get_mut(id) else {
+            return (true, true, Duration::from_secs(3600));
         };
         let mut kill = None;
         // Each failed probe is an Unhealthy event (the recorder counts repeats up).

@@ -60,22 +60,72 @@ impl Default for SimConfig {
     }
 }
 
+/// Labels as a simulated node keeps them: sorted pairs, without a map per object (a node may
+/// hold hundreds of sandboxes and containers; a runtime's answers carry maps again).
+type KeptLabels = Box<[(Box<str>, Box<str>)]>;
+
+fn kept_labels(labels: BTreeMap<String, String>) -> KeptLabels {
+    labels
+        .into_iter()
+        .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+        .collect()
+}
+
+fn label_map(labels: &KeptLabels) -> BTreeMap<String, String> {
+    labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn kept_matches(labels: &KeptLabels, selector: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(key, value)| {
+        labels
+            .binary_search_by(|(k, _)| (**k).cmp(key.as_str()))
+            .is_ok_and(|i| *labels[i].1 == **value)
+    })
+}
+
 struct SimSandbox {
+    /// Without its labels (kept beside it).
     info: SandboxInfo,
+    labels: KeptLabels,
+}
+
+impl SimSandbox {
+    fn info(&self) -> SandboxInfo {
+        SandboxInfo {
+            labels: label_map(&self.labels),
+            ..self.info.clone()
+        }
+    }
 }
 
 struct SimContainer {
+    /// Without its labels (kept beside it).
     info: ContainerInfo,
+    labels: KeptLabels,
     config: ContainerConfig,
     log: Vec<(SystemTime, String)>,
     /// Bumped on every state change, so a pending exit timer of an older run does nothing.
     run: u64,
 }
 
+impl SimContainer {
+    fn info(&self) -> ContainerInfo {
+        ContainerInfo {
+            labels: label_map(&self.labels),
+            ..self.info.clone()
+        }
+    }
+}
+
 #[derive(Default)]
 struct SimState {
-    sandboxes: HashMap<String, SimSandbox>,
-    containers: HashMap<String, SimContainer>,
+    // Boxed: a table keeps room for up to twice its entries, and a simulated node may hold
+    // hundreds of containers, so the room is a pointer each rather than a whole container.
+    sandboxes: HashMap<String, Box<SimSandbox>>,
+    containers: HashMap<String, Box<SimContainer>>,
     pulled: BTreeSet<String>,
     next_id: u64,
     next_ip: u16,
@@ -157,10 +207,6 @@ impl SimRuntime {
             oom_killed: false,
         });
     }
-}
-
-fn matches(labels: &BTreeMap<String, String>, selector: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// Reads a file of a simulated container: what the agent mounted there, from the host.
@@ -254,15 +300,17 @@ impl ContainerRuntime for SimRuntime {
         } else {
             IpAddr::V4(Ipv4Addr::new(a, b, c, host))
         };
-        let info = SandboxInfo {
-            id: format!("sim-sandbox-{}", state.next_id),
-            ip: Some(ip),
-            ready: true,
-            labels: config.labels.clone(),
+        let sandbox = SimSandbox {
+            info: SandboxInfo {
+                id: format!("sim-sandbox-{}", state.next_id),
+                ip: Some(ip),
+                ready: true,
+                labels: BTreeMap::new(),
+            },
+            labels: kept_labels(config.labels.clone()),
         };
-        state
-            .sandboxes
-            .insert(info.id.clone(), SimSandbox { info: info.clone() });
+        let info = sandbox.info();
+        state.sandboxes.insert(info.id.clone(), Box::new(sandbox));
         Ok(info)
     }
 
@@ -300,8 +348,8 @@ impl ContainerRuntime for SimRuntime {
             .lock()
             .sandboxes
             .values()
-            .filter(|s| matches(&s.info.labels, selector))
-            .map(|s| s.info.clone())
+            .filter(|s| kept_matches(&s.labels, selector))
+            .map(|s| s.info())
             .collect())
     }
 
@@ -352,16 +400,17 @@ impl ContainerRuntime for SimRuntime {
             image: config.image.clone(),
             image_id: format!("sim://{}", config.image),
             state: ContainerState::Created,
-            labels,
+            labels: BTreeMap::new(),
         };
         state.containers.insert(
             id.clone(),
-            SimContainer {
+            Box::new(SimContainer {
                 info,
+                labels: kept_labels(labels),
                 config: kept,
                 log: Vec::new(),
                 run: 0,
-            },
+            }),
         );
         Ok(id)
     }
@@ -444,8 +493,8 @@ impl ContainerRuntime for SimRuntime {
             .lock()
             .containers
             .values()
-            .filter(|c| matches(&c.info.labels, selector))
-            .map(|c| c.info.clone())
+            .filter(|c| kept_matches(&c.labels, selector))
+            .map(|c| c.info())
             .collect())
     }
 
@@ -453,7 +502,7 @@ impl ContainerRuntime for SimRuntime {
         self.lock()
             .containers
             .get(id)
-            .map(|c| c.info.clone())
+            .map(|c| c.info())
             .ok_or_else(|| RuntimeError::NotFound(format!("container {id}")))
     }
 
@@ -605,5 +654,52 @@ mod tests {
             b"hi there\n"
         );
         assert_eq!(sim_exec(&cmd(&["frobnicate"])).exit_code, 127);
+    }
+
+    #[tokio::test]
+    async fn kept_labels_select_and_come_back_whole() {
+        let runtime = SimRuntime::default();
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let mine = labels(&[("pod", "a"), ("node", "n"), ("z", "last")]);
+        let sandbox = runtime
+            .run_sandbox(&SandboxConfig {
+                labels: mine.clone(),
+                ..SandboxConfig::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(sandbox.labels, mine);
+        let config = ContainerConfig {
+            name: "c".into(),
+            image: "busybox".into(),
+            labels: mine.clone(),
+            ..ContainerConfig::default()
+        };
+        let id = runtime
+            .create_container(&sandbox.id, &config)
+            .await
+            .unwrap();
+        assert_eq!(runtime.container_status(&id).await.unwrap().labels, mine);
+        for (selector, found) in [
+            (labels(&[]), 1),
+            (labels(&[("pod", "a")]), 1),
+            (labels(&[("pod", "a"), ("z", "last")]), 1),
+            (labels(&[("pod", "b")]), 0),
+            (labels(&[("other", "a")]), 0),
+            (labels(&[("pod", "a"), ("node", "m")]), 0),
+        ] {
+            let containers = runtime.list_containers(&selector).await.unwrap();
+            assert_eq!(containers.len(), found, "{selector:?}");
+            assert_eq!(
+                runtime.list_sandboxes(&selector).await.unwrap().len(),
+                found
+            );
+            assert!(containers.iter().all(|c| c.labels == mine));
+        }
     }
 }
