@@ -155,7 +155,7 @@ impl GarbageCollector {
                 {
                     continue;
                 }
-                let informer = self.informers.metadata(&resource);
+                let informer = self.informers.ownership_metadata(&resource);
                 let watched = Watched {
                     namespaced: capabilities.scope == Scope::Namespaced,
                     resource: resource.clone(),

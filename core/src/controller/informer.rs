@@ -434,6 +434,24 @@ fn decode_metadata(bytes: &[u8]) -> Option<DynamicObject> {
     })
 }
 
+/// Decodes what the garbage collector reads of an object (see
+/// [`InformerFactory::ownership_metadata`]).
+fn decode_ownership(bytes: &[u8]) -> Option<DynamicObject> {
+    let mut object = decode_metadata(bytes)?;
+    let metadata = std::mem::take(&mut object.metadata);
+    object.metadata = ObjectMeta {
+        name: metadata.name,
+        namespace: metadata.namespace,
+        uid: metadata.uid,
+        resource_version: metadata.resource_version,
+        owner_references: metadata.owner_references,
+        finalizers: metadata.finalizers,
+        deletion_timestamp: metadata.deletion_timestamp,
+        ..ObjectMeta::default()
+    };
+    Some(object)
+}
+
 /// Decodes a whole object without its managed fields (see [`without_managed_fields`]); the
 /// text's `managedFields` member is cut before decoding, not decoded and dropped.
 fn decode_object<K: Resource + DeserializeOwned>(bytes: &[u8]) -> Option<K> {
@@ -569,8 +587,27 @@ impl InformerFactory {
     /// garbage collector keeps them, so watching every kind costs little memory. (Through a
     /// remote client, whole objects are cached.)
     pub fn metadata(&self, resource: &ApiResource) -> Informer<DynamicObject> {
+        self.dynamic(resource, "", decode_metadata)
+    }
+
+    /// Like [`metadata`](Self::metadata), but each object keeps only what ownership needs —
+    /// name, namespace, uid, resourceVersion, ownerReferences, finalizers and
+    /// deletionTimestamp — as the garbage collector reads them: a cluster's every pod is in
+    /// it, and labels and annotations would double what it holds.
+    pub(crate) fn ownership_metadata(&self, resource: &ApiResource) -> Informer<DynamicObject> {
+        self.dynamic(resource, "#ownership", decode_ownership)
+    }
+
+    /// The shared informer of a run-time kind kept in the form `decode` makes (`form` tells
+    /// the forms apart).
+    fn dynamic(
+        &self,
+        resource: &ApiResource,
+        form: &str,
+        decode: Decoder<DynamicObject>,
+    ) -> Informer<DynamicObject> {
         let key = format!(
-            "{}/{}/{}",
+            "{}/{}/{}{form}",
             resource.group, resource.version, resource.plural
         );
         let names = (
@@ -578,12 +615,9 @@ impl InformerFactory {
             resource.version.clone(),
             resource.plural.clone(),
         );
-        self.shared(
-            (TypeId::of::<DynamicObject>(), key),
-            names,
-            decode_metadata,
-            || Api::all_with(self.inner.client.clone(), resource),
-        )
+        self.shared((TypeId::of::<DynamicObject>(), key), names, decode, || {
+            Api::all_with(self.inner.client.clone(), resource)
+        })
     }
 
     fn shared<K>(
@@ -619,5 +653,44 @@ impl InformerFactory {
     /// Stops every informer.
     pub fn stop(&self) {
         self.inner.stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ownership_metadata_keeps_what_the_garbage_collector_reads_and_nothing_else() {
+        let text = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "p", "namespace": "ns", "uid": "u1", "resourceVersion": "7",
+                "labels": {"app": "web"}, "annotations": {"note": "long text"},
+                "generateName": "p-", "creationTimestamp": "2026-01-01T00:00:00Z",
+                "finalizers": ["f"], "deletionTimestamp": "2026-01-02T00:00:00Z",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                     "name": "rs", "uid": "u0"}],
+            },
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+        })
+        .to_string();
+        let object = decode_ownership(text.as_bytes()).expect("decodes");
+        let meta = &object.metadata;
+        assert_eq!(object.types.as_ref().map(|t| t.kind.as_str()), Some("Pod"));
+        assert_eq!(meta.name.as_deref(), Some("p"));
+        assert_eq!(meta.namespace.as_deref(), Some("ns"));
+        assert_eq!(meta.uid.as_deref(), Some("u1"));
+        assert_eq!(meta.resource_version.as_deref(), Some("7"));
+        assert_eq!(meta.finalizers.as_deref(), Some(&["f".to_string()][..]));
+        assert!(meta.deletion_timestamp.is_some());
+        let owners = meta.owner_references.as_deref().unwrap_or_default();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].uid, "u0");
+        assert!(meta.labels.is_none() && meta.annotations.is_none());
+        assert!(meta.generate_name.is_none() && meta.creation_timestamp.is_none());
+        // The whole metadata decoder keeps them.
+        let whole = decode_metadata(text.as_bytes()).expect("decodes");
+        assert!(whole.metadata.labels.is_some() && whole.metadata.annotations.is_some());
     }
 }
