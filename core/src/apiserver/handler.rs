@@ -1424,14 +1424,7 @@ async fn bind(ctx: &mut Ctx, name: &str, binding: Value) -> Result<Value, ApiErr
                 let written = ctx
                     .state
                     .storage
-                    .write_encoded(
-                        &ctx.kind,
-                        &key,
-                        name.to_string(),
-                        bound.into(),
-                        revision,
-                        None,
-                    )
+                    .write_encoded(&ctx.kind, &key, name.to_string(), bound, revision, None)
                     .await;
                 match written {
                     Err(StorageError::Conflict { .. }) if attempts < 5 => continue,

@@ -70,7 +70,7 @@ pub(super) fn bind_stored(
     stored: &[u8],
     node: &str,
     now: &str,
-) -> Option<Result<Vec<u8>, Refusal>> {
+) -> Option<Result<bytes::Bytes, Refusal>> {
     let mut pod: Members = serde_json::from_slice(stored).ok()?;
     let mut metadata: Members = serde_json::from_str(pod.get("metadata")?.get()).ok()?;
     let mut spec: Members = match pod.get("spec") {
@@ -118,7 +118,8 @@ pub(super) fn bind_stored(
     pod.insert("metadata", &metadata);
     pod.insert("spec", &spec);
     pod.insert("status", &status);
-    Some(Ok(serde_json::to_vec(&pod).ok()?))
+    // In an allocation of its exact length: the store keeps it.
+    Some(Ok(crate::storage::exact_json(&pod).ok()?))
 }
 
 #[cfg(test)]

@@ -117,17 +117,21 @@ impl ReplicaSetController {
             while created < missing {
                 let count = batch.min(missing - created);
                 let params = PostParams::default();
-                let results =
-                    futures::future::join_all((0..count).map(|_| pods.create(&params, &template)))
-                        .await;
+                // Each created pod is reduced to its name as its answer arrives: a batch holds
+                // no decoded pods while its slowest create is outstanding.
+                let results = futures::future::join_all((0..count).map(|_| async {
+                    let pod = pods.create(&params, &template).await?;
+                    Ok::<_, kube::Error>(pod.metadata.name.unwrap_or_default())
+                }))
+                .await;
                 let mut failure = None;
                 for result in results {
                     match result {
-                        Ok(pod) => self.ctx.recorder.record_for(
+                        Ok(name) => self.ctx.recorder.record_for(
                             rs,
                             EventType::Normal,
                             "SuccessfulCreate",
-                            &format!("Created pod: {}", pod.metadata.name.unwrap_or_default()),
+                            &format!("Created pod: {name}"),
                         ),
                         Err(err) => {
                             self.expectations.creation_observed(key);
@@ -160,7 +164,11 @@ impl ReplicaSetController {
             let results = futures::future::join_all(ranked.iter().take(surplus).map(|pod| {
                 let name = pod.metadata.name.clone().unwrap_or_default();
                 let pods = pods.clone();
-                async move { (pods.delete(&name, &DeleteParams::default()).await, name) }
+                async move {
+                    // The answer (the deleted pod) is not kept.
+                    let deleted = pods.delete(&name, &DeleteParams::default()).await;
+                    (deleted.map(drop), name)
+                }
             }))
             .await;
             let mut failure = None;

@@ -60,7 +60,9 @@ const KEPT_BUFFER: usize = 1 << 20;
 /// store keeps them: serializing straight into a growing `Vec` leaves up to half of each one
 /// unused (and allocators shrink in place), so each is written into a buffer the thread
 /// reuses, then copied out.
-pub(crate) fn exact_json(value: &Value) -> Result<Bytes, serde_json::Error> {
+pub(crate) fn exact_json<T: serde::Serialize + ?Sized>(
+    value: &T,
+) -> Result<Bytes, serde_json::Error> {
     thread_local! {
         static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }

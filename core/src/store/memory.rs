@@ -34,7 +34,9 @@ pub struct MemoryStoreConfig {
 impl Default for MemoryStoreConfig {
     fn default() -> Self {
         MemoryStoreConfig {
-            history: 100_000,
+            // Each change keeps the value it replaced alive (about a pod's JSON), so history
+            // is memory: enough for a watcher cut off at a full buffer to resume.
+            history: 40_000,
             // The API server's watch cache is the usual watcher; a burst of writes must not
             // cut it off (it would relist and its watchers with it).
             watch_buffer: 32_768,
