@@ -85,6 +85,8 @@ async fn run_case(nodes: usize, pods: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     // The agents take their pods from the shared pod informer, routed by node.
     let feed = SharedPodFeed::new(&informers);
+    // One in-process client for every node, as `capstan sim` shares it.
+    let agent_client = server.client();
     let mut agents = Vec::with_capacity(nodes);
     for i in 0..nodes {
         let name = format!("sim-node-{i}");
@@ -94,11 +96,15 @@ async fn run_case(nodes: usize, pods: usize) {
         // As `capstan sim` composes its nodes: no per-container Events.
         config.record_events = false;
         agents.push(
-            NodeAgent::new(server.client(), Arc::new(SimRuntime::default()), config)
-                .with_pod_feed(&feed)
-                .start()
-                .await
-                .expect("node agent"),
+            NodeAgent::new(
+                agent_client.clone(),
+                Arc::new(SimRuntime::default()),
+                config,
+            )
+            .with_pod_feed(&feed)
+            .start()
+            .await
+            .expect("node agent"),
         );
     }
     eprintln!("scale-perf: {nodes} nodes up");

@@ -239,6 +239,9 @@ async fn sim(args: SimArgs, shutdown: CancellationToken) -> Result<(), String> {
     let server_tls = node_server_tls(control.ca.as_deref(), "127.0.0.1")?;
     // The simulated nodes take their pods from the control plane's pod informer, routed by node.
     let feed = capstan_core::node::SharedPodFeed::new(&control.informers);
+    // One in-process client for every simulated node (each client has its own request
+    // buffer and task: thousands of them would be megabytes of idle queues).
+    let client = control.server.client();
     let mut agents = Vec::with_capacity(args.nodes);
     for i in 0..args.nodes {
         let name = format!("sim-node-{i}");
@@ -249,7 +252,7 @@ async fn sim(args: SimArgs, shutdown: CancellationToken) -> Result<(), String> {
         // As kwok's nodes: no per-container Events (they would double a pod's API writes).
         config.record_events = false;
         let agent = capstan_core::node::NodeAgent::new(
-            control.server.client(),
+            client.clone(),
             std::sync::Arc::new(capstan_core::runtime::sim::SimRuntime::default()),
             config,
         )
