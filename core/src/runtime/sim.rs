@@ -86,6 +86,44 @@ fn kept_matches(labels: &KeptLabels, selector: &BTreeMap<String, String>) -> boo
     })
 }
 
+/// A container's environment as a simulated node keeps it: the `name=value` entries in one
+/// text and where each ends (a name holds no `=`), instead of two strings per variable.
+#[derive(Default)]
+struct KeptEnv {
+    text: Box<str>,
+    ends: Box<[usize]>,
+}
+
+impl KeptEnv {
+    fn of(env: &[(String, String)]) -> Self {
+        let mut text = String::new();
+        let mut ends = Vec::with_capacity(env.len());
+        for (name, value) in env {
+            text.push_str(name);
+            text.push('=');
+            text.push_str(value);
+            ends.push(text.len());
+        }
+        KeptEnv {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        }
+    }
+
+    fn pairs(&self) -> Vec<(String, String)> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let entry = &self.text[start..end];
+                start = end;
+                let (name, value) = entry.split_once('=').unwrap_or((entry, ""));
+                (name.to_string(), value.to_string())
+            })
+            .collect()
+    }
+}
+
 struct SimSandbox {
     /// Without its labels (kept beside it).
     info: SandboxInfo,
@@ -105,7 +143,9 @@ struct SimContainer {
     /// Without its labels (kept beside it).
     info: ContainerInfo,
     labels: KeptLabels,
+    /// Without its labels and environment (kept beside it).
     config: ContainerConfig,
+    env: KeptEnv,
     log: Vec<(SystemTime, String)>,
     /// Bumped on every state change, so a pending exit timer of an older run does nothing.
     run: u64,
@@ -392,6 +432,7 @@ impl ContainerRuntime for SimRuntime {
         // the info), and of the pod's annotations only the simulation's own.
         let mut kept = config.clone();
         let labels = std::mem::take(&mut kept.labels);
+        let env = KeptEnv::of(&std::mem::take(&mut kept.env));
         kept.annotations
             .retain(|key, _| key.starts_with(SIM_ANNOTATION_PREFIX));
         let info = ContainerInfo {
@@ -407,6 +448,7 @@ impl ContainerRuntime for SimRuntime {
             Box::new(SimContainer {
                 info,
                 labels: kept_labels(labels),
+                env,
                 config: kept,
                 log: Vec::new(),
                 run: 0,
@@ -562,7 +604,11 @@ impl ContainerRuntime for SimRuntime {
                 "container {id} is not running"
             )));
         }
-        Ok(sim_exec(command, &container.config))
+        let config = ContainerConfig {
+            env: container.env.pairs(),
+            ..container.config.clone()
+        };
+        Ok(sim_exec(command, &config))
     }
 
     async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
@@ -654,6 +700,16 @@ mod tests {
             b"hi there\n"
         );
         assert_eq!(sim_exec(&cmd(&["frobnicate"])).exit_code, 127);
+    }
+
+    #[test]
+    fn kept_env_gives_back_every_variable_in_order() {
+        let env: Vec<(String, String)> = [("A", "1"), ("EQ", "x=y=z"), ("EMPTY", ""), ("A", "2")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(KeptEnv::of(&env).pairs(), env);
+        assert!(KeptEnv::of(&[]).pairs().is_empty());
     }
 
     #[tokio::test]
