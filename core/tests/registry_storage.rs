@@ -234,7 +234,10 @@ async fn object_storage_owns_metadata_and_detects_conflicts() {
         .expect("key layout /core/pods/<ns>/<name>");
     assert_eq!(stored.mod_revision, rv);
     assert!(
-        !String::from_utf8_lossy(&stored.value).contains("resourceVersion"),
+        !String::from_utf8_lossy(
+            &capstan_core::storage::stored_object_json(&stored.value).unwrap()
+        )
+        .contains("resourceVersion"),
         "resourceVersion is the revision, not stored"
     );
 
@@ -448,4 +451,72 @@ async fn objects_of_kinds_with_a_ttl_expire_after_their_last_write() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn large_objects_are_stored_compressed_and_every_read_returns_their_json() {
+    let registry = Registry::with_builtins();
+    let pods = registry.get("", "v1", "pods").unwrap().clone();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let storage = ObjectStorage::new(store.clone());
+    let mut big = pod("big", "busybox:1.36");
+    big.metadata.labels = Some(
+        (0..40)
+            .map(|i| (format!("example.com/label-{i}"), format!("value-{i}")))
+            .collect(),
+    );
+    let created: Pod = storage.create_as(&pods, &big).await.unwrap();
+    let json = serde_json::to_vec(&created).unwrap();
+    let mut encoded_events = storage
+        .watch_encoded(&pods, Some("default"), 0)
+        .await
+        .unwrap();
+    let raw = store.get("/core/pods/default/big").await.unwrap().unwrap();
+    // Compressed: not JSON, and well under half of it.
+    assert_ne!(raw.value.first(), Some(&b'{'));
+    assert!(
+        raw.value.len() * 2 < json.len(),
+        "{} of {}",
+        raw.value.len(),
+        json.len()
+    );
+    let stored: Pod =
+        serde_json::from_slice(&capstan_core::storage::stored_object_json(&raw.value).unwrap())
+            .unwrap();
+    assert_eq!(stored.metadata.labels, created.metadata.labels);
+    // Get, list and both watches read it whole, with its resourceVersion.
+    let got: Pod = storage.get_as(&pods, Some("default"), "big").await.unwrap();
+    assert_eq!(got, created);
+    let listed = storage
+        .list(&pods, Some("default"), None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_value::<Pod>(listed.items[0].clone()).unwrap(),
+        created
+    );
+    let Some(Ok(capstan_core::storage::EncodedEvent::Added(_, bytes))) =
+        encoded_events.next().await
+    else {
+        panic!("an added event");
+    };
+    let mut sent = Vec::new();
+    bytes.write_to(&mut sent);
+    assert_eq!(serde_json::from_slice::<Pod>(&sent).unwrap(), created);
+    let mut events = storage.watch(&pods, Some("default"), 0).await.unwrap();
+    let Some(Ok(ObjectEvent::Added(added))) = events.next().await else {
+        panic!("an added event");
+    };
+    assert_eq!(serde_json::from_value::<Pod>(added).unwrap(), created);
+    // A small object stays plain JSON.
+    storage
+        .create_as(&pods, &pod("small", "busybox:1.36"))
+        .await
+        .unwrap();
+    let raw = store
+        .get("/core/pods/default/small")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(raw.value.first(), Some(&b'{'));
 }

@@ -1415,7 +1415,7 @@ async fn bind(ctx: &mut Ctx, name: &str, binding: Value) -> Result<Value, ApiErr
         let stored = cached.as_ref().and_then(ObjectBytes::stored_parts);
         if let (Some((json, revision)), Some(namespace), None) = (stored, &namespace, ctx.kind.ttl)
         {
-            if let Some(bound) = pod_binding::bind_stored(json, &node, &now) {
+            if let Some(bound) = pod_binding::bind_stored(&json, &node, &now) {
                 let bound = bound.map_err(refused)?;
                 if ctx.dry_run {
                     break;

@@ -119,7 +119,7 @@ pub(super) fn bind_stored(
     pod.insert("spec", &spec);
     pod.insert("status", &status);
     // In an allocation of its exact length: the store keeps it.
-    Some(Ok(crate::storage::exact_json(&pod).ok()?))
+    Some(Ok(crate::storage::stored_json(&pod).ok()?))
 }
 
 #[cfg(test)]

@@ -273,8 +273,7 @@ impl ServiceAllocator {
         for _ in 0..64 {
             let current = self.store.get(key).await?;
             let mut taken: BTreeSet<u32> = match &current {
-                Some(kv) => serde_json::from_slice::<Value>(&kv.value)
-                    .ok()
+                Some(kv) => crate::storage::read_stored::<Value>(&kv.value)
                     .and_then(|v| serde_json::from_value(v["allocated"].clone()).ok())
                     .ok_or_else(|| {
                         ApiError::internal(format!("corrupt allocation record at {key}"))
@@ -322,8 +321,7 @@ impl ServiceAllocator {
             let Some(kv) = self.store.get(key).await? else {
                 return Ok(());
             };
-            let mut taken: BTreeSet<u32> = serde_json::from_slice::<Value>(&kv.value)
-                .ok()
+            let mut taken: BTreeSet<u32> = crate::storage::read_stored::<Value>(&kv.value)
                 .and_then(|v| serde_json::from_value(v["allocated"].clone()).ok())
                 .unwrap_or_default();
             if !taken.remove(&value) {

@@ -117,7 +117,7 @@ impl Authenticator for BootstrapTokenAuthenticator {
         };
         let key = format!("/core/secrets/kube-system/bootstrap-token-{id}");
         let stored = match self.store.get(&key).await {
-            Ok(Some(kv)) => serde_json::from_slice::<Value>(&kv.value).ok(),
+            Ok(Some(kv)) => crate::storage::read_stored::<Value>(&kv.value),
             Ok(None) => None,
             Err(err) => return Err(ApiError::internal(format!("bootstrap tokens: {err}"))),
         };

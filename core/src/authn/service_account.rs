@@ -150,7 +150,7 @@ impl ServiceAccountTokens {
     async fn account_uid(&self, namespace: &str, name: &str) -> Option<String> {
         let key = format!("/core/serviceaccounts/{namespace}/{name}");
         let kv = self.store.get(&key).await.ok()??;
-        let account: Value = serde_json::from_slice(&kv.value).ok()?;
+        let account: Value = crate::storage::read_stored(&kv.value)?;
         account
             .pointer("/metadata/uid")
             .and_then(Value::as_str)

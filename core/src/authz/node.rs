@@ -145,7 +145,7 @@ impl NodeAuthorizer {
     async fn pod(&self, namespace: &str, name: &str) -> Result<Option<Value>, ApiError> {
         let key = format!("/core/pods/{namespace}/{name}");
         match self.store.get(&key).await {
-            Ok(Some(kv)) => Ok(serde_json::from_slice(&kv.value).ok()),
+            Ok(Some(kv)) => Ok(crate::storage::read_stored(&kv.value)),
             Ok(None) => Ok(None),
             Err(err) => Err(ApiError::internal(format!("node authorizer: {err}"))),
         }
@@ -165,8 +165,8 @@ impl NodeAuthorizer {
             .await
             .map_err(|e| ApiError::internal(format!("node authorizer: {e}")))?;
         Ok(page.items.iter().any(|kv| {
-            serde_json::from_slice::<Value>(&kv.value)
-                .is_ok_and(|pod| bound_to(&pod, node) && pod_uses(&pod, plural, name))
+            crate::storage::read_stored::<Value>(&kv.value)
+                .is_some_and(|pod| bound_to(&pod, node) && pod_uses(&pod, plural, name))
         }))
     }
 

@@ -69,15 +69,18 @@ impl RbacIndex {
             .next()
             .map(|name| (first.to_string(), name.to_string()));
         let role = |bytes: &[u8]| {
-            serde_json::from_slice::<StoredRole>(bytes)
+            crate::storage::read_stored::<StoredRole>(bytes)
                 .map(|r| r.rules.unwrap_or_default())
-                .map_err(|e| tracing::warn!(key, "unreadable role: {e}"))
-                .ok()
+                .or_else(|| {
+                    tracing::warn!(key, "unreadable role");
+                    None
+                })
         };
         let binding = |bytes: &[u8]| {
-            serde_json::from_slice::<StoredBinding>(bytes)
-                .map_err(|e| tracing::warn!(key, "unreadable binding: {e}"))
-                .ok()
+            crate::storage::read_stored::<StoredBinding>(bytes).or_else(|| {
+                tracing::warn!(key, "unreadable binding");
+                None
+            })
         };
         match (plural, namespaced) {
             ("roles", Some(id)) => match value.and_then(role) {

@@ -13,12 +13,27 @@ mod error;
 mod index_fields;
 mod key;
 mod object;
+mod stored_value;
 mod ttl_leases;
 mod versioned_bytes;
 
 pub use error::StorageError;
 pub use key::{object_key, object_prefix};
-pub(crate) use object::exact_json;
+pub(crate) use object::{exact_json, stored_json};
+pub use stored_value::CorruptValue;
+
+/// The JSON of an object as a [`Store`] holds it: the storage layer keeps large objects
+/// zstd-compressed (smaller ones as they are), so tools that read a store directly — a backup,
+/// a migration — read its values through this.
+pub fn stored_object_json(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, CorruptValue> {
+    stored_value::unpack(value)
+}
+
+/// An object read straight from a [`Store`] value (compressed or not) by a component that
+/// bypasses [`ObjectStorage`] (authorizers, allocators); `None` when it does not decode.
+pub(crate) fn read_stored<T: DeserializeOwned>(value: &[u8]) -> Option<T> {
+    serde_json::from_slice(&stored_object_json(value).ok()?).ok()
+}
 pub use versioned_bytes::ObjectBytes;
 
 use crate::registry::ResourceKind;
@@ -485,20 +500,19 @@ fn decode_encoded(
     kv: &crate::store::KeyValue,
     revision: Revision,
 ) -> Result<(Value, ObjectBytes), StorageError> {
-    let mut indexed = shape.decode(&kv.value).map_err(|e| StorageError::Corrupt {
+    let corrupt = |reason: String| StorageError::Corrupt {
         key: kv.key.clone(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    let text = stored_value::unpack(&kv.value).map_err(|e| corrupt(e.to_string()))?;
+    let mut indexed = shape.decode(&text).map_err(|e| corrupt(e.to_string()))?;
     if !indexed.is_object() {
-        return Err(StorageError::Corrupt {
-            key: kv.key.clone(),
-            reason: "stored value is not a JSON object".into(),
-        });
+        return Err(corrupt("stored value is not a JSON object".into()));
     }
     let stored_version = indexed["metadata"].get("resourceVersion").is_some();
     object::set_resource_version(&mut indexed, revision);
     let spliced = (!stored_version)
-        .then(|| ObjectBytes::stored(kv.value.clone(), revision))
+        .then(|| ObjectBytes::stored_as(kv.value.clone(), &text, revision))
         .flatten();
     let bytes = match spliced {
         Some(bytes) => bytes,

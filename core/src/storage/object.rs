@@ -41,12 +41,12 @@ pub(super) fn set_resource_version(object: &mut Value, revision: Revision) {
 }
 
 /// The bytes stored for an object: its JSON without `resourceVersion` (the revision is the
-/// store's own bookkeeping).
+/// store's own bookkeeping), in its [stored form](super::stored_value).
 pub(super) fn encode(object: &mut Value) -> Result<Bytes, StorageError> {
     // The revision is the store's, not part of the value: taken out while serializing (no copy
     // of the object), put back after.
     let version = metadata_mut(object)?.remove("resourceVersion");
-    let bytes = exact_json(&*object);
+    let bytes = stored_json(&*object);
     if let Some(version) = version {
         metadata_mut(object)?.insert("resourceVersion".into(), version);
     }
@@ -56,23 +56,39 @@ pub(super) fn encode(object: &mut Value) -> Result<Bytes, StorageError> {
 /// Largest serialization buffer kept for the thread's next object.
 const KEPT_BUFFER: usize = 1 << 20;
 
-/// `value`'s JSON in an allocation of its exact length. Stored values live as long as the
-/// store keeps them: serializing straight into a growing `Vec` leaves up to half of each one
-/// unused (and allocators shrink in place), so each is written into a buffer the thread
-/// reuses, then copied out.
+/// `value`'s JSON in an allocation of its exact length. Cached and stored values live long:
+/// serializing straight into a growing `Vec` leaves up to half of each one unused (and
+/// allocators shrink in place), so each is written into a buffer the thread reuses, then copied
+/// out.
 pub(crate) fn exact_json<T: serde::Serialize + ?Sized>(
     value: &T,
+) -> Result<Bytes, serde_json::Error> {
+    with_json(value, Bytes::copy_from_slice)
+}
+
+/// `value`'s JSON in its [stored form](super::stored_value) (compressed when large), in an
+/// allocation of its exact length.
+pub(crate) fn stored_json<T: serde::Serialize + ?Sized>(
+    value: &T,
+) -> Result<Bytes, serde_json::Error> {
+    with_json(value, super::stored_value::pack)
+}
+
+/// `finish` applied to `value`'s JSON, written into a buffer the thread reuses.
+fn with_json<T: serde::Serialize + ?Sized>(
+    value: &T,
+    finish: impl FnOnce(&[u8]) -> Bytes,
 ) -> Result<Bytes, serde_json::Error> {
     thread_local! {
         static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     BUFFER.with(|buffer| {
         let Ok(mut buffer) = buffer.try_borrow_mut() else {
-            return serde_json::to_vec(value).map(|v| Bytes::copy_from_slice(&v));
+            return serde_json::to_vec(value).map(|v| finish(&v));
         };
         buffer.clear();
         let written = serde_json::to_writer(&mut *buffer, value);
-        let bytes = written.map(|()| Bytes::copy_from_slice(&buffer));
+        let bytes = written.map(|()| finish(&buffer));
         if buffer.capacity() > KEPT_BUFFER {
             *buffer = Vec::new();
         }
@@ -93,7 +109,8 @@ pub(super) fn decode_stored(kv: &KeyValue) -> Result<Value, StorageError> {
         key: kv.key.clone(),
         reason,
     };
-    let object: Value = serde_json::from_slice(&kv.value).map_err(|e| corrupt(e.to_string()))?;
+    let json = super::stored_value::unpack(&kv.value).map_err(|e| corrupt(e.to_string()))?;
+    let object: Value = serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
     if !object.is_object() {
         return Err(corrupt("stored value is not a JSON object".into()));
     }

@@ -1,11 +1,14 @@
 //! An object's JSON with its `metadata.resourceVersion`, made from the stored bytes (which
 //! leave the revision out) by splicing the field in after the `{` that opens the top-level
 //! `metadata` object — no decode and re-encode of the whole object, and, held as
-//! [`ObjectBytes`], no second copy of it beside the store's. Callers must know the
-//! stored bytes have no `resourceVersion` of their own (else the result would hold it twice).
+//! [`ObjectBytes`], no second copy of it beside the store's (which stays in its compressed
+//! [stored form](super::stored_value) until written out). Callers must know the stored bytes
+//! have no `resourceVersion` of their own (else the result would hold it twice).
 
+use super::stored_value::unpack;
 use crate::store::Revision;
 use bytes::Bytes;
+use std::borrow::Cow;
 
 /// `stored` with `"resourceVersion":"<revision>"` added to its top-level metadata; `None` when
 /// `stored` has no top-level `metadata` object.
@@ -14,8 +17,8 @@ fn with_resource_version(stored: &[u8], revision: Revision) -> Option<Bytes> {
     ObjectBytes::stored(Bytes::copy_from_slice(stored), revision).map(|o| o.to_bytes())
 }
 
-/// An object's JSON with its resourceVersion, held as the bytes the store keeps plus where to
-/// splice the revision in. A cache of objects then shares each object's bytes with the store
+/// An object's JSON with its resourceVersion, held as the bytes the store keeps (compressed or
+/// not) plus where in their JSON to splice the revision in. A cache of objects then shares each object's bytes with the store
 /// (one copy of every object in memory, not two); the versioned JSON is written out when it is
 /// sent.
 #[derive(Debug, Clone, Default)]
@@ -42,11 +45,17 @@ impl ObjectBytes {
         }
     }
 
-    /// Stored JSON without a resourceVersion, to be written with `revision`; `None` when it has
-    /// no top-level `metadata` object.
+    /// A stored value (JSON without a resourceVersion, compressed or not), to be written with
+    /// `revision`; `None` when its JSON has no top-level `metadata` object (or it is corrupt).
     pub(super) fn stored(bytes: Bytes, revision: Revision) -> Option<Self> {
-        let at = metadata_body_start(&bytes)?;
-        let empty = bytes[at..]
+        let text = unpack(&bytes).ok()?.into_owned();
+        Self::stored_as(bytes, &text, revision)
+    }
+
+    /// [`stored`](Self::stored) for a value whose JSON the caller has at hand: `text`.
+    pub(super) fn stored_as(bytes: Bytes, text: &[u8], revision: Revision) -> Option<Self> {
+        let at = metadata_body_start(text)?;
+        let empty = text[at..]
             .iter()
             .find(|b| !b.is_ascii_whitespace())
             .is_some_and(|b| *b == b'}');
@@ -66,8 +75,11 @@ impl ObjectBytes {
             out.extend_from_slice(&self.bytes);
             return;
         };
-        out.reserve(self.bytes.len() + 40);
-        out.extend_from_slice(&self.bytes[..splice.at]);
+        // Stored bytes were read once when this was made: they unpack.
+        let text = unpack(&self.bytes).unwrap_or(Cow::Borrowed(&self.bytes[..]));
+        let at = splice.at.min(text.len());
+        out.reserve(text.len() + 40);
+        out.extend_from_slice(&text[..at]);
         out.extend_from_slice(b"\"resourceVersion\":\"");
         out.extend_from_slice(splice.revision.to_string().as_bytes());
         out.extend_from_slice(if splice.empty {
@@ -75,13 +87,14 @@ impl ObjectBytes {
         } else {
             &b"\","[..]
         });
-        out.extend_from_slice(&self.bytes[splice.at..]);
+        out.extend_from_slice(&text[at..]);
     }
 
     /// The stored JSON (without a resourceVersion) and the revision spliced into it; `None`
     /// when these bytes carry their resourceVersion themselves.
-    pub(crate) fn stored_parts(&self) -> Option<(&Bytes, Revision)> {
-        self.splice.map(|splice| (&self.bytes, splice.revision))
+    pub(crate) fn stored_parts(&self) -> Option<(Cow<'_, [u8]>, Revision)> {
+        let splice = self.splice?;
+        Some((unpack(&self.bytes).ok()?, splice.revision))
     }
 
     /// The versioned JSON (shared, not copied, when nothing is spliced).
