@@ -3,7 +3,7 @@
 //! informer keeps every pod of a cluster for as long as it runs, so the lists of the pods it
 //! caches are trimmed to their length once, as they arrive.
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::any::Any;
 
@@ -36,6 +36,26 @@ fn trim_container(container: &mut Container) {
     trim_list(&mut container.args);
 }
 
+/// A projected volume's sources (every pod's service-account token volume has three, of 336
+/// bytes each, which serde leaves room for four of) and their items.
+fn trim_volume(volume: &mut Volume) {
+    let Some(projected) = &mut volume.projected else {
+        return;
+    };
+    trim_list(&mut projected.sources);
+    for source in projected.sources.iter_mut().flatten() {
+        if let Some(config_map) = &mut source.config_map {
+            trim_list(&mut config_map.items);
+        }
+        if let Some(secret) = &mut source.secret {
+            trim_list(&mut secret.items);
+        }
+        if let Some(downward_api) = &mut source.downward_api {
+            trim_list(&mut downward_api.items);
+        }
+    }
+}
+
 fn trim_pod(pod: &mut Pod) {
     trim_meta(&mut pod.metadata);
     if let Some(spec) = &mut pod.spec {
@@ -47,6 +67,7 @@ fn trim_pod(pod: &mut Pod) {
         }
         trim_list(&mut spec.tolerations);
         trim_list(&mut spec.volumes);
+        spec.volumes.iter_mut().flatten().for_each(trim_volume);
     }
     if let Some(status) = &mut pod.status {
         trim_list(&mut status.conditions);
@@ -67,7 +88,12 @@ mod tests {
             "metadata": {"name": "p", "ownerReferences": [
                 {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u"}]},
             "spec": {"containers": [{"name": "c", "env": [{"name": "A", "value": "1"}]}],
-                     "tolerations": [{"key": "k", "operator": "Exists"}]},
+                     "tolerations": [{"key": "k", "operator": "Exists"}],
+                     "volumes": [{"name": "token", "projected": {"sources": [
+                         {"serviceAccountToken": {"path": "token"}},
+                         {"configMap": {"name": "ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                         {"downwardAPI": {"items": [{"path": "namespace",
+                             "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}}]},
             "status": {"conditions": [
                 {"type": "Ready", "status": "True"}, {"type": "Initialized", "status": "True"},
                 {"type": "PodScheduled", "status": "True"}, {"type": "ContainersReady", "status": "True"},
@@ -119,5 +145,22 @@ mod tests {
             1
         );
         assert_eq!(spec.containers[0].env.as_ref().expect("env").capacity(), 1);
+        let volumes = spec.volumes.as_ref().expect("volumes");
+        let sources = volumes[0]
+            .projected
+            .as_ref()
+            .and_then(|p| p.sources.as_ref())
+            .expect("sources");
+        assert_eq!(sources.capacity(), 3);
+        let config_map_items = sources[1]
+            .config_map
+            .as_ref()
+            .and_then(|c| c.items.as_ref());
+        let downward_items = sources[2]
+            .downward_api
+            .as_ref()
+            .and_then(|d| d.items.as_ref());
+        assert_eq!(config_map_items.map(Vec::capacity), Some(1));
+        assert_eq!(downward_items.map(Vec::capacity), Some(1));
     }
 }
