@@ -11,14 +11,15 @@ use super::AgentShared;
 use crate::apiserver::Query;
 use crate::runtime::{labels, ContainerInfo, ContainerState, LogOptions, RuntimeError};
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
@@ -105,21 +106,15 @@ pub(crate) async fn serve(
     shared: Arc<AgentShared>,
     cancel: CancellationToken,
 ) {
-    let router = axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/containerLogs/{namespace}/{pod}/{container}",
-            get(container_logs),
-        )
-        .route("/exec/{namespace}/{pod}/{container}", post(exec))
-        .route("/stats/summary", get(stats_summary))
-        .route("/portForward/{namespace}/{pod}", post(port_forward))
-        .with_state(shared.clone());
-    let result = match shared.config.server_tls.clone() {
-        Some(tls) => {
-            let router = router.layer(axum::middleware::from_fn(only_the_api_server));
-            crate::apiserver::serve_tls(listener, router, tls, cancel).await
-        }
+    let tls = shared.config.server_tls.clone();
+    // This node's state reaches the shared routes' handlers as a request extension; the
+    // router wrapping them holds nothing but that.
+    let router = axum::Router::new().fallback_service(tower::Layer::layer(
+        &Extension(shared),
+        routes(tls.is_some()),
+    ));
+    let result = match tls {
+        Some(tls) => crate::apiserver::serve_tls(listener, router, tls, cancel).await,
         None => {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move { cancel.cancelled().await })
@@ -128,6 +123,31 @@ pub(crate) async fn serve(
     };
     if let Err(err) = result {
         tracing::warn!("node server stopped: {err}");
+    }
+}
+
+/// The node server's routes, built once per process: a simulated cluster runs thousands of
+/// node agents, and a router is some 15 KB. With `tls`, only the API server gets through.
+fn routes(tls: bool) -> axum::Router {
+    static PLAIN: OnceLock<axum::Router> = OnceLock::new();
+    static GUARDED: OnceLock<axum::Router> = OnceLock::new();
+    let build = || {
+        axum::Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route(
+                "/containerLogs/{namespace}/{pod}/{container}",
+                get(container_logs),
+            )
+            .route("/exec/{namespace}/{pod}/{container}", post(exec))
+            .route("/stats/summary", get(stats_summary))
+            .route("/portForward/{namespace}/{pod}", post(port_forward))
+    };
+    if tls {
+        GUARDED
+            .get_or_init(|| build().layer(axum::middleware::from_fn(only_the_api_server)))
+            .clone()
+    } else {
+        PLAIN.get_or_init(build).clone()
     }
 }
 
@@ -203,7 +223,7 @@ async fn instances(
 }
 
 async fn container_logs(
-    State(shared): State<Arc<AgentShared>>,
+    Extension(shared): Extension<Arc<AgentShared>>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Failure> {
@@ -239,7 +259,7 @@ async fn container_logs(
 }
 
 async fn exec(
-    State(shared): State<Arc<AgentShared>>,
+    Extension(shared): Extension<Arc<AgentShared>>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Failure> {
@@ -309,7 +329,7 @@ async fn exec(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], frames).into_response())
 }
 
-async fn stats_summary(State(shared): State<Arc<AgentShared>>) -> Response {
+async fn stats_summary(Extension(shared): Extension<Arc<AgentShared>>) -> Response {
     let summary = shared
         .stats
         .lock()
@@ -322,7 +342,7 @@ async fn stats_summary(State(shared): State<Arc<AgentShared>>) -> Response {
 /// `POST /portForward/{namespace}/{pod}?port=N` with `Upgrade: tcp`: connects to the pod's
 /// port through the runtime, answers 101 and relays bytes both ways until either side closes.
 async fn port_forward(
-    State(shared): State<Arc<AgentShared>>,
+    Extension(shared): Extension<Arc<AgentShared>>,
     Path((namespace, pod)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     mut request: axum::extract::Request,
