@@ -176,7 +176,8 @@ struct SimState {
 pub struct SimRuntime {
     config: Arc<SimConfig>,
     state: Arc<Mutex<SimState>>,
-    events: broadcast::Sender<RuntimeEvent>,
+    /// Shared, so a ring slot holds a pointer rather than an event.
+    events: broadcast::Sender<Arc<RuntimeEvent>>,
 }
 
 impl Default for SimRuntime {
@@ -208,7 +209,8 @@ impl SimRuntime {
         SimRuntime {
             config: Arc::new(config),
             state: Arc::new(Mutex::new(SimState::default())),
-            // Each slot is preallocated: 1024 per simulated node was ~55 KB, times thousands.
+            // Each slot is preallocated: 1024 per simulated node was ~55 KB, times thousands; a
+            // slot holds a pointer (256 of them ~8 KB).
             events: broadcast::channel(EVENT_BUFFER).0,
         }
     }
@@ -241,11 +243,11 @@ impl SimRuntime {
             .log
             .push((now, format!("container exited with code {exit_code}")));
         drop(state);
-        let _ = self.events.send(RuntimeEvent::Exited {
+        let _ = self.events.send(Arc::new(RuntimeEvent::Exited {
             container_id: id.to_string(),
             exit_code,
             oom_killed: false,
-        });
+        }));
     }
 }
 
@@ -428,8 +430,9 @@ impl ContainerRuntime for SimRuntime {
         }
         state.next_id += 1;
         let id = format!("sim-container-{}", state.next_id);
-        // A simulated node may carry thousands of containers: the labels are kept once (in
-        // the info), and of the pod's annotations only the simulation's own.
+        // A simulated node may carry thousands of containers: the labels and environment are
+        // kept compactly beside the config, and of the pod's annotations only the simulation's
+        // own.
         let mut kept = config.clone();
         let labels = std::mem::take(&mut kept.labels);
         let env = KeptEnv::of(&std::mem::take(&mut kept.env));
@@ -502,9 +505,9 @@ impl ContainerRuntime for SimRuntime {
                 });
             (container.run, exit)
         };
-        let _ = self.events.send(RuntimeEvent::Started {
+        let _ = self.events.send(Arc::new(RuntimeEvent::Started {
             container_id: id.to_string(),
-        });
+        }));
         if let Some((after, code)) = exit {
             let runtime = self.clone();
             let id = id.to_string();
@@ -649,7 +652,7 @@ impl ContainerRuntime for SimRuntime {
         futures::stream::unfold(receiver, |mut receiver| async move {
             loop {
                 match receiver.recv().await {
-                    Ok(event) => return Some((event, receiver)),
+                    Ok(event) => return Some((RuntimeEvent::clone(&event), receiver)),
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => return None,
                 }
