@@ -23,6 +23,7 @@ mod dns_policy;
 mod environment;
 mod node_events;
 mod pod_feed;
+mod pod_inbox;
 mod pod_status;
 mod pod_worker;
 mod probes;
@@ -45,7 +46,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// A node agent failure.
@@ -258,9 +258,23 @@ impl Drop for RunningNode {
     }
 }
 
+/// The agent's side of one pod's worker.
 struct WorkerHandle {
-    pod: watch::Sender<Option<Arc<Pod>>>,
-    wake: Arc<Notify>,
+    inbox: Arc<pod_inbox::PodInbox>,
+}
+
+impl WorkerHandle {
+    /// Whether the worker has ended (it dropped its side of the inbox).
+    fn finished(&self) -> bool {
+        Arc::strong_count(&self.inbox) == 1
+    }
+}
+
+impl Drop for WorkerHandle {
+    /// A worker outlives no agent.
+    fn drop(&mut self) {
+        self.inbox.close();
+    }
 }
 
 impl NodeAgent {
@@ -341,18 +355,20 @@ impl NodeAgent {
 }
 
 async fn heartbeat(shared: Arc<AgentShared>, cancel: CancellationToken) {
+    // The renewal and the status post are boxed while they run: a node's heartbeat waits most
+    // of its life, and held inline their requests' state made each waiting heartbeat ~4 KB.
     let mut lease = tokio::time::interval(shared.config.lease_renew_interval);
     let mut status = tokio::time::interval(shared.config.status_interval);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = lease.tick() => {
-                if let Err(err) = registration::renew_lease(&shared.client, &shared.config).await {
+                if let Err(err) = Box::pin(registration::renew_lease(&shared.client, &shared.config)).await {
                     tracing::warn!(node = %shared.config.name, "renewing the node lease failed: {err}");
                 }
             }
             _ = status.tick() => {
-                match registration::post_status(&shared.client, &shared.config).await {
+                match Box::pin(registration::post_status(&shared.client, &shared.config)).await {
                     Ok(changes) => {
                         if let Some(events) = &shared.events {
                             node_events::record_changes(events, &shared.config.name, &changes);
@@ -398,7 +414,7 @@ async fn watch_pods(
         tokio::select! {
             _ = cancel.cancelled() => return,
             Some(uid) = done_rx.recv() => {
-                if workers.get(&uid).is_some_and(|w| w.pod.is_closed()) {
+                if workers.get(&uid).is_some_and(WorkerHandle::finished) {
                     workers.remove(&uid);
                 }
             }
@@ -411,7 +427,7 @@ async fn watch_pods(
                 };
                 if let Ok(info) = shared.runtime.container_status(id).await {
                     if let Some(worker) = info.labels.get(labels::POD_UID).and_then(|uid| workers.get(uid)) {
-                        worker.wake.notify_one();
+                        worker.inbox.wake();
                     }
                 }
             }
@@ -431,7 +447,7 @@ async fn watch_pods(
                             pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
                         for (uid, worker) in &workers {
                             if !present.contains(uid) {
-                                let _ = worker.pod.send(None);
+                                worker.inbox.send(None);
                             }
                         }
                         {
@@ -456,7 +472,7 @@ async fn watch_pods(
                     PodEvent::Deleted(pod) => {
                         shared.pods.lock().unwrap_or_else(|p| p.into_inner()).remove(&pod_key(&pod));
                         if let Some(worker) = pod.metadata.uid.as_ref().and_then(|uid| workers.get(uid)) {
-                            let _ = worker.pod.send(None);
+                            worker.inbox.send(None);
                         }
                     }
                 }
@@ -476,33 +492,26 @@ fn dispatch(
         return;
     };
     if let Some(worker) = workers.get(&uid) {
-        if !worker.pod.is_closed() {
+        if !worker.finished() {
             // A listing repeats pods the worker already has: those wake nobody.
-            let unchanged = worker.pod.borrow().as_ref().is_some_and(|current| {
-                Arc::ptr_eq(current, &pod)
-                    || (pod.metadata.resource_version.is_some()
-                        && current.metadata.resource_version == pod.metadata.resource_version)
-            });
-            if !unchanged {
-                let _ = worker.pod.send(Some(pod));
+            if !worker.inbox.holds(&pod) {
+                worker.inbox.send(Some(pod));
             }
             return;
         }
     }
-    let (tx, rx) = watch::channel(Some(pod));
-    let wake = Arc::new(Notify::new());
+    let inbox = pod_inbox::PodInbox::new(pod);
     workers.insert(
         uid.clone(),
         WorkerHandle {
-            pod: tx,
-            wake: wake.clone(),
+            inbox: inbox.clone(),
         },
     );
     let shared = shared.clone();
     let done = done.clone();
     let cancel = cancel.clone();
     tokio::spawn(async move {
-        pod_worker::run(shared, rx, wake, cancel).await;
+        pod_worker::run(shared, inbox, cancel).await;
         let _ = done.send(uid);
     });
 }

@@ -8,6 +8,7 @@
 
 use super::admission::{self, Rejection};
 use super::environment::EnvironmentSource;
+use super::pod_inbox::{Mail, PodInbox};
 use super::pod_status::{self, time_string, Waiting};
 use super::probes::{self, ProbeResult, ProbeTracker};
 use super::written_status::WrittenStatus;
@@ -24,7 +25,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -102,14 +102,10 @@ struct PodWorker {
     started_in_sync: bool,
 }
 
-/// Runs the worker of one pod until the pod is gone or `cancel` fires.
-pub(crate) async fn run(
-    shared: Arc<AgentShared>,
-    mut pod_rx: watch::Receiver<Option<Arc<Pod>>>,
-    wake: Arc<Notify>,
-    cancel: CancellationToken,
-) {
-    let Some(pod) = pod_rx.borrow_and_update().clone() else {
+/// Runs the worker of one pod until the pod is gone, the agent drops its side of `inbox`, or
+/// `cancel` fires.
+pub(crate) async fn run(shared: Arc<AgentShared>, inbox: Arc<PodInbox>, cancel: CancellationToken) {
+    let Mail::Pod(pod) = inbox.take() else {
         return;
     };
     let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -160,16 +156,12 @@ pub(crate) async fn run(
         };
         tokio::select! {
             _ = cancel.cancelled() => break,
-            changed = pod_rx.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                match pod_rx.borrow_and_update().clone() {
-                    Some(pod) => worker.pod = pod,
-                    None => worker.removed = true,
-                }
-            }
-            _ = wake.notified() => {}
+            _ = inbox.woken() => match inbox.take() {
+                Mail::Pod(pod) => worker.pod = pod,
+                Mail::Gone => worker.removed = true,
+                Mail::Nothing => {}
+                Mail::Closed => break,
+            },
             _ = tokio::time::sleep(next) => {}
         }
     }
