@@ -18,7 +18,7 @@ use super::{
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -87,8 +87,9 @@ fn kept_matches(labels: &KeptLabels, selector: &BTreeMap<String, String>) -> boo
 }
 
 /// A container's environment as a simulated node keeps it: the `name=value` entries in one
-/// text and where each ends (a name holds no `=`), instead of two strings per variable.
-#[derive(Default)]
+/// text and where each ends (a name holds no `=`), instead of two strings per variable; and
+/// one copy per distinct environment (a Deployment's pods on a node share theirs).
+#[derive(Default, PartialEq, Eq, Hash)]
 struct KeptEnv {
     text: Box<str>,
     ends: Box<[usize]>,
@@ -145,7 +146,8 @@ struct SimContainer {
     labels: KeptLabels,
     /// Without its labels and environment (kept beside it).
     config: ContainerConfig,
-    env: KeptEnv,
+    /// Shared with the node's other containers of the same environment.
+    env: Arc<KeptEnv>,
     log: Vec<(SystemTime, String)>,
     /// Bumped on every state change, so a pending exit timer of an older run does nothing.
     run: u64,
@@ -166,6 +168,8 @@ struct SimState {
     // hundreds of containers, so the room is a pointer each rather than a whole container.
     sandboxes: HashMap<String, Box<SimSandbox>>,
     containers: HashMap<String, Box<SimContainer>>,
+    /// The distinct environments of the containers.
+    environments: HashSet<Arc<KeptEnv>>,
     pulled: BTreeSet<String>,
     next_id: u64,
     next_ip: u16,
@@ -436,6 +440,14 @@ impl ContainerRuntime for SimRuntime {
         let mut kept = config.clone();
         let labels = std::mem::take(&mut kept.labels);
         let env = KeptEnv::of(&std::mem::take(&mut kept.env));
+        let env = match state.environments.get(&env) {
+            Some(shared) => shared.clone(),
+            None => {
+                let env = Arc::new(env);
+                state.environments.insert(env.clone());
+                env
+            }
+        };
         kept.annotations
             .retain(|key, _| key.starts_with(SIM_ANNOTATION_PREFIX));
         let info = ContainerInfo {
@@ -526,7 +538,13 @@ impl ContainerRuntime for SimRuntime {
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
-        self.lock().containers.remove(id);
+        let mut state = self.lock();
+        if let Some(container) = state.containers.remove(id) {
+            // The environment goes with its last container (the set holds the other count).
+            if Arc::strong_count(&container.env) == 2 {
+                state.environments.remove(&*container.env);
+            }
+        }
         Ok(())
     }
 
@@ -760,5 +778,51 @@ mod tests {
             );
             assert!(containers.iter().all(|c| c.labels == mine));
         }
+    }
+
+    #[tokio::test]
+    async fn containers_of_one_environment_share_it_until_the_last_is_removed() {
+        let runtime = SimRuntime::default();
+        let sandbox = runtime
+            .run_sandbox(&SandboxConfig::default())
+            .await
+            .unwrap();
+        let config = |env: &[(&str, &str)]| ContainerConfig {
+            name: "c".into(),
+            image: "busybox".into(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..ContainerConfig::default()
+        };
+        let same = config(&[("SERVICE_HOST", "10.96.0.1"), ("MODE", "a")]);
+        let mut ids = Vec::new();
+        for c in [&same, &same, &config(&[("MODE", "b")])] {
+            let id = runtime.create_container(&sandbox.id, c).await.unwrap();
+            runtime.start_container(&id).await.unwrap();
+            ids.push(id);
+        }
+        assert_eq!(runtime.lock().environments.len(), 2);
+        let printenv = vec!["printenv".to_string(), "MODE".to_string()];
+        let exec = |id: String| {
+            let runtime = runtime.clone();
+            let printenv = printenv.clone();
+            async move {
+                let output = runtime
+                    .exec(&id, &printenv, Duration::from_secs(1))
+                    .await
+                    .unwrap();
+                output.stdout
+            }
+        };
+        assert_eq!(exec(ids[1].clone()).await, b"a\n");
+        assert_eq!(exec(ids[2].clone()).await, b"b\n");
+        runtime.remove_container(&ids[0]).await.unwrap();
+        assert_eq!(runtime.lock().environments.len(), 2);
+        assert_eq!(exec(ids[1].clone()).await, b"a\n");
+        runtime.remove_container(&ids[1]).await.unwrap();
+        runtime.remove_container(&ids[2]).await.unwrap();
+        assert!(runtime.lock().environments.is_empty());
     }
 }
