@@ -26,9 +26,79 @@ const MEMBERS: [&str; 12] = [
 /// One condition as written: its type, status (`None` for `Unknown`) and transition time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct WrittenCondition {
-    kind: Box<str>,
+    kind: ConditionType,
     status: Option<bool>,
-    since: Option<Box<str>>,
+    since: Since,
+}
+
+/// The condition types a node agent writes, named without a string of their own.
+const KNOWN_TYPES: [&str; 6] = [
+    "PodScheduled",
+    "PodReadyToStartContainers",
+    "Initialized",
+    "ContainersReady",
+    "Ready",
+    "DisruptionTarget",
+];
+
+/// A condition's type: one of [`KNOWN_TYPES`], or another (a readiness gate's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ConditionType {
+    Known(&'static str),
+    Other(Box<str>),
+}
+
+impl ConditionType {
+    fn of(kind: &str) -> Self {
+        match KNOWN_TYPES.iter().find(|known| **known == kind) {
+            Some(known) => ConditionType::Known(known),
+            None => ConditionType::Other(kind.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            ConditionType::Known(kind) => kind,
+            ConditionType::Other(kind) => kind,
+        }
+    }
+}
+
+/// A condition's `lastTransitionTime`: whole seconds when the text is the agent's own
+/// `YYYY-MM-DDTHH:MM:SSZ` (the usual case, kept without a string), else the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Since {
+    Unset,
+    Seconds(i64),
+    Text(Box<str>),
+}
+
+/// The form the agent writes times in.
+const TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%SZ";
+
+impl Since {
+    fn of(text: Option<&str>) -> Self {
+        let Some(text) = text else {
+            return Since::Unset;
+        };
+        chrono::NaiveDateTime::parse_from_str(text, TIME_FORMAT)
+            .ok()
+            .map(|time| time.and_utc())
+            .filter(|time| time.format(TIME_FORMAT).to_string() == text)
+            .map_or_else(
+                || Since::Text(text.into()),
+                |time| Since::Seconds(time.timestamp()),
+            )
+    }
+
+    fn text(&self) -> Option<String> {
+        match self {
+            Since::Unset => None,
+            Since::Seconds(seconds) => chrono::DateTime::from_timestamp(*seconds, 0)
+                .map(|time| time.format(TIME_FORMAT).to_string()),
+            Since::Text(text) => Some(text.to_string()),
+        }
+    }
 }
 
 /// The remembered facts of one written status.
@@ -77,16 +147,13 @@ impl WrittenStatus {
             .flatten()
             .filter_map(|c| {
                 Some(WrittenCondition {
-                    kind: c.get("type")?.as_str()?.into(),
+                    kind: ConditionType::of(c.get("type")?.as_str()?),
                     status: match c.get("status").and_then(Value::as_str) {
                         Some("True") => Some(true),
                         Some("False") => Some(false),
                         _ => None,
                     },
-                    since: c
-                        .get("lastTransitionTime")
-                        .and_then(Value::as_str)
-                        .map(Into::into),
+                    since: Since::of(c.get("lastTransitionTime").and_then(Value::as_str)),
                 })
             })
             .collect();
@@ -119,14 +186,14 @@ impl WrittenStatus {
             .iter()
             .map(|c| {
                 let mut condition = Map::new();
-                condition.insert("type".into(), json!(c.kind));
+                condition.insert("type".into(), json!(c.kind.as_str()));
                 let status = match c.status {
                     Some(true) => "True",
                     Some(false) => "False",
                     None => "Unknown",
                 };
                 condition.insert("status".into(), json!(status));
-                if let Some(since) = &c.since {
+                if let Some(since) = c.since.text() {
                     condition.insert("lastTransitionTime".into(), json!(since));
                 }
                 Value::Object(condition)
@@ -148,6 +215,7 @@ mod tests {
             "conditions": [
                 {"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-04T10:00:00Z", "lastProbeTime": null},
                 {"type": "PodScheduled", "status": "Unknown"},
+                {"type": "example.com/gate", "status": "False", "lastTransitionTime": "2026-12-04T10:00:00.5Z"},
             ],
         })
     }
@@ -156,7 +224,7 @@ mod tests {
     fn the_same_content_in_another_order_is_the_same_status() {
         let written = WrittenStatus::of(&status());
         let reordered: Value = serde_json::from_str(
-            r#"{"conditions": [{"lastProbeTime": null, "lastTransitionTime": "2026-12-04T10:00:00Z", "status": "True", "type": "Ready"}, {"status": "Unknown", "type": "PodScheduled"}], "nominatedNodeName": "n1", "podIP": "10.244.0.5", "phase": "Running"}"#,
+            r#"{"conditions": [{"lastProbeTime": null, "lastTransitionTime": "2026-12-04T10:00:00Z", "status": "True", "type": "Ready"}, {"status": "Unknown", "type": "PodScheduled"}, {"lastTransitionTime": "2026-12-04T10:00:00.5Z", "status": "False", "type": "example.com/gate"}], "nominatedNodeName": "n1", "podIP": "10.244.0.5", "phase": "Running"}"#,
         )
         .unwrap();
         assert!(written.same_as(&reordered));
@@ -180,6 +248,7 @@ mod tests {
             json!({"conditions": [
                 {"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-04T10:00:00Z"},
                 {"type": "PodScheduled", "status": "Unknown"},
+                {"type": "example.com/gate", "status": "False", "lastTransitionTime": "2026-12-04T10:00:00.5Z"},
             ]})
         );
     }
