@@ -39,7 +39,8 @@ pub(crate) struct CachedObject {
     pub bytes: ObjectBytes,
     /// Labels sorted by key (a cache holds every object of a cluster: no map per object).
     labels: Box<[(Box<str>, Box<str>)]>,
-    /// Selectable fields present, by interned name.
+    /// Selectable fields present, by interned name (`metadata.name` and `metadata.namespace`
+    /// are read from the key).
     fields: Box<[(Arc<str>, Box<str>)]>,
 }
 
@@ -80,10 +81,7 @@ impl CachedObject {
             .unwrap_or_default();
         labels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut fields: Vec<(Arc<str>, Box<str>)> = Vec::new();
-        for name in ["metadata.name", "metadata.namespace"]
-            .into_iter()
-            .chain(kind.field_selectors.iter().map(|f| f.name.as_str()))
-        {
+        for name in kind.field_selectors.iter().map(|f| f.name.as_str()) {
             if let Some(value) = kind.field_value(object, name) {
                 fields.push((interned(name), value.into_boxed_str()));
             }
@@ -103,10 +101,18 @@ impl CachedObject {
     }
 
     fn field(&self, name: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(n, _)| &**n == name)
-            .map(|(_, v)| &**v)
+        match name {
+            "metadata.name" => Some(match &self.namespace {
+                Some(namespace) => &self.key[namespace.len() + 1..],
+                None => &self.key,
+            }),
+            "metadata.namespace" => self.namespace.as_deref(),
+            _ => self
+                .fields
+                .iter()
+                .find(|(n, _)| &**n == name)
+                .map(|(_, v)| &**v),
+        }
     }
 
     fn label(&self, key: &str) -> Option<&str> {
@@ -799,6 +805,8 @@ mod tests {
             ("absent", ""),
             ("", "spec.nodeName=n2"),
             ("", "status.podIP=10.0.0.1"),
+            ("", "metadata.name=q"),
+            ("", "metadata.namespace=other"),
             ("zeta notin (26)", ""),
         ] {
             let selection = Selection::from_parts(
@@ -815,6 +823,11 @@ mod tests {
         assert_eq!(cached.label("alpha"), Some("1"));
         assert_eq!(cached.label(""), Some("x"));
         assert_eq!(cached.label("beta"), None);
+        // A cluster-scoped object's name is its whole key; it has no namespace.
+        let node = CachedObject::new(&kind("nodes"), &json!({"metadata": {"name": "n1"}}));
+        assert_eq!(node.field("metadata.name"), Some("n1"));
+        assert_eq!(node.field("metadata.namespace"), None);
+        assert_eq!(cached.field("metadata.name"), Some("p"));
     }
 
     #[tokio::test]
