@@ -435,9 +435,11 @@ fn decode_metadata(bytes: &[u8]) -> Option<DynamicObject> {
 }
 
 /// Decodes what the garbage collector reads of an object (see
-/// [`InformerFactory::ownership_metadata`]).
+/// [`InformerFactory::ownership_metadata`]); not its type, which the collector knows from the
+/// informer it asked for.
 fn decode_ownership(bytes: &[u8]) -> Option<DynamicObject> {
     let mut object = decode_metadata(bytes)?;
+    object.types = None;
     let metadata = std::mem::take(&mut object.metadata);
     object.metadata = ObjectMeta {
         name: metadata.name,
@@ -592,8 +594,8 @@ impl InformerFactory {
 
     /// Like [`metadata`](Self::metadata), but each object keeps only what ownership needs —
     /// name, namespace, uid, resourceVersion, ownerReferences, finalizers and
-    /// deletionTimestamp — as the garbage collector reads them: a cluster's every pod is in
-    /// it, and labels and annotations would double what it holds.
+    /// deletionTimestamp, without the type — as the garbage collector reads them: a cluster's
+    /// every pod is in it, and labels and annotations would double what it holds.
     pub(crate) fn ownership_metadata(&self, resource: &ApiResource) -> Informer<DynamicObject> {
         self.dynamic(resource, "#ownership", decode_ownership)
     }
@@ -677,7 +679,7 @@ mod tests {
         .to_string();
         let object = decode_ownership(text.as_bytes()).expect("decodes");
         let meta = &object.metadata;
-        assert_eq!(object.types.as_ref().map(|t| t.kind.as_str()), Some("Pod"));
+        assert!(object.types.is_none());
         assert_eq!(meta.name.as_deref(), Some("p"));
         assert_eq!(meta.namespace.as_deref(), Some("ns"));
         assert_eq!(meta.uid.as_deref(), Some("u1"));
@@ -692,5 +694,6 @@ mod tests {
         // The whole metadata decoder keeps them.
         let whole = decode_metadata(text.as_bytes()).expect("decodes");
         assert!(whole.metadata.labels.is_some() && whole.metadata.annotations.is_some());
+        assert_eq!(whole.types.as_ref().map(|t| t.kind.as_str()), Some("Pod"));
     }
 }
