@@ -18,9 +18,9 @@ fn with_resource_version(stored: &[u8], revision: Revision) -> Option<Bytes> {
 }
 
 /// An object's JSON with its resourceVersion, held as the bytes the store keeps (compressed or
-/// not) plus where in their JSON to splice the revision in. A cache of objects then shares each object's bytes with the store
-/// (one copy of every object in memory, not two); the versioned JSON is written out when it is
-/// sent.
+/// not) plus where in their JSON to splice the revision in. A cache of objects then shares each
+/// object's bytes with the store (one copy of every object in memory, not two); the versioned
+/// JSON is written out when it is sent.
 #[derive(Debug, Clone, Default)]
 pub struct ObjectBytes {
     bytes: Bytes,
@@ -36,6 +36,22 @@ struct Splice {
     empty: bool,
 }
 
+impl Splice {
+    /// Where `revision` goes in the JSON `text`; `None` without a top-level `metadata` object.
+    fn in_text(text: &[u8], revision: Revision) -> Option<Self> {
+        let at = metadata_body_start(text)?;
+        let empty = text[at..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'}');
+        Some(Splice {
+            at,
+            revision,
+            empty,
+        })
+    }
+}
+
 impl ObjectBytes {
     /// JSON that already carries its resourceVersion.
     pub fn complete(bytes: Bytes) -> Self {
@@ -48,24 +64,18 @@ impl ObjectBytes {
     /// A stored value (JSON without a resourceVersion, compressed or not), to be written with
     /// `revision`; `None` when its JSON has no top-level `metadata` object (or it is corrupt).
     pub(super) fn stored(bytes: Bytes, revision: Revision) -> Option<Self> {
-        let text = unpack(&bytes).ok()?.into_owned();
-        Self::stored_as(bytes, &text, revision)
+        let splice = Splice::in_text(&unpack(&bytes).ok()?, revision)?;
+        Some(ObjectBytes {
+            bytes,
+            splice: Some(splice),
+        })
     }
 
     /// [`stored`](Self::stored) for a value whose JSON the caller has at hand: `text`.
     pub(super) fn stored_as(bytes: Bytes, text: &[u8], revision: Revision) -> Option<Self> {
-        let at = metadata_body_start(text)?;
-        let empty = text[at..]
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            .is_some_and(|b| *b == b'}');
         Some(ObjectBytes {
             bytes,
-            splice: Some(Splice {
-                at,
-                revision,
-                empty,
-            }),
+            splice: Some(Splice::in_text(text, revision)?),
         })
     }
 
