@@ -31,29 +31,51 @@ pub(crate) struct CacheConfig {
 /// One object as the cache keeps it.
 #[derive(Debug)]
 pub(crate) struct CachedObject {
-    /// `namespace/name` or `name`.
-    key: String,
-    /// The namespace, if namespaced.
-    namespace: Option<String>,
     /// The object's JSON, with its resourceVersion (sharing the store's bytes when it can).
     pub bytes: ObjectBytes,
-    /// Labels sorted by key (a cache holds every object of a cluster: no map per object).
-    labels: Box<[(Box<str>, Box<str>)]>,
-    /// Selectable fields present, by interned name (`metadata.name` and `metadata.namespace`
-    /// are read from the key).
-    fields: Box<[(Arc<str>, Box<str>)]>,
+    /// What selectors read, back to back in one allocation (a cache holds every object of a
+    /// cluster): the key (`namespace/name` or `name`), then each label's name and value
+    /// (sorted by name), then each selectable field's value (`metadata.name` and
+    /// `metadata.namespace` are read from the key).
+    text: Box<str>,
+    /// Where the parts of `text` after the key end: a label's name, then its value, for each
+    /// label; then, for each field, its name's number (see [`field_number`]) and where its
+    /// value ends.
+    ends: Box<[u32]>,
+    /// The key's length.
+    key_len: u32,
+    /// The namespace's length (a prefix of the key), if namespaced.
+    namespace_len: Option<u32>,
+    /// How many labels.
+    labels: u32,
 }
 
-/// One shared copy of each field-selector name (there are a few dozen across all kinds).
-fn interned(name: &str) -> Arc<str> {
-    static NAMES: Mutex<Vec<Arc<str>>> = Mutex::new(Vec::new());
-    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(found) = names.iter().find(|n| &***n == name) {
-        return found.clone();
+/// The field-selector names the cache has met (a few dozen across all kinds), each once: an
+/// object keeps a field's number instead of its name.
+static FIELD_NAMES: std::sync::RwLock<Vec<Box<str>>> = std::sync::RwLock::new(Vec::new());
+
+/// The number of field-selector name `name`, numbering it if it is new and `add` is set.
+fn field_number(name: &str, add: bool) -> Option<u32> {
+    let found = |names: &[Box<str>]| names.iter().position(|n| &**n == name);
+    let names = FIELD_NAMES.read().unwrap_or_else(|p| p.into_inner());
+    if let Some(i) = found(&names) {
+        return u32::try_from(i).ok();
     }
-    let name: Arc<str> = Arc::from(name);
-    names.push(name.clone());
-    name
+    drop(names);
+    if !add {
+        return None;
+    }
+    let mut names = FIELD_NAMES.write().unwrap_or_else(|p| p.into_inner());
+    let i = found(&names).unwrap_or_else(|| {
+        names.push(name.into());
+        names.len() - 1
+    });
+    u32::try_from(i).ok()
+}
+
+/// An offset into a cached object's text (objects are at most a few MiB).
+fn offset(text: &str) -> u32 {
+    u32::try_from(text.len()).unwrap_or(u32::MAX)
 }
 
 impl CachedObject {
@@ -65,61 +87,113 @@ impl CachedObject {
     /// `object` whose JSON (with its resourceVersion) is `bytes`.
     fn with_bytes(kind: &ResourceKind, object: &Value, bytes: ObjectBytes) -> Self {
         let meta = &object["metadata"];
-        let namespace = meta["namespace"].as_str().map(str::to_string);
+        let namespace = meta["namespace"].as_str();
         let name = meta["name"].as_str().unwrap_or_default();
-        let key = match &namespace {
+        let mut text = match namespace {
             Some(ns) => format!("{ns}/{name}"),
             None => name.to_string(),
         };
-        let mut labels: Vec<(Box<str>, Box<str>)> = meta["labels"]
+        let key_len = offset(&text);
+        let mut labels: Vec<(&str, &str)> = meta["labels"]
             .as_object()
             .map(|m| {
                 m.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|v| (k.as_str().into(), v.into())))
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.as_str(), v)))
                     .collect()
             })
             .unwrap_or_default();
-        labels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut fields: Vec<(Arc<str>, Box<str>)> = Vec::new();
+        labels.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut ends = Vec::with_capacity(labels.len() * 2 + 2 * kind.field_selectors.len());
+        for (name, value) in &labels {
+            text.push_str(name);
+            ends.push(offset(&text));
+            text.push_str(value);
+            ends.push(offset(&text));
+        }
         for name in kind.field_selectors.iter().map(|f| f.name.as_str()) {
             if let Some(value) = kind.field_value(object, name) {
-                fields.push((interned(name), value.into_boxed_str()));
+                let Some(number) = field_number(name, true) else {
+                    continue;
+                };
+                text.push_str(&value);
+                ends.push(number);
+                ends.push(offset(&text));
             }
         }
         CachedObject {
-            key,
-            namespace,
             bytes,
-            labels: labels.into_boxed_slice(),
-            fields: fields.into_boxed_slice(),
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+            key_len,
+            namespace_len: namespace.map(offset),
+            labels: u32::try_from(labels.len()).unwrap_or(0),
         }
     }
 
     /// `namespace/name` or `name`.
     pub(super) fn key(&self) -> &str {
-        &self.key
+        &self.text[..self.key_len as usize]
+    }
+
+    /// The namespace, if namespaced.
+    fn namespace(&self) -> Option<&str> {
+        self.namespace_len.map(|len| &self.text[..len as usize])
+    }
+
+    /// The text between offsets `start` and `end`.
+    fn part(&self, start: u32, end: u32) -> &str {
+        self.text
+            .get(start as usize..end as usize)
+            .unwrap_or_default()
+    }
+
+    /// Label `i`'s name and value.
+    fn label_at(&self, i: usize) -> (&str, &str) {
+        let start = match i {
+            0 => self.key_len,
+            _ => self.ends[2 * i - 1],
+        };
+        let (name_end, value_end) = (self.ends[2 * i], self.ends[2 * i + 1]);
+        (self.part(start, name_end), self.part(name_end, value_end))
     }
 
     fn field(&self, name: &str) -> Option<&str> {
         match name {
-            "metadata.name" => Some(match &self.namespace {
-                Some(namespace) => &self.key[namespace.len() + 1..],
-                None => &self.key,
+            "metadata.name" => Some(match self.namespace_len {
+                Some(len) => &self.key()[len as usize + 1..],
+                None => self.key(),
             }),
-            "metadata.namespace" => self.namespace.as_deref(),
-            _ => self
-                .fields
-                .iter()
-                .find(|(n, _)| &**n == name)
-                .map(|(_, v)| &**v),
+            "metadata.namespace" => self.namespace(),
+            _ => {
+                let number = field_number(name, false)?;
+                let labels = 2 * self.labels as usize;
+                let mut start = match labels {
+                    0 => self.key_len,
+                    _ => self.ends[labels - 1],
+                };
+                for pair in self.ends[labels..].chunks_exact(2) {
+                    if pair[0] == number {
+                        return Some(self.part(start, pair[1]));
+                    }
+                    start = pair[1];
+                }
+                None
+            }
         }
     }
 
     fn label(&self, key: &str) -> Option<&str> {
-        self.labels
-            .binary_search_by(|(k, _)| (**k).cmp(key))
-            .ok()
-            .map(|i| &*self.labels[i].1)
+        let (mut low, mut high) = (0, self.labels as usize);
+        while low < high {
+            let middle = (low + high) / 2;
+            let (name, value) = self.label_at(middle);
+            match name.cmp(key) {
+                std::cmp::Ordering::Equal => return Some(value),
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+            }
+        }
+        None
     }
 
     fn node(&self) -> Option<&str> {
@@ -232,11 +306,7 @@ impl CacheState {
     fn candidates(&self, objects: &[&CachedObject]) -> HashSet<u64> {
         let mut ids: HashSet<u64> = self.unindexed.clone();
         for object in objects {
-            if let Some(set) = object
-                .namespace
-                .as_ref()
-                .and_then(|ns| self.by_namespace.get(ns))
-            {
+            if let Some(set) = object.namespace().and_then(|ns| self.by_namespace.get(ns)) {
                 ids.extend(set);
             }
             if let Some(set) = object.node().and_then(|n| self.by_node.get(n)) {
@@ -253,7 +323,7 @@ fn delivery_for(event: &CachedEvent, watcher: &Watcher) -> Option<Delivery> {
         watcher
             .namespace
             .as_deref()
-            .is_none_or(|ns| o.namespace.as_deref() == Some(ns))
+            .is_none_or(|ns| o.namespace() == Some(ns))
             && o.selected(&watcher.selection)
     };
     match event {
@@ -318,14 +388,16 @@ impl KindCache {
             }
             EncodedEvent::Added(o, bytes) => {
                 let object = Arc::new(CachedObject::with_bytes(&self.kind, &o, bytes));
-                state.objects.insert(object.key.clone(), object.clone());
+                state
+                    .objects
+                    .insert(object.key().to_string(), object.clone());
                 (rv_of(&o), CachedEvent::Added(object))
             }
             EncodedEvent::Modified(current, bytes) => {
                 let object = Arc::new(CachedObject::with_bytes(&self.kind, &current, bytes));
                 let previous = state
                     .objects
-                    .insert(object.key.clone(), object.clone())
+                    .insert(object.key().to_string(), object.clone())
                     .unwrap_or_else(|| object.clone());
                 (
                     rv_of(&current),
@@ -337,7 +409,7 @@ impl KindCache {
             }
             EncodedEvent::Deleted(o, bytes) => {
                 let object = Arc::new(CachedObject::with_bytes(&self.kind, &o, bytes));
-                state.objects.remove(&object.key);
+                state.objects.remove(object.key());
                 (rv_of(&o), CachedEvent::Deleted(object))
             }
         };
@@ -397,7 +469,7 @@ impl KindCache {
                         .iter()
                         .map(|o| {
                             let cached = Arc::new(CachedObject::new(&kind, o));
-                            (cached.key.clone(), cached)
+                            (cached.key().to_string(), cached)
                         })
                         .collect();
                     state.revision = list.revision;
@@ -639,7 +711,7 @@ impl WatchCache {
                 .filter(|o| {
                     namespace
                         .as_deref()
-                        .is_none_or(|ns| o.namespace.as_deref() == Some(ns))
+                        .is_none_or(|ns| o.namespace() == Some(ns))
                         && o.selected(&selection)
                 })
                 .map(|o| Delivery::Event("ADDED", o.clone()))
@@ -686,8 +758,7 @@ impl WatchCache {
             .objects
             .values()
             .filter(|o| {
-                namespace.is_none_or(|ns| o.namespace.as_deref() == Some(ns))
-                    && o.selected(selection)
+                namespace.is_none_or(|ns| o.namespace() == Some(ns)) && o.selected(selection)
             })
             .map(|o| o.value())
             .collect();
@@ -823,6 +894,13 @@ mod tests {
         assert_eq!(cached.label("alpha"), Some("1"));
         assert_eq!(cached.label(""), Some("x"));
         assert_eq!(cached.label("beta"), None);
+        assert_eq!(cached.label("mid"), Some("13"));
+        assert_eq!(cached.label("zeta"), Some("26"));
+        assert_eq!(cached.field("spec.restartPolicy"), Some("Always"));
+        assert_eq!(cached.field("status.phase"), Some("Running"));
+        assert_eq!(cached.field("status.podIP"), None);
+        assert_eq!(cached.key(), "ns/p");
+        assert_eq!(cached.namespace(), Some("ns"));
         // A cluster-scoped object's name is its whole key; it has no namespace.
         let node = CachedObject::new(&kind("nodes"), &json!({"metadata": {"name": "n1"}}));
         assert_eq!(node.field("metadata.name"), Some("n1"));
