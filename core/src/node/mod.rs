@@ -192,8 +192,8 @@ pub(crate) struct AgentShared {
     pub admitted: Mutex<HashMap<String, admission::PodFootprint>>,
     /// The pods bound here, by `namespace/name`.
     pub pods: Mutex<HashMap<String, Arc<Pod>>>,
-    /// The latest usage summary.
-    pub stats: Mutex<StatsSummary>,
+    /// The latest usage summary as `/stats/summary` serves it (JSON; empty before the first).
+    pub stats: Mutex<bytes::Bytes>,
     /// Where Events about pods go (`None` when `config.record_events` is off).
     pub events: Option<EventRecorder>,
 }
@@ -312,7 +312,7 @@ impl NodeAgent {
             allocatable: allocatable.clone(),
             admitted: Mutex::new(HashMap::new()),
             pods: Mutex::new(HashMap::new()),
-            stats: Mutex::new(StatsSummary::default()),
+            stats: Mutex::new(bytes::Bytes::new()),
             events: self
                 .config
                 .record_events

@@ -97,7 +97,7 @@ struct PodWorker {
     waiting: BTreeMap<String, Waiting>,
     volumes: Option<(BTreeMap<String, PathBuf>, Instant)>,
     /// What is remembered of the status last written (a node keeps one per pod).
-    written: Option<WrittenStatus>,
+    written: Option<Box<WrittenStatus>>,
     start_time: Option<String>,
     terminal_cleanup_done: bool,
     /// Whether this sync started a container (the status then reads the runtime again).
@@ -121,7 +121,7 @@ pub(crate) async fn run(shared: Arc<AgentShared>, inbox: Arc<PodInbox>, cancel: 
             .status
             .as_ref()
             .and_then(|s| serde_json::to_value(s).ok())
-            .map(|s| WrittenStatus::of(&s)),
+            .map(|s| Box::new(WrittenStatus::of(&s))),
         start_time: pod
             .status
             .as_ref()
@@ -1037,7 +1037,7 @@ impl PodWorker {
         let containers_ready = statuses.iter().all(|s| s["ready"] == json!(true));
         let now = time_string(SystemTime::now());
         let terminal = matches!(phase, "Succeeded" | "Failed");
-        let last_conditions = self.written.as_ref().map(WrittenStatus::conditions);
+        let last_conditions = self.written.as_ref().map(|w| w.conditions());
         let conditions = pod_status::conditions(
             last_conditions.as_ref(),
             &[
@@ -1109,7 +1109,7 @@ impl PodWorker {
             .await
         {
             Ok(_) => {
-                self.written = Some(written);
+                self.written = Some(Box::new(written));
                 Ok(())
             }
             Err(kube::Error::Api(response)) if response.code == 404 => {

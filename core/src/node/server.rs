@@ -330,12 +330,15 @@ async fn exec(
 }
 
 async fn stats_summary(Extension(shared): Extension<Arc<AgentShared>>) -> Response {
-    let summary = shared
+    let sampled = shared
         .stats
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let body = serde_json::to_vec(&summary).unwrap_or_default();
+    let body = match sampled.is_empty() {
+        true => Bytes::from(serde_json::to_vec(&StatsSummary::default()).unwrap_or_default()),
+        false => sampled,
+    };
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -411,9 +414,22 @@ async fn port_forward(
         .unwrap_or_default())
 }
 
-/// Samples every running container's usage each `stats_interval` and keeps the summary.
+/// A container's CPU counter and when it was read, by [`container_number`].
+type CpuSamples = HashMap<u64, (u64, SystemTime)>;
+
+/// A number for container id `id` (a node keeps a sample per container between rounds, and
+/// the hash of an id is a fraction of the id's size; two ids sharing one would cost one
+/// round's CPU rate, no more).
+fn container_number(id: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hasher::write(&mut hasher, id.as_bytes());
+    std::hash::Hasher::finish(&hasher)
+}
+
+/// Samples every running container's usage each `stats_interval` and keeps the summary, as
+/// `/stats/summary` serves it (its JSON: the text is a fraction of the decoded form's size).
 pub(crate) async fn collect_stats(shared: Arc<AgentShared>, cancel: CancellationToken) {
-    let mut previous: HashMap<String, (u64, SystemTime)> = HashMap::new();
+    let mut previous = CpuSamples::new();
     let mut ticker = tokio::time::interval(shared.config.stats_interval);
     loop {
         tokio::select! {
@@ -427,7 +443,8 @@ pub(crate) async fn collect_stats(shared: Arc<AgentShared>, cancel: Cancellation
         };
         if let Some((summary, seen)) = round {
             previous = seen;
-            *shared.stats.lock().unwrap_or_else(|p| p.into_inner()) = summary;
+            let text = Bytes::from(serde_json::to_vec(&summary).unwrap_or_default());
+            *shared.stats.lock().unwrap_or_else(|p| p.into_inner()) = text;
         }
     }
 }
@@ -439,8 +456,8 @@ const STATS_CONCURRENCY: usize = 8;
 /// concurrently, CPU rates against `previous`. `None` when the runtime cannot list.
 async fn sample_usage(
     shared: &AgentShared,
-    previous: &HashMap<String, (u64, SystemTime)>,
-) -> Option<(StatsSummary, HashMap<String, (u64, SystemTime)>)> {
+    previous: &CpuSamples,
+) -> Option<(StatsSummary, CpuSamples)> {
     let pods: HashMap<String, (String, String)> = shared
         .pods
         .lock()
@@ -489,7 +506,8 @@ async fn sample_usage(
     let mut seen = HashMap::new();
     let mut by_pod: BTreeMap<String, PodUsage> = BTreeMap::new();
     for (container, stats) in sampled {
-        let nano_cores = match previous.get(&container.id) {
+        let number = container_number(&container.id);
+        let nano_cores = match previous.get(&number) {
             Some((cpu, at)) => {
                 let elapsed = stats
                     .timestamp
@@ -502,10 +520,7 @@ async fn sample_usage(
             }
             None => 0,
         };
-        seen.insert(
-            container.id.clone(),
-            (stats.cpu_usage_nanos, stats.timestamp),
-        );
+        seen.insert(number, (stats.cpu_usage_nanos, stats.timestamp));
         summary.node_usage_nano_cores += nano_cores;
         summary.node_working_set_bytes += stats.memory_bytes;
         let uid = container

@@ -23,9 +23,13 @@ const MEMBERS: [&str; 12] = [
     "message",
 ];
 
-/// One condition as written: its type, status (`None` for `Unknown`) and transition time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One condition as written, in 16 bytes: its type, status (`None` for `Unknown`) and
+/// transition time. A type outside [`KNOWN_TYPES`] and a time not in the agent's own form are
+/// the rare cases: their text is kept beside the conditions ([`WrittenStatus::texts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct WrittenCondition {
+    /// Seconds since the epoch, when `since` is [`Since::Seconds`].
+    seconds: i64,
     kind: ConditionType,
     status: Option<bool>,
     since: Since,
@@ -41,64 +45,43 @@ const KNOWN_TYPES: [&str; 6] = [
     "DisruptionTarget",
 ];
 
-/// A condition's type: one of [`KNOWN_TYPES`], or another (a readiness gate's).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum ConditionType {
-    Known(&'static str),
-    Other(Box<str>),
-}
+/// A condition's type: one of [`KNOWN_TYPES`] (its index), or another (a readiness gate's)
+/// kept among the status's texts (its index there, after the known types' numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ConditionType(u16);
 
 impl ConditionType {
-    fn of(kind: &str) -> Self {
-        match KNOWN_TYPES.iter().find(|known| **known == kind) {
-            Some(known) => ConditionType::Known(known),
-            None => ConditionType::Other(kind.into()),
-        }
+    const OTHERS: u16 = KNOWN_TYPES.len() as u16;
+
+    fn known(i: usize) -> Option<Self> {
+        u16::try_from(i).ok().map(ConditionType)
     }
 
-    fn as_str(&self) -> &str {
-        match self {
-            ConditionType::Known(kind) => kind,
-            ConditionType::Other(kind) => kind,
-        }
+    fn other(text: u16) -> Option<Self> {
+        text.checked_add(Self::OTHERS).map(ConditionType)
     }
 }
 
 /// A condition's `lastTransitionTime`: whole seconds when the text is the agent's own
-/// `YYYY-MM-DDTHH:MM:SSZ` (the usual case, kept without a string), else the text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `YYYY-MM-DDTHH:MM:SSZ` (the usual case, kept without a string), else the text, kept among
+/// the status's texts (by index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Since {
     Unset,
-    Seconds(i64),
-    Text(Box<str>),
+    Seconds,
+    Text(u16),
 }
 
 /// The form the agent writes times in.
 const TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%SZ";
 
-impl Since {
-    fn of(text: Option<&str>) -> Self {
-        let Some(text) = text else {
-            return Since::Unset;
-        };
-        chrono::NaiveDateTime::parse_from_str(text, TIME_FORMAT)
-            .ok()
-            .map(|time| time.and_utc())
-            .filter(|time| time.format(TIME_FORMAT).to_string() == text)
-            .map_or_else(
-                || Since::Text(text.into()),
-                |time| Since::Seconds(time.timestamp()),
-            )
-    }
-
-    fn text(&self) -> Option<String> {
-        match self {
-            Since::Unset => None,
-            Since::Seconds(seconds) => chrono::DateTime::from_timestamp(*seconds, 0)
-                .map(|time| time.format(TIME_FORMAT).to_string()),
-            Since::Text(text) => Some(text.to_string()),
-        }
-    }
+/// The seconds of `text` when it is in the agent's own form.
+fn whole_seconds(text: &str) -> Option<i64> {
+    chrono::NaiveDateTime::parse_from_str(text, TIME_FORMAT)
+        .ok()
+        .map(|time| time.and_utc())
+        .filter(|time| time.format(TIME_FORMAT).to_string() == text)
+        .map(|time| time.timestamp())
 }
 
 /// The remembered facts of one written status.
@@ -107,6 +90,8 @@ pub(crate) struct WrittenStatus {
     digest: u64,
     members: u16,
     conditions: Box<[WrittenCondition]>,
+    /// Condition types and times that are kept as text (usually none).
+    texts: Box<[Box<str>]>,
 }
 
 /// Feeds serialized JSON into a hasher without building the text.
@@ -140,20 +125,39 @@ impl WrittenStatus {
             .enumerate()
             .filter(|(_, name)| status.get(**name).is_some())
             .fold(0u16, |bits, (i, _)| bits | 1 << i);
+        let mut texts: Vec<Box<str>> = Vec::new();
+        let mut keep_text = |text: &str| {
+            texts.push(text.into());
+            u16::try_from(texts.len() - 1).ok()
+        };
         let conditions = status
             .get("conditions")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
             .filter_map(|c| {
+                let kind = c.get("type")?.as_str()?;
+                let kind = match KNOWN_TYPES.iter().position(|known| *known == kind) {
+                    Some(i) => ConditionType::known(i)?,
+                    None => ConditionType::other(keep_text(kind)?)?,
+                };
+                let time = c.get("lastTransitionTime").and_then(Value::as_str);
+                let (seconds, since) = match time {
+                    None => (0, Since::Unset),
+                    Some(text) => match whole_seconds(text) {
+                        Some(seconds) => (seconds, Since::Seconds),
+                        None => (0, Since::Text(keep_text(text)?)),
+                    },
+                };
                 Some(WrittenCondition {
-                    kind: ConditionType::of(c.get("type")?.as_str()?),
+                    seconds,
+                    kind,
                     status: match c.get("status").and_then(Value::as_str) {
                         Some("True") => Some(true),
                         Some("False") => Some(false),
                         _ => None,
                     },
-                    since: Since::of(c.get("lastTransitionTime").and_then(Value::as_str)),
+                    since,
                 })
             })
             .collect();
@@ -161,7 +165,13 @@ impl WrittenStatus {
             digest: digest(status),
             members,
             conditions,
+            texts: texts.into_boxed_slice(),
         }
+    }
+
+    /// Kept text `i`.
+    fn text(&self, i: u16) -> &str {
+        self.texts.get(usize::from(i)).map_or("", |t| &**t)
     }
 
     /// Whether `status` has the same content as the remembered one.
@@ -186,14 +196,24 @@ impl WrittenStatus {
             .iter()
             .map(|c| {
                 let mut condition = Map::new();
-                condition.insert("type".into(), json!(c.kind.as_str()));
+                let kind = match c.kind.0.checked_sub(ConditionType::OTHERS) {
+                    None => KNOWN_TYPES.get(usize::from(c.kind.0)).copied(),
+                    Some(i) => Some(self.text(i)),
+                };
+                condition.insert("type".into(), json!(kind.unwrap_or_default()));
                 let status = match c.status {
                     Some(true) => "True",
                     Some(false) => "False",
                     None => "Unknown",
                 };
                 condition.insert("status".into(), json!(status));
-                if let Some(since) = c.since.text() {
+                let since = match c.since {
+                    Since::Unset => None,
+                    Since::Seconds => chrono::DateTime::from_timestamp(c.seconds, 0)
+                        .map(|time| time.format(TIME_FORMAT).to_string()),
+                    Since::Text(i) => Some(self.text(i).to_string()),
+                };
+                if let Some(since) = since {
                     condition.insert("lastTransitionTime".into(), json!(since));
                 }
                 Value::Object(condition)
@@ -231,6 +251,12 @@ mod tests {
         let mut changed = status();
         changed["phase"] = json!("Succeeded");
         assert!(!written.same_as(&changed));
+    }
+
+    #[test]
+    fn a_condition_is_remembered_in_sixteen_bytes() {
+        // A node keeps five or so for every pod it runs.
+        assert_eq!(std::mem::size_of::<WrittenCondition>(), 16);
     }
 
     #[test]

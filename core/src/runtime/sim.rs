@@ -60,30 +60,75 @@ impl Default for SimConfig {
     }
 }
 
-/// Labels as a simulated node keeps them: sorted pairs, without a map per object (a node may
-/// hold hundreds of sandboxes and containers; a runtime's answers carry maps again).
-type KeptLabels = Box<[(Box<str>, Box<str>)]>;
-
-fn kept_labels(labels: BTreeMap<String, String>) -> KeptLabels {
-    labels
-        .into_iter()
-        .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
-        .collect()
+/// Labels as a simulated node keeps them: the sorted names and values back to back in one
+/// text, and where each ends (a node may hold hundreds of sandboxes and containers, each with
+/// half a dozen labels; a runtime's answers carry maps again).
+struct KeptLabels {
+    text: Box<str>,
+    /// Where each label's name ends, then its value.
+    ends: Box<[u32]>,
 }
 
-fn label_map(labels: &KeptLabels) -> BTreeMap<String, String> {
-    labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
+impl KeptLabels {
+    fn of(labels: BTreeMap<String, String>) -> Self {
+        let mut text = String::new();
+        let mut ends = Vec::with_capacity(labels.len() * 2);
+        let end = |text: &String| u32::try_from(text.len()).unwrap_or(u32::MAX);
+        for (name, value) in &labels {
+            text.push_str(name);
+            ends.push(end(&text));
+            text.push_str(value);
+            ends.push(end(&text));
+        }
+        KeptLabels {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        }
+    }
 
-fn kept_matches(labels: &KeptLabels, selector: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(key, value)| {
-        labels
-            .binary_search_by(|(k, _)| (**k).cmp(key.as_str()))
-            .is_ok_and(|i| *labels[i].1 == **value)
-    })
+    fn len(&self) -> usize {
+        self.ends.len() / 2
+    }
+
+    /// Label `i`'s name and value.
+    fn get(&self, i: usize) -> (&str, &str) {
+        let start = match i {
+            0 => 0,
+            _ => self.ends[2 * i - 1] as usize,
+        };
+        let (name_end, value_end) = (self.ends[2 * i] as usize, self.ends[2 * i + 1] as usize);
+        (
+            self.text.get(start..name_end).unwrap_or_default(),
+            self.text.get(name_end..value_end).unwrap_or_default(),
+        )
+    }
+
+    fn to_map(&self) -> BTreeMap<String, String> {
+        (0..self.len())
+            .map(|i| self.get(i))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn value(&self, name: &str) -> Option<&str> {
+        let (mut low, mut high) = (0, self.len());
+        while low < high {
+            let middle = (low + high) / 2;
+            let (key, value) = self.get(middle);
+            match key.cmp(name) {
+                std::cmp::Ordering::Equal => return Some(value),
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+            }
+        }
+        None
+    }
+
+    fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector
+            .iter()
+            .all(|(key, value)| self.value(key) == Some(value.as_str()))
+    }
 }
 
 /// A container's environment as a simulated node keeps it: the `name=value` entries in one
@@ -134,7 +179,7 @@ struct SimSandbox {
 impl SimSandbox {
     fn info(&self) -> SandboxInfo {
         SandboxInfo {
-            labels: label_map(&self.labels),
+            labels: self.labels.to_map(),
             ..self.info.clone()
         }
     }
@@ -156,7 +201,7 @@ struct SimContainer {
 impl SimContainer {
     fn info(&self) -> ContainerInfo {
         ContainerInfo {
-            labels: label_map(&self.labels),
+            labels: self.labels.to_map(),
             ..self.info.clone()
         }
     }
@@ -353,7 +398,7 @@ impl ContainerRuntime for SimRuntime {
                 ready: true,
                 labels: BTreeMap::new(),
             },
-            labels: kept_labels(config.labels.clone()),
+            labels: KeptLabels::of(config.labels.clone()),
         };
         let info = sandbox.info();
         state.sandboxes.insert(info.id.clone(), Box::new(sandbox));
@@ -394,7 +439,7 @@ impl ContainerRuntime for SimRuntime {
             .lock()
             .sandboxes
             .values()
-            .filter(|s| kept_matches(&s.labels, selector))
+            .filter(|s| s.labels.matches(selector))
             .map(|s| s.info())
             .collect())
     }
@@ -462,7 +507,7 @@ impl ContainerRuntime for SimRuntime {
             id.clone(),
             Box::new(SimContainer {
                 info,
-                labels: kept_labels(labels),
+                labels: KeptLabels::of(labels),
                 env,
                 config: kept,
                 log: Vec::new(),
@@ -556,7 +601,7 @@ impl ContainerRuntime for SimRuntime {
             .lock()
             .containers
             .values()
-            .filter(|c| kept_matches(&c.labels, selector))
+            .filter(|c| c.labels.matches(selector))
             .map(|c| c.info())
             .collect())
     }
