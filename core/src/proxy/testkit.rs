@@ -258,7 +258,10 @@ fn pod_ip6(i: usize) -> Ipv6Addr {
 
 /// A veth pair: `host_if` in `host` at `host_ips` (a /24 and a /64), `eth0` in `other` at
 /// `other_ips`, which routes everything through the host. IPv6 addresses skip duplicate
-/// address detection so they work at once.
+/// address detection so they work at once, and each end knows the other's link-layer address
+/// for IPv6 from the start: on a loaded machine, neighbour discovery was seen to give up on a
+/// pod's first contact (its entry FAILED after three unanswered probes), which is the
+/// kernel's business, not the proxy's under test.
 fn link(
     host: &str,
     host_if: &str,
@@ -266,8 +269,13 @@ fn link(
     other: &str,
     other_ips: (&Ipv4Addr, &Ipv6Addr),
 ) -> Result<(), String> {
+    // Locally administered addresses, one pair per link.
+    let pair = host_if.bytes().fold(0u8, |sum, b| sum.wrapping_add(b));
+    let host_mac = format!("02:00:00:00:{pair:02x}:01");
+    let other_mac = format!("02:00:00:00:{pair:02x}:02");
     ip(&[
-        "-n", host, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", other,
+        "-n", host, "link", "add", host_if, "address", &host_mac, "type", "veth", "peer", "name",
+        "eth0", "address", &other_mac, "netns", other,
     ])?;
     for (namespace, device, (v4, v6)) in [(host, host_if, host_ips), (other, "eth0", other_ips)] {
         let v4 = format!("{v4}/24");
@@ -275,6 +283,26 @@ fn link(
         ip(&["-n", namespace, "addr", "add", &v4, "dev", device])?;
         ip(&["-n", namespace, "addr", "add", &v6, "dev", device, "nodad"])?;
         ip(&["-n", namespace, "link", "set", device, "up"])?;
+    }
+    for (namespace, device, neighbour, mac) in [
+        (host, host_if, other_ips.1, &other_mac),
+        (other, "eth0", host_ips.1, &host_mac),
+    ] {
+        let neighbour = neighbour.to_string();
+        ip(&[
+            "-n",
+            namespace,
+            "-6",
+            "neigh",
+            "replace",
+            &neighbour,
+            "lladdr",
+            mac,
+            "dev",
+            device,
+            "nud",
+            "permanent",
+        ])?;
     }
     ip(&["-n", other, "link", "set", "lo", "up"])?;
     let (gateway, gateway_v6) = (host_ips.0.to_string(), host_ips.1.to_string());
