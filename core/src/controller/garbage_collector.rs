@@ -132,9 +132,13 @@ impl GarbageCollector {
         }
     }
 
-    /// Starts watching every listable, watchable, deletable kind not yet watched.
+    /// Starts watching every listable, watchable, deletable kind not yet watched. Every kind
+    /// found is known (as an owner's kind) before any of their objects is processed: an
+    /// owner whose kind was not yet registered would read as absent, and its dependents as
+    /// garbage.
     async fn discover(self: &Arc<Self>, stop: &CancellationToken) -> Result<(), ControllerError> {
         let discovery = Discovery::new(self.client.clone()).run().await?;
+        let mut found = Vec::new();
         for group in discovery.groups() {
             if SKIPPED_GROUPS.contains(&group.name()) {
                 continue;
@@ -172,29 +176,32 @@ impl GarbageCollector {
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(id.clone(), watched);
-                let gc = self.clone();
-                let informer_for_resync = informer.clone();
-                let mut changes = informer.subscribe();
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = informer_for_resync.wait_synced() => {}
-                    }
-                    gc.resync(&id, &informer_for_resync);
-                    loop {
-                        let change = tokio::select! {
-                            _ = stop.cancelled() => return,
-                            change = changes.next() => change,
-                        };
-                        match change {
-                            None => return,
-                            Some(Change::Resync) => gc.resync(&id, &informer_for_resync),
-                            Some(change) => gc.on_change(&id, &change),
-                        }
-                    }
-                });
+                found.push((id, informer));
             }
+        }
+        for (id, informer) in found {
+            let gc = self.clone();
+            let informer_for_resync = informer.clone();
+            let mut changes = informer.subscribe();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = informer_for_resync.wait_synced() => {}
+                }
+                gc.resync(&id, &informer_for_resync);
+                loop {
+                    let change = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        change = changes.next() => change,
+                    };
+                    match change {
+                        None => return,
+                        Some(Change::Resync) => gc.resync(&id, &informer_for_resync),
+                        Some(change) => gc.on_change(&id, &change),
+                    }
+                }
+            });
         }
         Ok(())
     }
